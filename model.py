@@ -1,0 +1,225 @@
+"""The Open-Unmix (UMX) network in NNabla, with the parameter layout of the official weights.
+
+One target's parameters, relative to its `nn.parameter_scope(target)`:
+
+    input_mean (max_bin,)            stores -mean of the mixture magnitude per bin
+    input_scale (max_bin,)           stores 1 / std
+    fc1/affine/W (nb_channels * max_bin, hidden)       fc1/bn/{beta,gamma,mean,var} (1, 1, hidden)
+    lstm/lstm/weight_l0 (D, 4, H, hidden + H)          first LSTM layer, gates (i, f, g, o), [x | h]
+    lstm/lstm/weight (nb_layers - 1, D, 4, H, D*H + H) the other layers
+    lstm/lstm/bias (nb_layers, D, 4, H)
+    fc2/affine/W (2 * hidden, hidden)                  fc2/bn/* (1, 1, hidden)
+    fc3/affine/W (hidden, nb_channels * nb_output_bins)  fc3/bn/* (1, 1, nb_channels * nb_output_bins)
+    output_scale (nb_output_bins,)   output_mean (nb_output_bins,)
+
+with D = 2 directions of H = hidden / 2 units (bidirectional), or D = 1 of H = hidden
+(unidirectional). This is the layout `PF.lstm` creates, so `F.lstm` can run the same
+parameters; the network here runs them through `unrolled_lstm`, which is the same LSTM written
+with batched NNabla functions (one matrix product for the input projections of all frames,
+one batched product per step for both directions) and which also applies dropout between
+layers while training, on every context.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import nnabla as nn
+import nnabla.functions as F
+import nnabla.initializer as I
+import nnabla.parametric_functions as PF
+from nnabla.parameter import get_parameter_or_create
+
+from utils import nnabla_spectrogram
+
+LSTM_DROPOUT = 0.4
+
+
+@dataclass
+class UmxConfig:
+    """Everything that fixes the shapes of a UMX model (and how its STFT is taken)."""
+    nb_channels: int = 2
+    hidden_size: int = 512
+    max_bin: int = 1487
+    nb_output_bins: int = 2049
+    nb_layers: int = 3
+    unidirectional: bool = False
+    n_fft: int = 4096
+    n_hop: int = 1024
+    sample_rate: int = 44100
+
+    @property
+    def nb_directions(self):
+        return 1 if self.unidirectional else 2
+
+    @property
+    def lstm_hidden_size(self):
+        return self.hidden_size // self.nb_directions
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def bandwidth_to_max_bin(rate, n_fft, bandwidth):
+    """Number of STFT bins up to `bandwidth` Hz (16 kHz at 44.1 kHz / 4096 → 1487)."""
+    freqs = np.linspace(0, float(rate) / 2, n_fft // 2 + 1, endpoint=True)
+    return int(np.max(np.where(freqs <= bandwidth)[0])) + 1
+
+
+def parameter_shapes(cfg):
+    """The name → shape table of one target's parameters (relative to the target scope)."""
+    hid, dirs, h = cfg.hidden_size, cfg.nb_directions, cfg.lstm_hidden_size
+    out = cfg.nb_channels * cfg.nb_output_bins
+    shapes = {
+        "input_mean": (cfg.max_bin,),
+        "input_scale": (cfg.max_bin,),
+        "fc1/affine/W": (cfg.nb_channels * cfg.max_bin, hid),
+        "lstm/lstm/weight_l0": (dirs, 4, h, hid + h),
+        "lstm/lstm/bias": (cfg.nb_layers, dirs, 4, h),
+        "fc2/affine/W": (2 * hid, hid),
+        "fc3/affine/W": (hid, out),
+        "output_scale": (cfg.nb_output_bins,),
+        "output_mean": (cfg.nb_output_bins,),
+    }
+    if cfg.nb_layers > 1:
+        shapes["lstm/lstm/weight"] = (cfg.nb_layers - 1, dirs, 4, h, dirs * h + h)
+    for layer, width in (("fc1", hid), ("fc2", hid), ("fc3", out)):
+        for name in ("beta", "gamma", "mean", "var"):
+            shapes["%s/bn/%s" % (layer, name)] = (1, 1, width)
+    return shapes
+
+
+def config_from_shapes(shapes, n_hop=1024, sample_rate=44100):
+    """Infer the architecture from one target's parameter shapes (names relative to the target).
+
+    Raises KeyError naming a missing parameter, ValueError for inconsistent shapes.
+    """
+    for key in ("input_mean", "fc1/affine/W", "lstm/lstm/weight_l0", "output_scale"):
+        if key not in shapes:
+            raise KeyError(key)
+    max_bin = shapes["input_mean"][0]
+    fc1 = shapes["fc1/affine/W"]
+    if len(fc1) != 2 or fc1[0] % max_bin:
+        raise ValueError("fc1/affine/W has shape %s, not (nb_channels * %d, hidden)" % (fc1, max_bin))
+    lstm = shapes["lstm/lstm/weight_l0"]
+    if len(lstm) != 4 or lstm[0] not in (1, 2):
+        raise ValueError("lstm/lstm/weight_l0 has shape %s, not (directions, 4, H, hidden + H)" % (lstm,))
+    nb_output_bins = shapes["output_scale"][0]
+    nb_layers = 1 + (shapes["lstm/lstm/weight"][0] if "lstm/lstm/weight" in shapes else 0)
+    return UmxConfig(nb_channels=fc1[0] // max_bin, hidden_size=fc1[1], max_bin=max_bin,
+                     nb_output_bins=nb_output_bins, nb_layers=nb_layers,
+                     unidirectional=lstm[0] == 1, n_fft=2 * (nb_output_bins - 1), n_hop=n_hop,
+                     sample_rate=sample_rate)
+
+
+def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout=0.0):
+    """A stacked (bi)LSTM equal to `F.lstm` with the same parameters and zero initial state.
+
+    x [shape=(nb_frames, nb_samples, nb_features)]
+    → [shape=(nb_frames, nb_samples, nb_directions * H)]  (forward, then backward features)
+    dropout: applied to the outputs of all layers but the last (training only).
+    """
+    nb_frames, nb_samples, _ = x.shape
+    dirs = nb_directions
+    hid = weight_l0.shape[2]
+    layer_in = x
+    for layer in range(nb_layers):
+        w = weight_l0 if layer == 0 else weight[layer - 1]
+        nb_in = w.shape[-1] - hid
+        # (D, 4, H, I + H) -> input weights (D*4H, I) and recurrent weights (D, 4H, H)
+        w = F.reshape(w, (dirs, 4 * hid, nb_in + hid))
+        w_in = F.reshape(w[:, :, :nb_in], (dirs * 4 * hid, nb_in))
+        w_rec = w[:, :, nb_in:]  # (D, 4H, H)
+        b = F.reshape(bias[layer], (dirs * 4 * hid,))
+        # input projections of all frames and both directions in one product:
+        # (T * B, I) @ (I, D*4H) -> (T, B, D, 4H)
+        proj = F.affine(layer_in, F.transpose(w_in, (1, 0)), b, base_axis=2)
+        proj = F.reshape(proj, (nb_frames, nb_samples, dirs, 4 * hid))
+        proj = F.transpose(proj, (0, 2, 1, 3))  # (T, D, B, 4H)
+        if dirs == 2:
+            # the backward direction reads the frames in reverse
+            proj = F.concatenate(proj[:, :1], F.flip(proj[:, 1:], axes=[0]), axis=1)
+        steps = F.split(proj, axis=0) if nb_frames > 1 else [F.reshape(proj, proj.shape[1:])]
+        h = c = None
+        outputs = []
+        for gates in steps:  # gates: (D, B, 4H)
+            if h is not None:
+                gates = gates + F.batch_matmul(h, w_rec, transpose_b=True)
+            i, f, g, o = F.split(F.reshape(gates, (dirs, nb_samples, 4, hid)), axis=2)
+            i, g, o = F.sigmoid(i), F.tanh(g), F.sigmoid(o)
+            c = i * g if c is None else F.sigmoid(f) * c + i * g
+            h = o * F.tanh(c)
+            outputs.append(h)
+        out = F.stack(*outputs, axis=0)  # (T, D, B, H)
+        if dirs == 2:
+            out = F.concatenate(out[:, :1], F.flip(out[:, 1:], axes=[0]), axis=1)
+        # (T, D, B, H) -> (T, B, D*H)
+        layer_in = F.reshape(F.transpose(out, (0, 2, 1, 3)), (nb_frames, nb_samples, dirs * hid))
+        if dropout > 0 and layer < nb_layers - 1:
+            layer_in = F.dropout(layer_in, dropout)
+    return layer_in
+
+
+class OpenUnmix:
+    """UMX for one target; create and call it inside `nn.parameter_scope(target)`.
+
+    Input: magnitude spectrogram [shape=(nb_frames, nb_samples, nb_channels, nb_output_bins)]
+           or time-domain audio [shape=(nb_samples, nb_channels, nb_timesteps)]
+    Output: magnitude estimate [shape=(nb_frames, nb_samples, nb_channels, nb_output_bins)]
+    (nb_channels == 1 models downmix their input and give a mono estimate.)
+    """
+
+    def __init__(self, cfg, input_mean=None, input_scale=None):
+        self.cfg = cfg
+        if input_mean is None:
+            input_mean = np.zeros(cfg.max_bin, np.float32)
+        if input_scale is None:
+            input_scale = np.ones(cfg.max_bin, np.float32)
+        shapes = parameter_shapes(cfg)
+
+        def param(name, init):
+            return get_parameter_or_create(name, shapes[name], initializer=init)
+
+        # stored negated and inverted, as the official weights do
+        self.input_mean = param("input_mean", -np.asarray(input_mean[:cfg.max_bin], np.float32))
+        self.input_scale = param("input_scale",
+                                 1.0 / np.asarray(input_scale[:cfg.max_bin], np.float32))
+        self.output_scale = param("output_scale", np.ones(cfg.nb_output_bins, np.float32))
+        self.output_mean = param("output_mean", np.ones(cfg.nb_output_bins, np.float32))
+        bound = 1.0 / np.sqrt(cfg.lstm_hidden_size)
+        rng = np.random.RandomState(nn.random.prng.randint(2 ** 31))
+        lstm_init = I.UniformInitializer((-bound, bound), rng=rng)
+        with nn.parameter_scope("lstm"), nn.parameter_scope("lstm"):
+            self.lstm_w0 = get_parameter_or_create(
+                "weight_l0", shapes["lstm/lstm/weight_l0"], lstm_init)
+            self.lstm_w = (get_parameter_or_create("weight", shapes["lstm/lstm/weight"], lstm_init)
+                           if cfg.nb_layers > 1 else None)
+            self.lstm_b = get_parameter_or_create("bias", shapes["lstm/lstm/bias"], lstm_init)
+
+    def __call__(self, x, test=True):
+        cfg = self.cfg
+        if x.ndim == 3:
+            x = nnabla_spectrogram(x, cfg.n_fft, cfg.n_hop)
+        if cfg.nb_channels == 1 and x.shape[2] > 1:
+            x = F.mean(x, axis=2, keepdims=True)
+        nb_frames, nb_samples, nb_channels, nb_bins = x.shape
+        mix = x
+        x = x[..., :cfg.max_bin]
+        x = (x + F.reshape(self.input_mean, (1, 1, 1, cfg.max_bin))) * \
+            F.reshape(self.input_scale, (1, 1, 1, cfg.max_bin))
+        x = F.tanh(self._fc_bn("fc1", x, cfg.hidden_size, test))  # (T, B, hidden)
+        lstm_out = unrolled_lstm(x, self.lstm_w0, self.lstm_w, self.lstm_b, cfg.nb_layers,
+                                 cfg.nb_directions, dropout=0.0 if test else LSTM_DROPOUT)
+        x = F.concatenate(x, lstm_out, axis=2)  # skip connection: (T, B, 2 * hidden)
+        x = F.relu(self._fc_bn("fc2", x, cfg.hidden_size, test))
+        x = self._fc_bn("fc3", x, nb_channels * nb_bins, test)
+        # (T, B, C * bins) -> (T, B, C, bins)
+        x = F.reshape(x, (nb_frames, nb_samples, nb_channels, nb_bins))
+        x = x * F.reshape(self.output_scale, (1, 1, 1, nb_bins)) + \
+            F.reshape(self.output_mean, (1, 1, 1, nb_bins))
+        return F.relu(x) * mix
+
+    @staticmethod
+    def _fc_bn(scope, x, nb_out, test):
+        """Bias-free dense layer + batch norm over the last axis: (T, B, ...) -> (T, B, nb_out)."""
+        with nn.parameter_scope(scope):
+            x = PF.affine(x, nb_out, base_axis=2, with_bias=False)
+            return PF.batch_normalization(x, axes=[2], batch_stat=not test)

@@ -1,0 +1,421 @@
+"""Separation: load UMX weights, run the network in windows, Wiener-filter, invert.
+
+`separate(audio, rate, models, ...)` is the one separation function: test.py's CLI, eval.py and
+users' notebooks call it with models loaded once by `load_models`.
+
+Memory stays bounded by the window sizes, not by the track:
+- the network runs over windows of `window` frames, each with `context` frames of LSTM
+  context on both sides (the BLSTM's state is warmed up there and the outputs there are
+  discarded), several windows batched as one NNabla graph that is built once and reused;
+- the multichannel Wiener filter (norbert's EM) runs in chunks of frames in streaming passes:
+  its only track-wide quantities (the mixture's peak, the residual model's gains and the
+  sources' spatial covariance matrices) are sums over frames, accumulated in one pass and used
+  in the next, so the result equals norbert's whole-track EM and no chunk border exists;
+- the ISTFT is an overlap-add of each chunk's frames.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+import nnabla as nn
+from tqdm import tqdm
+
+from model import OpenUnmix, UmxConfig, config_from_shapes, parameter_shapes
+from utils import (OverlapAdd, UmxError, model_layout, nb_stft_frames, pad_for_stft,
+                   prepare_audio, stft_frames, write_json_atomic)
+
+TARGETS = ["vocals", "drums", "bass", "other"]
+# The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
+# the machine epsilon of the STFT's dtype).
+WIENER_EPS = 1e-10
+# STFT frames per network window, LSTM context frames on each side, windows per graph
+WINDOW_FRAMES = 512
+CONTEXT_FRAMES = 64
+WINDOWS_PER_BATCH = 8
+WIENER_CHUNK_FRAMES = 256
+
+
+# --------------------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------------------
+
+def read_parameter_file(path):
+    """The parameters of one NNabla .h5 file: {name: ndarray} (names as stored)."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            params = {}
+            f.visititems(lambda name, obj: params.__setitem__(name, obj[()])
+                         if isinstance(obj, h5py.Dataset) else None)
+    except OSError:
+        raise UmxError("%s is not an NNabla weight file (.h5)" % path)
+    if not params:
+        raise UmxError("%s holds no parameters" % path)
+    return params
+
+
+def check_parameters(params, cfg, path):
+    """Raise UmxError naming the first parameter whose name or shape differs from the layout."""
+    expected = parameter_shapes(cfg)
+    for name, shape in expected.items():
+        if name not in params:
+            raise UmxError("%s: missing parameter %s" % (path, name))
+        if tuple(params[name].shape) != tuple(shape):
+            raise UmxError("%s: parameter %s has shape %s, expected %s"
+                           % (path, name, tuple(params[name].shape), tuple(shape)))
+    extra = sorted(set(params) - set(expected))
+    if extra:
+        raise UmxError("%s: unexpected parameter %s" % (path, extra[0]))
+
+
+def load_target(path, target, n_hop=1024, sample_rate=44100):
+    """Load `<target>.h5` into `nn.parameter_scope(target)`; return its UmxConfig.
+
+    The architecture comes from the parameter shapes; n_hop and sample_rate (which the weights
+    cannot tell) from a `<target>.json` beside the file when there is one.
+    """
+    params = read_parameter_file(path)
+    meta_path = os.path.splitext(path)[0] + ".json"
+    if os.path.isfile(meta_path):
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)["config"]
+            n_hop, sample_rate = int(meta["n_hop"]), int(meta["sample_rate"])
+        except (ValueError, KeyError, TypeError):
+            raise UmxError("%s is not a model description written by train.py" % meta_path)
+    try:
+        cfg = config_from_shapes({k: v.shape for k, v in params.items()}, n_hop, sample_rate)
+    except KeyError as exc:
+        raise UmxError("%s: missing parameter %s" % (path, exc.args[0]))
+    except ValueError as exc:
+        raise UmxError("%s: %s" % (path, exc))
+    check_parameters(params, cfg, path)
+    with nn.parameter_scope(target):
+        for name, value in params.items():
+            var = nn.parameter.get_parameter_or_create(name, value.shape, need_grad=False)
+            var.d = value
+    return cfg
+
+
+def save_target(path, target):
+    """Write the parameters of nn.parameter_scope(target) as `path` (official layout), atomically."""
+    from utils import atomic_path
+    with nn.parameter_scope(target):
+        params = nn.get_parameters(grad_only=False)
+    if not params:
+        raise UmxError("no parameters in scope '%s' to save" % target)
+    with atomic_path(path) as tmp:
+        nn.save_parameters(tmp, params)
+
+
+def write_random_weights(folder, cfg, targets=TARGETS, seed=0):
+    """Random `<target>.h5` files in the official layout (for tests and benchmarks).
+
+    Values are scaled so that activations stay in a realistic range.
+    """
+    rng = np.random.RandomState(seed)
+    os.makedirs(folder, exist_ok=True)
+    for target in targets:
+        with nn.parameter_scope("random"):
+            OpenUnmix(cfg, input_mean=rng.rand(cfg.nb_output_bins) * 0.1,
+                      input_scale=rng.rand(cfg.nb_output_bins) + 0.5)(
+                nn.Variable((2, 1, cfg.nb_channels, cfg.nb_output_bins)))
+            for name, var in nn.get_parameters(grad_only=False).items():
+                if name.endswith("bn/var"):
+                    var.d = rng.rand(*var.shape) + 0.5
+                elif name.endswith("/W"):
+                    var.d = rng.randn(*var.shape) / np.sqrt(var.shape[0])
+                elif "/bn/" in name or name.startswith("output"):
+                    var.d = rng.randn(*var.shape) * 0.1 + (1.0 if name.endswith("gamma") else 0)
+                elif name.startswith("lstm"):
+                    var.d = rng.uniform(-1, 1, var.shape) / np.sqrt(cfg.lstm_hidden_size)
+        save_target(os.path.join(folder, target + ".h5"), "random")
+        write_json_atomic(os.path.join(folder, target + ".json"), {"config": cfg.to_dict()})
+        with nn.parameter_scope("random"):
+            nn.clear_parameters()
+
+
+def load_models(model_dir, targets):
+    """Load `<target>.h5` for each target from a folder or an official `umx*.zip`.
+
+    Returns {target: UmxConfig}; the parameters live in nn.parameter_scope(target).
+    """
+    if not os.path.exists(model_dir):
+        raise UmxError("model not found: %s" % model_dir)
+    if os.path.isfile(model_dir):
+        if not zipfile.is_zipfile(model_dir):
+            raise UmxError("--model %s is neither a folder nor a .zip of weight files" % model_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            with zipfile.ZipFile(model_dir) as z:
+                z.extractall(tmp)
+            # the official archives hold the files at the top or in one folder
+            folders = [r for r, _, files in os.walk(tmp) if any(f.endswith(".h5") for f in files)]
+            if not folders:
+                raise UmxError("%s holds no .h5 weight files" % model_dir)
+            return load_models(folders[0], targets)
+    cfgs = {}
+    for target in targets:
+        path = os.path.join(model_dir, target + ".h5")
+        if not os.path.isfile(path):
+            available = sorted(f[:-3] for f in os.listdir(model_dir) if f.endswith(".h5"))
+            raise UmxError("no weights for target '%s' in %s (found: %s)"
+                           % (target, model_dir, ", ".join(available) or "none"))
+        cfgs[target] = load_target(path, target)
+    first = next(iter(cfgs.values()))
+    for target, cfg in cfgs.items():
+        if (cfg.n_fft, cfg.n_hop, cfg.sample_rate) != (first.n_fft, first.n_hop, first.sample_rate):
+            raise UmxError("target '%s' uses another STFT or rate than '%s'" % (target, targets[0]))
+    return cfgs
+
+
+# --------------------------------------------------------------------------------------
+# the network, in windows
+# --------------------------------------------------------------------------------------
+
+def plan_windows(nb_frames, window=WINDOW_FRAMES, context=CONTEXT_FRAMES):
+    """Split frames into network windows of one common length.
+
+    Returns (length, [(start, core_start, core_stop), ...]): window k reads frames
+    start..start+length-1 and keeps its outputs for core_start..core_stop-1, which have at
+    least `context` frames of context on each side unless they touch the track's ends.
+    """
+    length = min(nb_frames, window + 2 * context)
+    plan = []
+    for core_start in range(0, nb_frames, window):
+        core_stop = min(core_start + window, nb_frames)
+        start = int(np.clip(core_start - context, 0, nb_frames - length))
+        plan.append((start, core_start, core_stop))
+    return length, plan
+
+
+class _NetworkRunner:
+    """One inference graph per (length, batch) shape, shared by all targets.
+
+    The graph is built once on its own parameter Variables; before each target's forward
+    pass the target's parameters are copied into them (a few milliseconds).
+    """
+
+    def __init__(self, cfgs):
+        self.cfgs = cfgs
+        self.graphs = {}
+
+    def _graph(self, cfg, length, batch):
+        key = (length, batch) + tuple(cfg.to_dict().items())
+        if key not in self.graphs:
+            x = nn.Variable((length, batch, 2, cfg.nb_output_bins))
+            # build on parameter Variables of a private scope, then drop that scope from the
+            # registry: the graph alone holds them, and no target's arrays are touched
+            with nn.parameter_scope("_inference_graph"):
+                y = OpenUnmix(cfg)(x, test=True)
+                params = nn.get_parameters(grad_only=False)
+                nn.clear_parameters()
+            self.graphs[key] = (x, y, params)
+        return self.graphs[key]
+
+    def run(self, target, spec):
+        """spec [shape=(length, batch, 2, bins)] → [shape=(length, batch, nb_channels, bins)]"""
+        cfg = self.cfgs[target]
+        x, y, graph_params = self._graph(cfg, spec.shape[0], spec.shape[1])
+        with nn.parameter_scope(target):
+            own = nn.get_parameters(grad_only=False)
+        for name, var in graph_params.items():
+            var.data.copy_from(own[name].data)
+        x.d = spec
+        y.forward(clear_buffer=True)
+        return y.d.copy()
+
+
+def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
+                          context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True):
+    """Magnitude estimates of all targets, window by window.
+
+    padded [shape=(nb_channels, nb_timesteps + n_fft)] (see utils.pad_for_stft)
+    → float32 [shape=(nb_frames, nb_bins, nb_model_channels, nb_targets)]
+    """
+    cfg = cfgs[targets[0]]
+    runner = _NetworkRunner(cfgs)
+    model_channels = max(cfgs[t].nb_channels for t in targets)
+    out = np.zeros((nb_frames, cfg.nb_output_bins, model_channels, len(targets)), np.float32)
+    length, plan = plan_windows(nb_frames, window, context)
+    batches = [plan[i:i + batch] for i in range(0, len(plan), batch)]
+    bar = tqdm(total=len(batches) * len(targets), desc="network", unit="pass",
+               disable=not progress, leave=False)
+    for windows in batches:
+        # (batch, nb_channels, length, bins) -> (length, batch, nb_channels, bins)
+        spec = model_layout(np.stack([stft_frames(padded, s, s + length, cfg.n_fft, cfg.n_hop)
+                                      for s, _, _ in windows]))
+        for j, target in enumerate(targets):
+            est = runner.run(target, spec)
+            for b, (start, core_start, core_stop) in enumerate(windows):
+                # (frames, channels, bins) -> (frames, bins, channels)
+                core = est[core_start - start: core_stop - start, b].transpose(0, 2, 1)
+                out[core_start:core_stop, :, :, j] = core
+            bar.update()
+    bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# the multichannel Wiener filter, streamed over chunks of frames
+# --------------------------------------------------------------------------------------
+
+def _initial_estimates(v, x, softmask, eps):
+    """norbert's start: softmask(v, x) or v with the mixture's phase.
+
+    v [shape=(f, bins, {1, nb_channels}, nb_sources)], x [shape=(f, bins, nb_channels)]
+    → complex64 [shape=(f, bins, nb_channels, nb_sources)]
+    """
+    if softmask:
+        return (v / (eps + v.sum(axis=-1, keepdims=True))) * x[..., None]
+    phase = np.exp(1j * np.angle(x)).astype(np.complex64)
+    return v * phase[..., None]
+
+
+def _covariance_sums(y):
+    """This chunk's part of norbert's spatial covariance: (Σ_t y yᴴ, Σ_t v)."""
+    v = np.mean(np.abs(y) ** 2, axis=2)  # (f, bins, J)
+    # (f, bins, C, J) x (f, bins, C, J) -> (bins, C, C, J)
+    num = np.einsum("fbcj,fbdj->bcdj", y, np.conj(y))
+    return num, v.sum(axis=0)
+
+
+def _wiener_step(y, x, R, eps):
+    """One EM filtering step (norbert's), given spatial covariances R [shape=(bins, C, C, J)]."""
+    nb_channels = x.shape[-1]
+    v = np.mean(np.abs(y) ** 2, axis=2)  # (f, bins, J)
+    # mixture covariance: (f, bins, C, C)
+    cxx = np.einsum("fbj,bcdj->fbcd", v.astype(np.complex64), R)
+    cxx += np.sqrt(eps) * np.eye(nb_channels, dtype=np.complex64)
+    if nb_channels == 1:
+        inv = 1.0 / (cxx + eps)
+    elif nb_channels == 2:
+        det = cxx[..., 0, 0] * cxx[..., 1, 1] - cxx[..., 0, 1] * cxx[..., 1, 0]
+        inv = np.empty_like(cxx)
+        inv[..., 0, 0] = cxx[..., 1, 1] / det
+        inv[..., 1, 1] = cxx[..., 0, 0] / det
+        inv[..., 0, 1] = -cxx[..., 0, 1] / det
+        inv[..., 1, 0] = -cxx[..., 1, 0] / det
+    else:
+        inv = np.linalg.pinv(cxx, eps)
+    # gain G_j = v_j R_j Cxx^-1, estimate y_j = G_j x
+    rx = np.einsum("fbde,fbe->fbd", inv, x)  # Cxx^-1 x: (f, bins, C)
+    return np.einsum("fbj,bcdj,fbd->fbcj", v.astype(np.complex64), R, rx)
+
+
+def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
+                    alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
+                    progress=True):
+    """Source waveforms from magnitude estimates, equal to norbert's whole-track
+
+        norbert.wiener(norbert.residual_model(v, x, alpha) if residual else v, x, niter,
+                       use_softmask=softmask, eps=eps)
+
+    followed by an ISTFT, computed in chunks of frames.
+
+    padded [shape=(nb_channels, nb_timesteps + n_fft)], v [shape=(nb_frames, bins, C', J)]
+    (already raised to alpha when softmask) → float32 [shape=(J (+1), nb_channels, nb_timesteps)]
+    """
+    nb_frames = v.shape[0]
+    nb_channels = padded.shape[0]
+    starts = list(range(0, nb_frames, chunk))
+
+    def mixture(a):
+        # (C, f, bins) -> (f, bins, C)
+        return stft_frames(padded, a, min(a + chunk, nb_frames), n_fft, n_hop).transpose(1, 2, 0)
+
+    passes = (1 if (residual or niter) else 0) + niter + 1
+    bar = tqdm(total=passes * len(starts), desc="wiener", unit="chunk", disable=not progress,
+               leave=False)
+    # pass: track-wide peak of the mixture and the residual model's gains
+    max_abs, gain, res_eps = 1.0, None, np.finfo(np.float32).eps
+    if residual or niter:
+        peak, num, den = 0.0, 0.0, 0.0
+        for a in starts:
+            x = mixture(a)
+            peak = max(peak, float(np.abs(x).max()))
+            if residual:
+                vx = np.maximum(res_eps, np.abs(x) ** alpha)
+                total = v[a:a + chunk].sum(axis=-1)
+                num = num + np.sum(vx * total, axis=0)
+                den = den + np.sum(total ** 2, axis=0)
+            bar.update()
+        max_abs = max(1.0, peak / 10.0)
+        if residual:
+            gain = (num / (res_eps + den)).astype(np.float32)
+
+    def source_models(a, x):
+        vj = v[a:a + chunk]
+        if residual:
+            vr = np.maximum(0, np.maximum(res_eps, np.abs(x) ** alpha) - vj.sum(axis=-1))
+            vj = np.concatenate([vj * gain[..., None], vr[..., None]], axis=-1)
+        return vj
+
+    def estimates(a, covariances):
+        x = mixture(a)
+        y = _initial_estimates(source_models(a, x), x, softmask, eps).astype(np.complex64)
+        if niter:
+            x, y = x / max_abs, y / max_abs
+            for R in covariances:
+                y = _wiener_step(y, x, R, eps)
+            y = y * max_abs
+        return y
+
+    covariances = []
+    for _ in range(niter):
+        num, weight = 0.0, eps
+        for a in starts:
+            y = estimates(a, covariances) / max_abs
+            n, w = _covariance_sums(y)
+            num, weight = num + n, weight + w
+            bar.update()
+        covariances.append((num / weight[:, None, None, :]).astype(np.complex64))
+
+    nb_sources = v.shape[-1] + (1 if residual else 0)
+    ola = OverlapAdd((nb_sources, nb_channels), nb_timesteps, n_fft, n_hop)
+    for a in starts:
+        # (f, bins, C, J) -> (J, C, f, bins)
+        ola.add(estimates(a, covariances).transpose(3, 2, 0, 1), a)
+        bar.update()
+    bar.close()
+    return ola.result()
+
+
+# --------------------------------------------------------------------------------------
+# the API
+# --------------------------------------------------------------------------------------
+
+def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0,
+             residual_model=False, window=WINDOW_FRAMES, context=CONTEXT_FRAMES, progress=True):
+    """Separate a mixture into the targets' estimates.
+
+    audio [shape=(nb_timesteps, nb_channels)] at `rate` (resampled to the models' rate; mono
+    is duplicated, channels beyond two are dropped); cfgs: `load_models`' result.
+    Returns ({name: float32 [shape=(nb_timesteps', 2)]}, model_rate). With `residual_model`,
+    or a single target, the rest of the mixture comes as 'residual' ('accompaniment' when one).
+    """
+    targets = list(targets or cfgs)
+    unknown = [t for t in targets if t not in cfgs]
+    if unknown:
+        raise UmxError("target '%s' is not loaded (loaded: %s)" % (unknown[0], ", ".join(cfgs)))
+    cfg = cfgs[targets[0]]
+    audio = prepare_audio(audio, rate, cfg.sample_rate)
+    nb_timesteps = audio.shape[0]
+    if nb_timesteps < cfg.n_fft:
+        raise UmxError("audio of %.3f s is too short: at least one STFT window (%d samples) "
+                       "is needed" % (nb_timesteps / cfg.sample_rate, cfg.n_fft))
+    # (nb_timesteps, C) -> (C, nb_timesteps + n_fft)
+    padded = pad_for_stft(np.ascontiguousarray(audio.T), cfg.n_fft)
+    nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
+    v = estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
+                              progress=progress)
+    if softmask:
+        v = v ** alpha
+    residual = residual_model or len(targets) == 1
+    waves = wiener_separate(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
+                            softmask=softmask, alpha=alpha if softmask else 1.0,
+                            residual=residual, progress=progress)
+    names = targets + (["accompaniment" if len(targets) == 1 else "residual"] if residual else [])
+    # (J, C, nb_timesteps) -> {name: (nb_timesteps, C)}
+    return {name: np.ascontiguousarray(waves[j].T) for j, name in enumerate(names)}, cfg.sample_rate

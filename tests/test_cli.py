@@ -1,0 +1,170 @@
+"""test.py end to end: the official weight layout, real audio, and every bad input."""
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ROOT, SMALL, import_script, make_random_weights, music_like
+from separator import TARGETS, load_models
+from utils import UmxError
+
+
+def run_cli(*argv):
+    """Run test.py in a subprocess: (exit code, stderr)."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *argv],
+                          capture_output=True, text=True, cwd=ROOT)
+    return proc.returncode, proc.stderr
+
+
+def error_line(stderr):
+    lines = [l for l in stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_project_test_module_is_imported():
+    cli = import_script("test")
+    assert hasattr(cli, "write_estimates") and cli.__file__.startswith(ROOT)
+
+
+@pytest.mark.slow
+def test_full_size_official_layout_loads_and_runs(tmp_path):
+    folder = str(tmp_path / "umxhq")
+    make_random_weights(folder)
+    cfgs = load_models(folder, TARGETS)
+    assert all(c.hidden_size == 512 and c.max_bin == 1487 and c.nb_channels == 2
+               and not c.unidirectional for c in cfgs.values())
+    # the official zip, unextracted
+    archive = str(tmp_path / "umxhq.zip")
+    with zipfile.ZipFile(archive, "w") as z:
+        for t in TARGETS:
+            z.write(os.path.join(folder, t + ".h5"), "umxhq/%s.h5" % t)
+    wav = str(tmp_path / "song.wav")
+    sf.write(wav, music_like(1.0, 44100), 44100)
+    code, err = run_cli("--umx-infer", "--inputs", wav, "--model", archive, "--out-dir",
+                        str(tmp_path / "out"), "--targets", "vocals", "drums")
+    assert code == 0, err
+    for name in ("vocals", "drums"):
+        audio, rate = sf.read(str(tmp_path / "out" / (name + ".wav")))
+        assert rate == 44100 and audio.shape == (44100, 2)
+
+
+def test_reduced_unidirectional_mono_model_loads(tmp_path):
+    folder = str(tmp_path / "m")
+    cfg = make_random_weights(folder, targets=("bass",), unidirectional=True, nb_channels=1,
+                              nb_layers=2, **SMALL)
+    assert load_models(folder, ["bass"])["bass"] == cfg
+
+
+@pytest.mark.slow
+def test_real_stem_clip_end_to_end(tmp_path, small_model, stem_clip):
+    """The 6 s MUSDB18 clip (STEMS, 44.1 kHz) through ffmpeg, resampled to the model's 8 kHz."""
+    folder, _ = small_model
+    out = tmp_path / "out"
+    code, err = run_cli("--inputs", stem_clip, "--model", folder, "--out-dir", str(out),
+                        "--niter", "1", "--residual-model", "--pcm16")
+    assert code == 0, err
+    written = sorted(os.listdir(out))
+    assert written == sorted([t + ".wav" for t in TARGETS] + ["residual.wav"])
+    info = sf.info(str(out / "vocals.wav"))
+    assert info.samplerate == 8000 and info.channels == 2 and info.subtype == "PCM_16"
+    assert abs(info.duration - 268288 / 44100) < 1e-3
+
+
+def test_several_inputs_get_a_folder_each(tmp_path, small_model):
+    folder, _ = small_model
+    inputs = []
+    for name, rate in (("a", 8000), ("b", 16000)):
+        path = str(tmp_path / (name + ".flac"))
+        sf.write(path, music_like(0.5, rate, channels=1), rate)
+        inputs.append(path)
+    code, err = run_cli("--inputs", *inputs, "--model", folder, "--out-dir",
+                        str(tmp_path / "out"), "--targets", "vocals", "--sample-rate", "16000")
+    assert code == 0, err
+    for name in ("a", "b"):
+        audio, rate = sf.read(str(tmp_path / "out" / name / "vocals.wav"))
+        assert rate == 16000 and audio.shape == (8000, 2)
+        assert os.path.isfile(str(tmp_path / "out" / name / "accompaniment.wav"))
+
+
+def _bad_input_cases(tmp_path, folder):
+    wav = str(tmp_path / "ok.wav")
+    sf.write(wav, music_like(0.5, 8000), 8000)
+    text = str(tmp_path / "notes.wav")
+    with open(text, "w") as f:
+        f.write("not audio")
+    short = str(tmp_path / "short.wav")
+    sf.write(short, np.zeros((100, 2)), 8000)
+    broken = str(tmp_path / "broken")
+    shutil.copytree(folder, broken)
+    with open(os.path.join(broken, "drums.h5"), "wb") as f:
+        f.write(b"garbage")
+    wrong = str(tmp_path / "wrong")
+    make_random_weights(wrong, targets=("vocals",), **dict(SMALL, hidden_size=8))
+    # a vocals file whose fc2 does not fit its other layers
+    mixed = str(tmp_path / "mixed")
+    shutil.copytree(folder, mixed)
+    import h5py
+    with h5py.File(os.path.join(mixed, "vocals.h5"), "a") as f:
+        del f["fc2/affine/W"]
+        f["fc2/affine/W"] = np.zeros((32, 7), np.float32)
+    blocker = str(tmp_path / "file")
+    open(blocker, "w").close()
+    return [
+        (["--inputs", str(tmp_path / "missing.wav")], "not found"),
+        (["--inputs", text], "cannot read"),
+        (["--inputs", short], "too short"),
+        (["--inputs", wav, "--targets", "flute"], "no weights for target 'flute'"),
+        (["--inputs", wav, "--model", str(tmp_path / "nomodel")], "model not found"),
+        (["--inputs", wav, "--model", broken], "not an NNabla weight file"),
+        (["--inputs", wav, "--model", mixed], "fc2/affine/W has shape (32, 7)"),
+        (["--inputs", wav, "--out-dir", os.path.join(blocker, "out")], "cannot write to --out-dir"),
+        (["--inputs", wav, "--model", wrong, "--targets", "vocals", "drums"], "drums"),
+    ]
+
+
+def test_bad_inputs_fail_with_one_line_and_no_output(tmp_path, small_model):
+    folder, _ = small_model
+    for argv, message in _bad_input_cases(tmp_path, folder):
+        if "--model" not in argv:
+            argv = argv + ["--model", folder]
+        out = str(tmp_path / "out")
+        if "--out-dir" not in argv:
+            argv = argv + ["--out-dir", out]
+        code, err = run_cli(*argv)
+        assert code == 1, (argv, err)
+        assert message in error_line(err), (argv, err)
+        assert not os.path.exists(out) or os.listdir(out) == [], argv
+
+
+def test_no_half_written_stems_when_writing_fails(tmp_path, monkeypatch):
+    cli = import_script("test")
+    calls = []
+
+    def failing_write(path, audio, rate, subtype):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        sf.write(path, audio, rate, subtype=subtype)
+    monkeypatch.setattr(cli, "write_audio_atomic", failing_write)
+    estimates = {t: np.zeros((100, 2), np.float32) for t in TARGETS}
+    with pytest.raises(OSError):
+        cli.write_estimates(estimates, 8000, str(tmp_path / "out"))
+    assert not os.path.exists(str(tmp_path / "out"))
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_load_models_errors_name_the_problem(tmp_path, small_model):
+    folder, _ = small_model
+    with pytest.raises(UmxError, match="no weights for target 'piano'"):
+        load_models(folder, ["piano"])
+    not_zip = str(tmp_path / "umx.zip")
+    with open(not_zip, "w") as f:
+        f.write("x")
+    with pytest.raises(UmxError, match="neither a folder nor a .zip"):
+        load_models(not_zip, ["vocals"])

@@ -1,0 +1,130 @@
+import numpy as np
+import norbert
+import pytest
+
+from conftest import SMALL, make_random_weights, music_like
+from separator import (TARGETS, WIENER_EPS, estimate_spectrograms, load_models, plan_windows,
+                       separate, wiener_separate)
+from utils import istft, nb_stft_frames, pad_for_stft, stft
+
+
+def snr(reference, estimate):
+    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - estimate) ** 2))
+
+
+@pytest.mark.parametrize("nb_frames,window,context", [(100, 16, 4), (100, 200, 4), (37, 10, 50),
+                                                       (5, 1, 0)])
+def test_window_plan_covers_every_frame_once(nb_frames, window, context):
+    length, plan = plan_windows(nb_frames, window, context)
+    covered = np.zeros(nb_frames, int)
+    for start, core_start, core_stop in plan:
+        assert 0 <= start and start + length <= nb_frames
+        assert core_start - start >= min(context, core_start)
+        assert start + length - core_stop >= min(context, nb_frames - core_stop)
+        covered[core_start:core_stop] += 1
+    assert (covered == 1).all()
+
+
+def _mixture_and_models(small_model, seconds=3.0):
+    folder, cfg = small_model
+    cfgs = load_models(folder, TARGETS)
+    audio = music_like(seconds, cfg.sample_rate)
+    padded = pad_for_stft(audio.T, cfg.n_fft)
+    return cfg, cfgs, audio, padded, nb_stft_frames(audio.shape[0], cfg.n_hop)
+
+
+def test_windows_with_full_context_equal_one_piece(small_model):
+    cfg, cfgs, _, padded, nb_frames = _mixture_and_models(small_model)
+    whole = estimate_spectrograms(padded, nb_frames, cfgs, TARGETS, window=nb_frames, context=0,
+                                  progress=False)
+    windowed = estimate_spectrograms(padded, nb_frames, cfgs, TARGETS, window=40,
+                                     context=nb_frames, batch=3, progress=False)
+    assert whole.shape == (nb_frames, cfg.nb_output_bins, 2, 4)
+    assert np.allclose(windowed, whole, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("niter,softmask,residual", [(0, False, False), (0, True, False),
+                                                     (1, False, False), (1, True, True),
+                                                     (2, False, True), (1, False, False)])
+def test_streamed_wiener_equals_norbert(niter, softmask, residual):
+    n_fft, n_hop = 256, 64
+    rng = np.random.RandomState(niter)
+    audio = music_like(2.0, 8000).T  # (C, T)
+    x = stft(audio, n_fft, n_hop).transpose(1, 2, 0)  # (frames, bins, C)
+    v = (np.abs(x)[..., None] * rng.uniform(0, 1, (1, 1, 1, 3))).astype(np.float32)
+    v[..., 0] = v[..., 0] * 3  # a loud source for a gain != 1
+    alpha = 2.0 if softmask else 1.0
+    vv = v ** alpha if softmask else v
+    model = norbert.residual_model(vv, x, alpha) if residual else vv
+    ref = norbert.wiener(model.astype(np.float64), x.astype(np.complex128), niter,
+                         use_softmask=softmask, eps=WIENER_EPS)
+    ref_audio = istft(ref.transpose(3, 2, 0, 1), audio.shape[-1], n_fft, n_hop)
+    ours = wiener_separate(pad_for_stft(audio, n_fft), audio.shape[-1], vv, n_fft, n_hop,
+                           niter=niter, softmask=softmask, alpha=alpha, residual=residual,
+                           chunk=7, progress=False)
+    assert ours.shape == ref_audio.shape == (3 + residual, 2, audio.shape[-1])
+    for j in range(ours.shape[0]):
+        # 60 dB, or equal to float noise where the source is silent
+        error = np.sum((ref_audio[j] - ours[j]) ** 2)
+        assert error <= 1e-6 * max(np.sum(ref_audio[j] ** 2), 1e-6)
+
+
+def test_separate_shapes_rates_and_channels(small_model):
+    folder, cfg = small_model
+    cfgs = load_models(folder, TARGETS)
+    stereo = music_like(1.5, 8000)
+    est, rate = separate(stereo, 8000, cfgs, progress=False)
+    assert rate == 8000 and sorted(est) == sorted(TARGETS)
+    assert all(e.shape == stereo.shape and e.dtype == np.float32 for e in est.values())
+    # other input rates are resampled to the model's
+    est, _ = separate(stereo[::2], 4000, cfgs, progress=False)
+    assert all(abs(e.shape[0] - stereo.shape[0]) <= 1 for e in est.values())
+    # mono in: duplicated to the stereo the model expects; several channels: the first two
+    est, _ = separate(stereo[:, :1], 8000, cfgs, ["vocals"], progress=False)
+    ref, _ = separate(stereo[:, [0, 0]], 8000, cfgs, ["vocals"], progress=False)
+    assert sorted(est) == ["accompaniment", "vocals"]
+    assert est["vocals"].shape == (stereo.shape[0], 2) and np.isfinite(est["vocals"]).all()
+    assert np.array_equal(est["vocals"], ref["vocals"])
+    three = np.concatenate([stereo, stereo[:, :1]], axis=1)
+    with pytest.warns(UserWarning, match="first two"):
+        est3, _ = separate(three, 8000, cfgs, ["vocals"], progress=False)
+    ref, _ = separate(stereo, 8000, cfgs, ["vocals"], progress=False)
+    assert np.allclose(est3["vocals"], ref["vocals"], atol=1e-6)
+
+
+def test_estimates_sum_to_the_mixture_with_a_residual(small_model):
+    folder, cfg = small_model
+    cfgs = load_models(folder, TARGETS)
+    audio = music_like(2.0, 8000)
+    est, _ = separate(audio, 8000, cfgs, niter=1, residual_model=True, progress=False)
+    assert "residual" in est
+    # the EM's posterior means add up to the mixture
+    assert snr(audio, sum(est.values())) > 30
+
+
+def test_silence_gives_silent_stems(small_model):
+    folder, _ = small_model
+    cfgs = load_models(folder, TARGETS)
+    est, _ = separate(np.zeros((8000, 2), np.float32), 8000, cfgs, progress=False)
+    for e in est.values():
+        assert np.isfinite(e).all() and np.abs(e).max() == 0
+
+
+@pytest.mark.slow
+def test_windows_match_one_piece_on_30s_of_real_music(tmp_path, stem_clip):
+    """Full-size network, default LSTM context: window borders are inaudible (>= 40 dB)."""
+    import stempeg
+    stems, rate = stempeg.read_stems(stem_clip, dtype=np.float32)
+    # 30 s of real music: the mixture, then re-mixes of its stems
+    parts = [stems[0], stems[1] + stems[2], stems[4] + stems[3], stems[0][::-1], stems[2] + stems[4]]
+    audio = np.concatenate(parts)[: 30 * rate]
+    folder = str(tmp_path / "full")
+    make_random_weights(folder, targets=("vocals", "drums"))
+    cfgs = load_models(folder, ["vocals", "drums"])
+    padded = pad_for_stft(audio.T, 4096)
+    nb_frames = nb_stft_frames(audio.shape[0], 1024)
+    whole = estimate_spectrograms(padded, nb_frames, cfgs, ["vocals", "drums"],
+                                  window=nb_frames, context=0, progress=False)
+    windowed = estimate_spectrograms(padded, nb_frames, cfgs, ["vocals", "drums"],
+                                     window=300, progress=False)
+    assert snr(whole, windowed) >= 40
