@@ -49,3 +49,58 @@ def get_inference_args(argv=None):
     if args.chunk_dur is not None and args.chunk_dur <= 0:
         parser.error("--chunk-dur must be > 0")
     return args
+
+
+def get_train_args(argv=None):
+    """The seed's training flags, with the seed's defaults."""
+    parser = argparse.ArgumentParser(description="Train an Open-Unmix target model (NNabla)")
+    parser.add_argument("--umx-train", action="store_true",
+                        help="train UMX (kept for the seed's command line)")
+    parser.add_argument("--root", default=None,
+                        help="MUSDB18 root; omitted: musdb's 7-second previews (downloaded)")
+    parser.add_argument("--is-wav", action="store_true",
+                        help="the dataset is decoded WAV (musdb's WAV layout), not STEMS .mp4")
+    parser.add_argument("--source", default="vocals",
+                        help="target source to train (%s)" % ", ".join(TARGET_NAMES))
+    parser.add_argument("--output", default="open-unmix",
+                        help="folder for <source>.h5, <source>.json, logs and checkpoints")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint folder to resume from (default: the one in --output)")
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patience", type=int, default=140,
+                        help="epochs without validation improvement before stopping")
+    parser.add_argument("--seq-dur", type=float, default=6.0,
+                        help="seconds per training chunk; <= 0: whole tracks")
+    parser.add_argument("--unidirectional", action="store_true",
+                        help="one LSTM direction of the full hidden size (causal model)")
+    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--nfft", type=int, default=4096)
+    parser.add_argument("--nhop", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--lr-decay-patience", type=int, default=80)
+    parser.add_argument("--lr-decay-gamma", type=float, default=0.3)
+    parser.add_argument("--weight-decay", type=float, default=0.00001)
+    parser.add_argument("--bandwidth", type=float, default=16000,
+                        help="highest frequency (Hz) the network sees")
+    parser.add_argument("--nb-channels", type=int, default=2, choices=[1, 2])
+    parser.add_argument("--nb-workers", type=int, default=0,
+                        help="threads loading training samples (0: the main thread)")
+    parser.add_argument("--context", default="cudnn", choices=["cpu", "cuda", "cudnn"],
+                        help="NNabla context (falls back to cpu without a GPU)")
+    parser.add_argument("--device-id", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--samples-per-track", type=int, default=64)
+    parser.add_argument("--source-augmentations", nargs="*", default=["gain", "channelswap"],
+                        choices=["gain", "channelswap"])
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "hidden_size", "nfft", "nhop", "samples_per_track"):
+        if getattr(args, name) <= 0:
+            parser.error("--%s must be > 0" % name.replace("_", "-"))
+    if args.nb_workers < 0:
+        parser.error("--nb-workers must be >= 0")
+    if args.nhop > args.nfft:
+        parser.error("--nhop must not exceed --nfft")
+    if not args.unidirectional and args.hidden_size % 2:
+        parser.error("--hidden-size must be even for the bidirectional LSTM")
+    return args

@@ -110,12 +110,13 @@ def config_from_shapes(shapes, n_hop=1024, sample_rate=44100):
                      sample_rate=sample_rate)
 
 
-def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout=0.0):
+def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout_masks=None):
     """A stacked (bi)LSTM equal to `F.lstm` with the same parameters and zero initial state.
 
     x [shape=(nb_frames, nb_samples, nb_features)]
     → [shape=(nb_frames, nb_samples, nb_directions * H)]  (forward, then backward features)
-    dropout: applied to the outputs of all layers but the last (training only).
+    dropout_masks: nb_layers - 1 Variables [shape=(nb_frames, nb_samples, nb_directions * H)]
+    multiplied with the outputs of all layers but the last (training only).
     """
     nb_frames, nb_samples, _ = x.shape
     dirs = nb_directions
@@ -153,8 +154,8 @@ def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout=
             out = F.concatenate(out[:, :1], F.flip(out[:, 1:], axes=[0]), axis=1)
         # (T, D, B, H) -> (T, B, D*H)
         layer_in = F.reshape(F.transpose(out, (0, 2, 1, 3)), (nb_frames, nb_samples, dirs * hid))
-        if dropout > 0 and layer < nb_layers - 1:
-            layer_in = F.dropout(layer_in, dropout)
+        if dropout_masks and layer < nb_layers - 1:
+            layer_in = layer_in * dropout_masks[layer]
     return layer_in
 
 
@@ -165,10 +166,15 @@ class OpenUnmix:
            or time-domain audio [shape=(nb_samples, nb_channels, nb_timesteps)]
     Output: magnitude estimate [shape=(nb_frames, nb_samples, nb_channels, nb_output_bins)]
     (nb_channels == 1 models downmix their input and give a mono estimate.)
+
+    A training graph (test=False) applies dropout between the LSTM layers through mask
+    Variables (`self.dropout_masks`, initially all ones) that `sample_dropout(rng)` redraws:
+    the masks come from the caller's random state, so a resumed run draws the same ones.
     """
 
     def __init__(self, cfg, input_mean=None, input_scale=None):
         self.cfg = cfg
+        self.dropout_masks = []
         if input_mean is None:
             input_mean = np.zeros(cfg.max_bin, np.float32)
         if input_scale is None:
@@ -206,8 +212,15 @@ class OpenUnmix:
         x = (x + F.reshape(self.input_mean, (1, 1, 1, cfg.max_bin))) * \
             F.reshape(self.input_scale, (1, 1, 1, cfg.max_bin))
         x = F.tanh(self._fc_bn("fc1", x, cfg.hidden_size, test))  # (T, B, hidden)
+        masks = None
+        if not test:
+            masks = [nn.Variable((nb_frames, nb_samples, cfg.hidden_size))
+                     for _ in range(cfg.nb_layers - 1)]
+            for mask in masks:
+                mask.data.fill(1.0)
+            self.dropout_masks = masks
         lstm_out = unrolled_lstm(x, self.lstm_w0, self.lstm_w, self.lstm_b, cfg.nb_layers,
-                                 cfg.nb_directions, dropout=0.0 if test else LSTM_DROPOUT)
+                                 cfg.nb_directions, dropout_masks=masks)
         x = F.concatenate(x, lstm_out, axis=2)  # skip connection: (T, B, 2 * hidden)
         x = F.relu(self._fc_bn("fc2", x, cfg.hidden_size, test))
         x = self._fc_bn("fc3", x, nb_channels * nb_bins, test)
@@ -216,6 +229,11 @@ class OpenUnmix:
         x = x * F.reshape(self.output_scale, (1, 1, 1, nb_bins)) + \
             F.reshape(self.output_mean, (1, 1, 1, nb_bins))
         return F.relu(x) * mix
+
+    def sample_dropout(self, rng, p=LSTM_DROPOUT):
+        """Draw new inverted-dropout masks (keep with probability 1 - p, scaled by 1 / (1 - p))."""
+        for mask in self.dropout_masks:
+            mask.d = (rng.uniform(size=mask.shape) >= p) / (1.0 - p)
 
     @staticmethod
     def _fc_bn(scope, x, nb_out, test):

@@ -16,7 +16,9 @@ Memory stays bounded by the window sizes, not by the track:
 import json
 import os
 import tempfile
+import time
 import zipfile
+from contextlib import contextmanager
 
 import numpy as np
 import nnabla as nn
@@ -35,6 +37,15 @@ WINDOW_FRAMES = 512
 CONTEXT_FRAMES = 64
 WINDOWS_PER_BATCH = 8
 WIENER_CHUNK_FRAMES = 256
+
+
+@contextmanager
+def _timed(timings, stage):
+    """Add the block's wall time to timings[stage] (when a dict is given)."""
+    start = time.perf_counter()
+    yield
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------------------
@@ -228,14 +239,16 @@ class _NetworkRunner:
 
 
 def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
-                          context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True):
+                          context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True,
+                          timings=None, runner=None):
     """Magnitude estimates of all targets, window by window.
 
     padded [shape=(nb_channels, nb_timesteps + n_fft)] (see utils.pad_for_stft)
     → float32 [shape=(nb_frames, nb_bins, nb_model_channels, nb_targets)]
+    runner: a `_NetworkRunner` to reuse its graphs across calls.
     """
     cfg = cfgs[targets[0]]
-    runner = _NetworkRunner(cfgs)
+    runner = runner or _NetworkRunner(cfgs)
     model_channels = max(cfgs[t].nb_channels for t in targets)
     out = np.zeros((nb_frames, cfg.nb_output_bins, model_channels, len(targets)), np.float32)
     length, plan = plan_windows(nb_frames, window, context)
@@ -244,10 +257,12 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
                disable=not progress, leave=False)
     for windows in batches:
         # (batch, nb_channels, length, bins) -> (length, batch, nb_channels, bins)
-        spec = model_layout(np.stack([stft_frames(padded, s, s + length, cfg.n_fft, cfg.n_hop)
-                                      for s, _, _ in windows]))
+        with _timed(timings, "stft"):
+            spec = model_layout(np.stack([stft_frames(padded, s, s + length, cfg.n_fft,
+                                                      cfg.n_hop) for s, _, _ in windows]))
         for j, target in enumerate(targets):
-            est = runner.run(target, spec)
+            with _timed(timings, "network " + target):
+                est = runner.run(target, spec)
             for b, (start, core_start, core_stop) in enumerate(windows):
                 # (frames, channels, bins) -> (frames, bins, channels)
                 core = est[core_start - start: core_stop - start, b].transpose(0, 2, 1)
@@ -306,7 +321,7 @@ def _wiener_step(y, x, R, eps):
 
 def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
                     alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
-                    progress=True):
+                    progress=True, timings=None):
     """Source waveforms from magnitude estimates, equal to norbert's whole-track
 
         norbert.wiener(norbert.residual_model(v, x, alpha) if residual else v, x, niter,
@@ -323,7 +338,8 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
 
     def mixture(a):
         # (C, f, bins) -> (f, bins, C)
-        return stft_frames(padded, a, min(a + chunk, nb_frames), n_fft, n_hop).transpose(1, 2, 0)
+        with _timed(timings, "stft"):
+            return stft_frames(padded, a, min(a + chunk, nb_frames), n_fft, n_hop).transpose(1, 2, 0)
 
     passes = (1 if (residual or niter) else 0) + niter + 1
     bar = tqdm(total=passes * len(starts), desc="wiener", unit="chunk", disable=not progress,
@@ -354,12 +370,13 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
 
     def estimates(a, covariances):
         x = mixture(a)
-        y = _initial_estimates(source_models(a, x), x, softmask, eps).astype(np.complex64)
-        if niter:
-            x, y = x / max_abs, y / max_abs
-            for R in covariances:
-                y = _wiener_step(y, x, R, eps)
-            y = y * max_abs
+        with _timed(timings, "wiener"):
+            y = _initial_estimates(source_models(a, x), x, softmask, eps).astype(np.complex64)
+            if niter:
+                x, y = x / max_abs, y / max_abs
+                for R in covariances:
+                    y = _wiener_step(y, x, R, eps)
+                y = y * max_abs
         return y
 
     covariances = []
@@ -367,7 +384,8 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
         num, weight = 0.0, eps
         for a in starts:
             y = estimates(a, covariances) / max_abs
-            n, w = _covariance_sums(y)
+            with _timed(timings, "wiener"):
+                n, w = _covariance_sums(y)
             num, weight = num + n, weight + w
             bar.update()
         covariances.append((num / weight[:, None, None, :]).astype(np.complex64))
@@ -376,10 +394,13 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
     ola = OverlapAdd((nb_sources, nb_channels), nb_timesteps, n_fft, n_hop)
     for a in starts:
         # (f, bins, C, J) -> (J, C, f, bins)
-        ola.add(estimates(a, covariances).transpose(3, 2, 0, 1), a)
+        y = estimates(a, covariances)
+        with _timed(timings, "istft"):
+            ola.add(y.transpose(3, 2, 0, 1), a)
         bar.update()
     bar.close()
-    return ola.result()
+    with _timed(timings, "istft"):
+        return ola.result()
 
 
 # --------------------------------------------------------------------------------------
@@ -387,20 +408,23 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
 # --------------------------------------------------------------------------------------
 
 def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0,
-             residual_model=False, window=WINDOW_FRAMES, context=CONTEXT_FRAMES, progress=True):
+             residual_model=False, window=WINDOW_FRAMES, context=CONTEXT_FRAMES, progress=True,
+             timings=None):
     """Separate a mixture into the targets' estimates.
 
     audio [shape=(nb_timesteps, nb_channels)] at `rate` (resampled to the models' rate; mono
     is duplicated, channels beyond two are dropped); cfgs: `load_models`' result.
     Returns ({name: float32 [shape=(nb_timesteps', 2)]}, model_rate). With `residual_model`,
     or a single target, the rest of the mixture comes as 'residual' ('accompaniment' when one).
+    timings: a dict to which the seconds spent per stage are added.
     """
     targets = list(targets or cfgs)
     unknown = [t for t in targets if t not in cfgs]
     if unknown:
         raise UmxError("target '%s' is not loaded (loaded: %s)" % (unknown[0], ", ".join(cfgs)))
     cfg = cfgs[targets[0]]
-    audio = prepare_audio(audio, rate, cfg.sample_rate)
+    with _timed(timings, "resample"):
+        audio = prepare_audio(audio, rate, cfg.sample_rate)
     nb_timesteps = audio.shape[0]
     if nb_timesteps < cfg.n_fft:
         raise UmxError("audio of %.3f s is too short: at least one STFT window (%d samples) "
@@ -409,13 +433,13 @@ def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0
     padded = pad_for_stft(np.ascontiguousarray(audio.T), cfg.n_fft)
     nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
     v = estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
-                              progress=progress)
+                              progress=progress, timings=timings)
     if softmask:
         v = v ** alpha
     residual = residual_model or len(targets) == 1
     waves = wiener_separate(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
                             softmask=softmask, alpha=alpha if softmask else 1.0,
-                            residual=residual, progress=progress)
+                            residual=residual, progress=progress, timings=timings)
     names = targets + (["accompaniment" if len(targets) == 1 else "residual"] if residual else [])
     # (J, C, nb_timesteps) -> {name: (nb_timesteps, C)}
     return {name: np.ascontiguousarray(waves[j].T) for j, name in enumerate(names)}, cfg.sample_rate

@@ -108,10 +108,23 @@ def test_dropout_only_while_training():
     x = V(np.abs(np.random.RandomState(0).randn(7, 4, 2, 33)))
     with nn.parameter_scope("m"):
         model = OpenUnmix(cfg)
-        train, test = model(x, test=False), model(x, test=True)
+        train = model(x, test=False)
+        assert len(model.dropout_masks) == cfg.nb_layers - 1
+        test = model(x, test=True)
+    rng = np.random.RandomState(0)
     results = []
-    for y in (train, train, test, test):
+    for y in (train, train, train, test):
+        model.sample_dropout(rng)
         y.forward()
         results.append(y.d.copy())
-    assert not np.allclose(results[0], results[1])  # dropout draws new masks
-    assert np.array_equal(results[2], results[3])
+    assert not np.allclose(results[0], results[1])  # new masks, new outputs
+    kept = np.mean([m.d > 0 for m in model.dropout_masks])
+    assert 0.5 < kept < 0.7  # p = 0.4
+    # with all-ones masks the training LSTM is the inference LSTM (BN aside)
+    for m in model.dropout_masks:
+        m.d = 1.0
+    train.forward()
+    with nn.parameter_scope("m"):
+        batch_stat_free = model(x, test=False)
+    batch_stat_free.forward()
+    assert np.allclose(train.d, batch_stat_free.d, atol=1e-6)

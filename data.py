@@ -1,0 +1,313 @@
+"""MUSDB18 for training: sampling, augmentation, batches, and a generator of small datasets.
+
+Training samples (the seed's scheme): sample `index` of an epoch takes its target source from
+track `index // samples_per_track` (every track is drawn `samples_per_track` times an epoch)
+and each interfering source from an independently, uniformly drawn track (with replacement);
+every source gets its own random chunk of `seq_dur` seconds and its own augmentations (gain
+uniform in [0.25, 1.25], channel swap with probability 1/2); the mixture is their sum.
+Each sample's random numbers come from (seed, epoch, index) alone, so the data do not depend
+on the order or the worker that loads them. Validation uses whole tracks, unaugmented.
+
+`python data.py --generate ROOT` writes a small MUSDB-format WAV dataset of synthetic music.
+"""
+import argparse
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from utils import UmxError
+
+SOURCES = ["vocals", "drums", "bass", "other"]
+AUGMENTATIONS = ["gain", "channelswap"]
+RATE = 44100
+
+
+# --------------------------------------------------------------------------------------
+# tracks
+# --------------------------------------------------------------------------------------
+
+class Track:
+    """One track's files: reads chunks of any source without shared mutable state (thread-safe)."""
+
+    def __init__(self, mus_track, is_wav):
+        self.name = mus_track.name
+        self.is_wav = is_wav
+        self.path = mus_track.path
+        self.rate = int(mus_track.rate)
+        self.duration = float(mus_track.duration)
+        self.sources = {name: (src.path, src.stem_id) for name, src in mus_track.sources.items()}
+
+    def read(self, source, start=0.0, duration=None):
+        """source 'mixture' or a stem → float32 [shape=(nb_timesteps, 2)]"""
+        if source == "mixture":
+            path, stem_id = self.path, 0
+        else:
+            path, stem_id = self.sources[source]
+        if self.is_wav:
+            import soundfile as sf
+            first = int(round(start * self.rate))
+            frames = -1 if duration is None else int(round(duration * self.rate))
+            audio, _ = sf.read(path, start=first, frames=frames, dtype="float32", always_2d=True)
+        else:
+            import stempeg
+            audio, _ = stempeg.read_stems(path, start=start or None, duration=duration,
+                                          stem_id=stem_id, dtype=np.float32)
+        if duration is not None:  # decoders may give a sample more or less
+            n = int(round(duration * self.rate))
+            audio = audio[:n] if audio.shape[0] >= n else np.pad(audio, ((0, n - audio.shape[0]), (0, 0)))
+        return np.asarray(audio, np.float32)
+
+
+def load_tracks(root=None, is_wav=False, subset="train", split=None, log=print):
+    """Tracks of a MUSDB18 folder (musdb's layout), checked to hold every source.
+
+    subset 'train' with split 'train'/'valid' applies musdb's fixed 14-track validation split;
+    a dataset without any of those names holds out every 5th track (at least one) instead.
+    root None → musdb's 7-second previews (downloaded once).
+    """
+    import musdb
+    if root is None:
+        try:
+            db = musdb.DB(download=True, subsets=subset)
+        except Exception as exc:
+            raise UmxError("could not download the MUSDB18 previews (%s): pass --root with a "
+                           "local MUSDB18 folder" % type(exc).__name__)
+        root = db.root
+    if not os.path.isdir(root):
+        raise UmxError("dataset root not found: %s" % root)
+    if not os.path.isdir(os.path.join(root, subset)):
+        raise UmxError("%s has no '%s' folder: not a MUSDB18 root" % (root, subset))
+    try:
+        mus_tracks = musdb.DB(root=root, is_wav=is_wav, subsets=subset).tracks
+    except Exception as exc:
+        raise UmxError("cannot read the dataset in %s: %s" % (root, exc))
+    if not mus_tracks:
+        raise UmxError("no tracks in %s/%s%s" % (root, subset, "" if is_wav else
+                                                  " (for decoded WAV folders pass --is-wav)"))
+    tracks = []
+    for t in mus_tracks:
+        missing = [s for s in SOURCES if s not in t.sources]
+        if missing:
+            raise UmxError("track '%s' is missing the '%s' stem" % (t.name, missing[0]))
+        tracks.append(Track(t, is_wav))
+    if split is None:
+        return tracks
+    valid_names = set(musdb.DB(root=root, is_wav=is_wav, subsets=subset).setup["validation_tracks"])
+    if not any(t.name in valid_names for t in tracks):
+        held = [t.name for t in tracks[::5]] if len(tracks) > 1 else []
+        log("no MUSDB18 validation track in %s: holding out %d of %d tracks for validation (%s)"
+            % (root, len(held), len(tracks), ", ".join(held)))
+        valid_names = set(held)
+    chosen = [t for t in tracks if (t.name in valid_names) == (split == "valid")]
+    if not chosen:
+        raise UmxError("the %s split of %s is empty" % (split, root))
+    return chosen
+
+
+# --------------------------------------------------------------------------------------
+# sampling
+# --------------------------------------------------------------------------------------
+
+def sample_rng(seed, epoch, index):
+    """The random numbers of one training sample, whoever loads it."""
+    return np.random.RandomState(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def augment(audio, rng, augmentations):
+    """audio [shape=(nb_timesteps, 2)] → gain in [0.25, 1.25] and/or a 50 % channel swap."""
+    if "gain" in augmentations:
+        audio = audio * rng.uniform(0.25, 1.25)
+    if "channelswap" in augmentations and audio.shape[1] == 2 and rng.uniform() < 0.5:
+        audio = audio[:, ::-1]
+    return audio
+
+
+class TrainingSet:
+    """Random-mix training samples: len = nb_tracks * samples_per_track each epoch."""
+
+    def __init__(self, tracks, target, seq_dur=6.0, samples_per_track=64,
+                 augmentations=AUGMENTATIONS, seed=42):
+        if target not in SOURCES:
+            raise UmxError("unknown --source '%s' (choose from %s)" % (target, ", ".join(SOURCES)))
+        self.tracks, self.target = tracks, target
+        self.seq_dur = seq_dur if seq_dur and seq_dur > 0 else None
+        self.samples_per_track = samples_per_track
+        self.augmentations = list(augmentations)
+        self.seed = seed
+        if self.seq_dur and all(t.duration < self.seq_dur for t in tracks):
+            raise UmxError("--seq-dur %.2f s is longer than every training track (longest: %.2f s)"
+                           % (self.seq_dur, max(t.duration for t in tracks)))
+
+    def __len__(self):
+        return len(self.tracks) * self.samples_per_track
+
+    def sample(self, epoch, index):
+        """→ (mixture, target) float32 [shape=(nb_timesteps, 2)] each"""
+        rng = sample_rng(self.seed, epoch, index)
+        target_track = self.tracks[index // self.samples_per_track]
+        stems = {}
+        for source in SOURCES:
+            # the target comes from the balanced track, the others from random tracks;
+            # tracks shorter than the chunk are skipped
+            candidates = [t for t in self.tracks if not self.seq_dur or t.duration >= self.seq_dur]
+            if source == self.target and (not self.seq_dur or target_track.duration >= self.seq_dur):
+                track = target_track
+            else:
+                track = candidates[rng.randint(len(candidates))]
+            if self.seq_dur:
+                start = rng.uniform(0, track.duration - self.seq_dur)
+                audio = track.read(source, start, self.seq_dur)
+            else:
+                audio = track.read(source)
+            stems[source] = augment(audio, rng, self.augmentations)
+        if not self.seq_dur:  # whole tracks of different lengths: cut to the shortest
+            n = min(a.shape[0] for a in stems.values())
+            stems = {k: a[:n] for k, a in stems.items()}
+        mixture = sum(stems[s] for s in SOURCES)
+        return mixture.astype(np.float32), stems[self.target].astype(np.float32)
+
+
+def epoch_batches(dataset, epoch, batch_size, nb_workers=0, rank=0, nb_ranks=1):
+    """Yield (mixtures, targets) [shape=(batch, nb_timesteps, 2)] for one epoch.
+
+    The epoch's sample order is a permutation drawn from (seed, epoch); with several ranks
+    each takes every nb_ranks-th batch-sized slice. Incomplete last batches are dropped.
+    """
+    order = np.random.RandomState(
+        np.random.SeedSequence([dataset.seed, epoch]).generate_state(1)[0]).permutation(len(dataset))
+    step = batch_size * nb_ranks
+    slices = [order[i + rank * batch_size: i + (rank + 1) * batch_size]
+              for i in range(0, len(order) - step + 1, step)]
+    load = (lambda idx: dataset.sample(epoch, int(idx)))
+    pool = ThreadPoolExecutor(nb_workers) if nb_workers > 0 else None
+    try:
+        for indices in slices:
+            samples = list(pool.map(load, indices) if pool else map(load, indices))
+            yield (np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]))
+    finally:
+        if pool:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def validation_pairs(tracks, target):
+    """Yield (name, mixture, target) of whole tracks, unaugmented."""
+    for track in tracks:
+        yield track.name, track.read("mixture"), track.read(target)
+
+
+# --------------------------------------------------------------------------------------
+# a small MUSDB-format dataset of synthetic music
+# --------------------------------------------------------------------------------------
+
+def _envelope(n, rate, attack, release):
+    t = np.arange(n) / rate
+    return np.minimum(1.0, t / max(attack, 1e-4)) * np.exp(-t / release)
+
+
+def _note(freq, n, rate, harmonics, rng, vibrato=0.0):
+    t = np.arange(n) / rate
+    phase = 2 * np.pi * freq * t
+    if vibrato:
+        phase += vibrato * np.sin(2 * np.pi * rng.uniform(4.5, 6.5) * t) / rng.uniform(4.5, 6.5)
+    return sum(a * np.sin(k * phase + rng.uniform(0, 2 * np.pi)) for k, a in harmonics)
+
+
+def synth_track(duration, rng, rate=RATE):
+    """Four stereo stems {source: float32 (nb_timesteps, 2)} of one synthetic song."""
+    n = int(duration * rate)
+    beat = 60.0 / rng.uniform(80, 140)
+    root = rng.choice([40, 43, 45, 47, 48, 50])  # MIDI note of the key
+    progression = [0, 5, 7, 3] if rng.uniform() < 0.5 else [0, 7, 9, 5]
+    hz = (lambda midi: 440.0 * 2 ** ((midi - 69) / 12.0))
+    stems = {s: np.zeros(n) for s in SOURCES}
+
+    def place(source, start, signal):
+        a = int(start * rate)
+        if a >= n:
+            return
+        b = min(n, a + signal.size)
+        stems[source][a:b] += signal[: b - a]
+
+    # drums: kick on 1 and 3, snare on 2 and 4, hi-hats on eighths
+    for k in range(int(duration / beat * 2) + 1):
+        t0 = k * beat / 2
+        m = int(0.35 * rate)
+        if k % 4 == 0:
+            f = 50 + 100 * np.exp(-np.arange(m) / rate / 0.03)
+            place("drums", t0, 0.9 * np.sin(2 * np.pi * np.cumsum(f) / rate) * _envelope(m, rate, 0.002, 0.12))
+        if k % 4 == 2:
+            place("drums", t0, 0.5 * rng.randn(m) * _envelope(m, rate, 0.001, 0.06))
+        hat = int(0.05 * rate)
+        place("drums", t0, 0.15 * np.diff(rng.randn(hat + 1)) * _envelope(hat, rate, 0.001, 0.015))
+    # bass, pads and melody follow the chord progression, one chord per bar
+    bar = 4 * beat
+    for c in range(int(duration / bar) + 1):
+        chord = root + progression[c % len(progression)]
+        for q in range(4):  # bass: a note per beat
+            m = int(beat * rate)
+            place("bass", c * bar + q * beat, 0.5 * _note(hz(chord - 12 + (7 if q == 2 else 0)), m, rate,
+                                                          [(1, 1.0), (2, 0.5), (3, 0.25)], rng)
+                  * _envelope(m, rate, 0.005, 0.4))
+        m = int(bar * rate)
+        pad = sum(_note(hz(chord + 12 + i), m, rate, [(1, 1.0), (2, 0.3)], rng) for i in (0, 4, 7))
+        place("other", c * bar, 0.12 * pad * _envelope(m, rate, 0.3, 3.0))
+    # vocals: sung phrases with gaps, vibrato and formant-like harmonics
+    t = 0.0
+    scale = [0, 2, 4, 5, 7, 9, 11, 12]
+    while t < duration:
+        phrase = rng.uniform(1.5, 3.0)
+        for _ in range(int(phrase / (beat / 2))):
+            m = int(beat / 2 * rate)
+            f = hz(root + 24 + scale[rng.randint(len(scale))])
+            place("vocals", t, 0.3 * _note(f, m, rate, [(1, 1.0), (2, 0.7), (3, 0.5), (4, 0.2), (5, 0.3)],
+                                           rng, vibrato=0.02 * f) * _envelope(m, rate, 0.03, 0.5))
+            t += beat / 2
+        t += rng.uniform(0.5, 1.5)
+    out = {}
+    for source in SOURCES:
+        pan = rng.uniform(0.3, 0.7)
+        out[source] = (stems[source][:, None] * np.array([[np.sqrt(1 - pan), np.sqrt(pan)]])).astype(np.float32)
+    return out
+
+
+def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progress=True):
+    """Write <root>/{train,test}/<track>/{mixture,drums,bass,other,vocals}.wav (float WAV,
+    44.1 kHz stereo, mixture = sum of the stems). Existing complete tracks are kept."""
+    import soundfile as sf
+    from tqdm import tqdm
+    from utils import write_audio_atomic
+    rng = np.random.RandomState(seed)
+    jobs = [("train", "Synth %02d" % i) for i in range(nb_train)] + \
+           [("test", "Synth Test %02d" % i) for i in range(nb_test)]
+    for subset, name in tqdm(jobs, desc="generating %s" % root, disable=not progress):
+        track_rng = np.random.RandomState(rng.randint(2 ** 31))
+        folder = os.path.join(root, subset, name)
+        if all(os.path.isfile(os.path.join(folder, s + ".wav")) for s in SOURCES + ["mixture"]):
+            continue
+        os.makedirs(folder, exist_ok=True)
+        stems = synth_track(duration, track_rng)
+        mixture = sum(stems.values())
+        peak = np.abs(mixture).max()
+        scale = 0.9 / peak if peak > 0.9 else 1.0
+        for source, audio in stems.items():
+            write_audio_atomic(os.path.join(folder, source + ".wav"), audio * scale, RATE)
+        # the mixture last, so a track folder with a mixture is complete
+        mixture = sum(sf.read(os.path.join(folder, s + ".wav"), dtype="float32")[0] for s in SOURCES)
+        write_audio_atomic(os.path.join(folder, "mixture.wav"), mixture, RATE)
+    return root
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Generate a small MUSDB-format dataset")
+    parser.add_argument("--generate", required=True, metavar="ROOT")
+    parser.add_argument("--nb-train", type=int, default=8)
+    parser.add_argument("--nb-test", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=12.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    generate_dataset(args.generate, args.nb_train, args.nb_test, args.duration, args.seed)
+
+
+if __name__ == "__main__":
+    main()

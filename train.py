@@ -1,0 +1,391 @@
+"""Train one UMX target: python train.py --root MUSDB18 --source vocals --output OUT --umx-train
+
+Writes to OUT: `<source>.h5` (the best weights, official layout: `test.py --model OUT` loads
+it), `<source>.json` (arguments, architecture, per-epoch history), `<source>_loss.png`,
+NNabla Monitor series, and `<source>.checkpoint/` (the last completed epoch: parameters,
+solver state, scheduler and early stopping). Re-running the same command resumes from it.
+"""
+import json
+import os
+import shutil
+import sys
+import time
+from collections import namedtuple
+
+import numpy as np
+import nnabla as nn
+import nnabla.functions as F
+import nnabla.solvers as S
+from tqdm import tqdm
+
+from args import get_train_args
+from data import TrainingSet, epoch_batches, load_tracks, validation_pairs
+from model import OpenUnmix, UmxConfig, bandwidth_to_max_bin
+from separator import _NetworkRunner, estimate_spectrograms, save_target
+from utils import (UmxError, atomic_path, model_layout, nb_stft_frames, pad_for_stft,
+                   set_context, stft, write_json_atomic)
+
+TrainGraph = namedtuple("TrainGraph", "mixture target loss model")
+
+
+# --------------------------------------------------------------------------------------
+# statistics, scheduling, stopping
+# --------------------------------------------------------------------------------------
+
+def magnitudes(audio, n_fft, n_hop, mono=False):
+    """audio [shape=(nb_samples, nb_timesteps, 2)] → [shape=(nb_frames, nb_samples, C, nb_bins)]"""
+    mag = model_layout(stft(audio.transpose(0, 2, 1), n_fft, n_hop))
+    return mag.mean(axis=2, keepdims=True) if mono else mag
+
+
+def compute_statistics(tracks, n_fft, n_hop, progress=True):
+    """Per-bin mean and std of the mono mixture magnitude over all frames of `tracks`.
+
+    As the seed does, the std is floored at 1e-4 of its maximum. → (mean, std) [shape=(bins,)]
+    """
+    total, total_sq, count = 0.0, 0.0, 0
+    for track in tqdm(tracks, desc="statistics", disable=not progress, leave=False):
+        mag = np.abs(stft(track.read("mixture").T, n_fft, n_hop)).mean(axis=0)  # (frames, bins)
+        mag = mag.astype(np.float64)
+        total, total_sq, count = total + mag.sum(0), total_sq + (mag ** 2).sum(0), count + len(mag)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0))
+    std = np.maximum(std, 1e-4 * std.max())
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class ReduceLROnPlateau:
+    """Multiply the learning rate by `gamma` after `patience` epochs without a relative
+    improvement of 1e-4, then wait `cooldown` epochs (PyTorch's scheduler, as the seed uses)."""
+
+    def __init__(self, lr, gamma, patience, cooldown=10):
+        self.lr, self.gamma, self.patience, self.cooldown = lr, gamma, patience, cooldown
+        self.best, self.bad_epochs, self.cooldown_left = np.inf, 0, 0
+
+    def step(self, loss):
+        if loss < self.best * (1 - 1e-4):
+            self.best, self.bad_epochs = loss, 0
+        else:
+            self.bad_epochs += 1
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.bad_epochs = 0
+        if self.bad_epochs > self.patience:
+            self.lr *= self.gamma
+            self.cooldown_left, self.bad_epochs = self.cooldown, 0
+        return self.lr
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+class EarlyStopping:
+    """Stop after `patience` epochs without a better validation loss."""
+
+    def __init__(self, patience):
+        self.patience, self.best, self.bad_epochs = patience, np.inf, 0
+
+    def step(self, loss):
+        """→ True when this loss is the best so far."""
+        if loss < self.best:
+            self.best, self.bad_epochs = loss, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def stop(self):
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+# --------------------------------------------------------------------------------------
+# graphs and steps
+# --------------------------------------------------------------------------------------
+
+def build_training_graph(cfg, source, batch_size, nb_frames, input_mean=None, input_scale=None):
+    """The training graph of one target, built once.
+
+    mixture, target: Variables [shape=(nb_frames, batch_size, nb_channels, nb_bins)] to fill
+    with magnitude spectrograms; loss: the mean squared error of the estimate.
+    """
+    mixture = nn.Variable((nb_frames, batch_size, cfg.nb_channels, cfg.nb_output_bins))
+    target = nn.Variable((nb_frames, batch_size, cfg.nb_channels, cfg.nb_output_bins))
+    with nn.parameter_scope(source):
+        model = OpenUnmix(cfg, input_mean, input_scale)
+        estimate = model(mixture, test=False)
+    loss = F.mean(F.squared_error(estimate, target))
+    return TrainGraph(mixture, target, loss, model)
+
+
+def train_step(graph, solver, mixtures, targets, cfg, weight_decay, rng, comm=None):
+    """One update from audio batches [shape=(batch, nb_timesteps, 2)]; → the loss."""
+    mono = cfg.nb_channels == 1
+    graph.mixture.d = magnitudes(mixtures, cfg.n_fft, cfg.n_hop, mono)
+    graph.target.d = magnitudes(targets, cfg.n_fft, cfg.n_hop, mono)
+    graph.model.sample_dropout(rng)
+    solver.zero_grad()
+    graph.loss.forward(clear_no_need_grad=True)
+    graph.loss.backward(clear_buffer=True)
+    if comm is not None:
+        comm.all_reduce_grads(solver)
+    solver.weight_decay(weight_decay)
+    solver.update()
+    return float(graph.loss.d)
+
+
+def validation_loss(tracks, source, cfg, runner, progress=True):
+    """Mean over tracks of the MSE of the magnitude estimate on whole tracks (inference mode)."""
+    losses = []
+    for _, mixture, target in tqdm(list(validation_pairs(tracks, source)), desc="validation",
+                                   disable=not progress, leave=False):
+        padded = pad_for_stft(np.ascontiguousarray(mixture.T), cfg.n_fft)
+        frames = nb_stft_frames(mixture.shape[0], cfg.n_hop)
+        estimate = estimate_spectrograms(padded, frames, {source: cfg}, [source], progress=False,
+                                         runner=runner)[..., 0]  # (frames, bins, C)
+        reference = np.abs(stft(target.T, cfg.n_fft, cfg.n_hop)).transpose(1, 2, 0)
+        if cfg.nb_channels == 1:
+            reference = reference.mean(axis=2, keepdims=True)
+        losses.append(float(np.mean((estimate - reference) ** 2)))
+    return float(np.mean(losses))
+
+
+# --------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------
+
+def save_checkpoint(folder, source, solver, state):
+    """Write parameters, solver state and `state` as `folder`, replacing it atomically."""
+    staging = folder + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    with nn.parameter_scope(source):
+        nn.save_parameters(os.path.join(staging, "parameters.h5"), nn.get_parameters(grad_only=False))
+    save_solver_states(solver, os.path.join(staging, "solver.npz"))
+    with open(os.path.join(staging, "state.json"), "w") as f:
+        json.dump(state, f)
+    old = folder + ".old"
+    if os.path.isdir(folder):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_solver_states(solver, path):
+    """Solver states by exact parameter name (nnabla 1.39's `load_states` mixes up names that
+    are prefixes of others, such as lstm/lstm/weight and lstm/lstm/weight_l0)."""
+    arrays = {}
+    for name, state in solver.get_states().items():
+        arrays[name + "/t"] = np.asarray(state.t)
+        for key, var in state.pstate.items():
+            arrays[name + "/" + key] = var.d
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_solver_states(solver, path):
+    arrays = np.load(path)
+    states = solver.get_states()
+    for name, state in states.items():
+        state.t = int(arrays[name + "/t"])
+        for key, var in state.pstate.items():
+            var.d = arrays[name + "/" + key]
+    solver.set_states(states)
+
+
+def find_checkpoint(folder):
+    """The checkpoint to resume from: `folder`, or its `.old` copy if a kill hit mid-replace."""
+    for candidate in (folder, folder + ".old"):
+        if os.path.isfile(os.path.join(candidate, "state.json")):
+            return candidate
+    return None
+
+
+def load_checkpoint(folder, source, solver):
+    with nn.parameter_scope(source):
+        nn.load_parameters(os.path.join(folder, "parameters.h5"))
+    load_solver_states(solver, os.path.join(folder, "solver.npz"))
+    with open(os.path.join(folder, "state.json")) as f:
+        return json.load(f)
+
+
+def plot_losses(history, path, source):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], label="training")
+    ax.plot(epochs, [h["valid_loss"] for h in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (magnitude)")
+    ax.set_yscale("log")
+    ax.set_title("UMX %s" % source)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------
+
+def check_output(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".write-test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as exc:
+        raise UmxError("cannot write to --output %s: %s" % (folder, exc.strerror or exc))
+
+
+def train(args, comm=None, progress=True):
+    """Train (or resume) `args.source`; returns the run's summary dict."""
+    rank = comm.rank if comm else 0
+    is_main = rank == 0
+    log = print if is_main else (lambda *a, **k: None)
+    progress = progress and is_main
+    if is_main:
+        check_output(args.output)
+    set_context(args.context, args.device_id if comm is None else comm.local_rank, verbose=is_main)
+
+    train_tracks = load_tracks(args.root, args.is_wav, "train", "train", log=log)
+    valid_tracks = load_tracks(args.root, args.is_wav, "train", "valid", log=lambda *a: None)
+    seq_dur = args.seq_dur
+    if seq_dur <= 0:
+        # whole tracks: one graph needs one length, that of the shortest track
+        seq_dur = min(t.duration for t in train_tracks)
+        log("--seq-dur %g: training on whole tracks (%.2f s, the shortest)" % (args.seq_dur, seq_dur))
+    dataset = TrainingSet(train_tracks, args.source, seq_dur, args.samples_per_track,
+                          args.source_augmentations, args.seed)
+    rate = train_tracks[0].rate
+    cfg = UmxConfig(nb_channels=args.nb_channels, hidden_size=args.hidden_size,
+                    max_bin=bandwidth_to_max_bin(rate, args.nfft, args.bandwidth),
+                    nb_output_bins=args.nfft // 2 + 1, unidirectional=args.unidirectional,
+                    n_fft=args.nfft, n_hop=args.nhop, sample_rate=rate)
+
+    source = args.source
+    checkpoint_dir = os.path.join(args.output, source + ".checkpoint")
+    resume_from = find_checkpoint(args.checkpoint or checkpoint_dir)
+    if args.checkpoint and resume_from is None:
+        raise UmxError("no checkpoint in %s" % args.checkpoint)
+
+    nb_procs = comm.size if comm else 1
+    # the seed's scaling of learning rate and weight decay with the global batch
+    scale = nb_procs * args.batch_size / 16.0 if nb_procs > 1 else 1.0
+    lr, weight_decay = args.lr * scale, args.weight_decay * scale
+
+    nn.clear_parameters()
+    if resume_from:
+        mean, std = None, None  # the checkpoint holds the (trained) standardization
+    else:
+        mean, std = compute_statistics(train_tracks, cfg.n_fft, cfg.n_hop, progress)
+    seq_samples = int(round(dataset.seq_dur * rate))
+    graph = build_training_graph(cfg, source, args.batch_size,
+                                 nb_stft_frames(seq_samples, cfg.n_hop), mean, std)
+    solver = S.Adam(alpha=lr)
+    with nn.parameter_scope(source):
+        solver.set_parameters(nn.get_parameters())
+    scheduler = ReduceLROnPlateau(lr, args.lr_decay_gamma, args.lr_decay_patience)
+    stopper = EarlyStopping(args.patience)
+    history, first_epoch = [], 1
+    if resume_from:
+        state = load_checkpoint(resume_from, source, solver)
+        scheduler.load_state_dict(state["scheduler"])
+        stopper.load_state_dict(state["stopper"])
+        history, first_epoch = state["history"], state["epoch"] + 1
+        solver.set_learning_rate(scheduler.lr)
+        log("resuming %s from epoch %d (%s)" % (source, state["epoch"], resume_from))
+    if comm is not None:
+        comm.broadcast_parameters(source)
+
+    monitors = make_monitors(args.output, source) if is_main else None
+    runner = _NetworkRunner({source: cfg})
+    summary_path = os.path.join(args.output, source + ".json")
+    epochs = tqdm(range(first_epoch, args.epochs + 1), desc="epochs", initial=first_epoch - 1,
+                  total=args.epochs, disable=not progress)
+    stopped_early = stopper.stop
+    for epoch in epochs:
+        if stopped_early:
+            break
+        start = time.time()
+        rng = np.random.RandomState(np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0])
+        losses = []
+        batches = epoch_batches(dataset, epoch, args.batch_size, args.nb_workers, rank, nb_procs)
+        bar = tqdm(batches, desc="epoch %d" % epoch, total=len(dataset) // (args.batch_size * nb_procs),
+                   leave=False, disable=not progress)
+        for mixtures, targets in bar:
+            loss = train_step(graph, solver, mixtures, targets, cfg, weight_decay, rng, comm)
+            if not np.isfinite(loss):
+                raise UmxError("training loss is %s at epoch %d: stopped; the last good weights "
+                               "are in %s" % (loss, epoch, args.output))
+            losses.append(loss)
+            bar.set_postfix(loss="%.4g" % loss)
+        if not losses:
+            raise UmxError("an epoch has no full batch: %d samples < --batch-size %d x %d processes"
+                           % (len(dataset), args.batch_size, nb_procs))
+        train_loss = float(np.mean(losses))
+        valid_loss = validation_loss(valid_tracks, source, cfg, runner, progress)
+        if not np.isfinite(valid_loss):
+            raise UmxError("validation loss is %s at epoch %d: stopped; the last good weights "
+                           "are in %s" % (valid_loss, epoch, args.output))
+        if comm is not None:
+            train_loss, valid_loss = comm.mean(train_loss), comm.mean(valid_loss)
+        improved = stopper.step(valid_loss)
+        solver.set_learning_rate(scheduler.step(valid_loss))
+        history.append(dict(epoch=epoch, train_loss=train_loss, valid_loss=valid_loss,
+                            lr=solver.learning_rate(), seconds=time.time() - start))
+        best = min(history, key=lambda h: h["valid_loss"])
+        stopped_early = stopper.stop
+        if is_main:
+            if improved:
+                save_target(os.path.join(args.output, source + ".h5"), source)
+            write_json_atomic(summary_path, dict(
+                args=vars(args), config=cfg.to_dict(), history=history, best_epoch=best["epoch"],
+                best_valid_loss=best["valid_loss"], epochs_trained=epoch,
+                stopped_early=stopped_early, nb_processes=nb_procs))
+            save_checkpoint(checkpoint_dir, source, solver, dict(
+                epoch=epoch, history=history, scheduler=scheduler.state_dict(),
+                stopper=stopper.state_dict()))
+            for name, value in (("train", train_loss), ("valid", valid_loss), ("lr", solver.learning_rate())):
+                monitors[name].add(epoch, value)
+            plot_losses(history, os.path.join(args.output, source + "_loss.png"), source)
+        if comm is not None:
+            comm.barrier()
+        epochs.set_postfix(train="%.4g" % train_loss, valid="%.4g" % valid_loss)
+    if stopped_early:
+        log("early stopping: no improvement for %d epochs" % args.patience)
+    return dict(history=history, stopped_early=stopped_early)
+
+
+def make_monitors(folder, source):
+    from nnabla.monitor import Monitor, MonitorSeries
+    monitor = Monitor(os.path.join(folder, source + "_monitor"))
+    return {"train": MonitorSeries("Training loss", monitor, interval=1, verbose=False),
+            "valid": MonitorSeries("Validation loss", monitor, interval=1, verbose=False),
+            "lr": MonitorSeries("Learning rate", monitor, interval=1, verbose=False)}
+
+
+def main(argv=None, comm=None):
+    args = get_train_args(argv)
+    try:
+        train(args, comm)
+    except UmxError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
