@@ -4,11 +4,11 @@ import argparse
 TARGET_NAMES = ["vocals", "drums", "bass", "other"]
 
 
-def add_separation_args(parser):
+def add_separation_args(parser, model_required=True):
     """Flags shared by test.py and eval.py: which model, which targets, the Wiener filter."""
     parser.add_argument("--umx-infer", action="store_true",
                         help="run UMX inference (kept for the seed's command line)")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model", required=model_required,
                         help="folder (or official .zip) with one <target>.h5 per target")
     parser.add_argument("--targets", nargs="+", default=TARGET_NAMES,
                         help="targets to separate (default: %(default)s)")
@@ -103,4 +103,26 @@ def get_train_args(argv=None):
         parser.error("--nhop must not exceed --nfft")
     if not args.unidirectional and args.hidden_size % 2:
         parser.error("--hidden-size must be even for the bidirectional LSTM")
+    return args
+
+
+def get_eval_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Separate MUSDB18 tracks and score them with museval (BSSEval v4)")
+    parser.add_argument("--root", default=None, help="MUSDB18 root folder")
+    parser.add_argument("--is-wav", action="store_true", help="the dataset is decoded WAV")
+    parser.add_argument("--subset", default="test", choices=["train", "test"])
+    parser.add_argument("--tracks", nargs="+", default=None, help="only these track names")
+    parser.add_argument("--out-dir", required=True,
+                        help="estimates (<subset>/<track>/<target>.wav), museval JSON, tables, plot")
+    parser.add_argument("--estimates", default=None,
+                        help="score estimates already on disk (<dir>/<subset>/<track>/<target>.wav) "
+                             "instead of separating with --model")
+    parser.add_argument("--cores", type=int, default=1, help="processes scoring tracks")
+    add_separation_args(parser, model_required=False)
+    args = parser.parse_args(argv)
+    if args.cores < 1:
+        parser.error("--cores must be >= 1")
+    if args.model is None and args.estimates is None:
+        parser.error("one of --model or --estimates is required")
     return args

@@ -4,45 +4,11 @@ One WAV per target (32-bit float, or 16-bit PCM with --pcm16) in OUT/ for one in
 OUT/<input name>/ for several.
 """
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 
 from args import get_inference_args
-from utils import UmxError, load_audio, set_context, write_audio_atomic
-
-
-def check_out_dir(out_dir):
-    """Create `out_dir` or fail with UmxError when it cannot be written."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as exc:
-        raise UmxError("cannot write to --out-dir %s: %s" % (out_dir, exc.strerror or exc))
-
-
-def write_estimates(estimates, rate, folder, out_rate=None, pcm16=False):
-    """Write {name: (nb_timesteps, nb_channels)} as folder/<name>.wav, all or nothing.
-
-    The files are written into a temporary folder beside `folder` and moved in at the end.
-    """
-    import resampy
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
-        for name, audio in estimates.items():
-            if out_rate and out_rate != rate:
-                audio = resampy.resample(audio, rate, out_rate, axis=0)
-            write_audio_atomic(os.path.join(staging, name + ".wav"), audio, out_rate or rate,
-                               subtype="PCM_16" if pcm16 else "FLOAT")
-        os.makedirs(folder, exist_ok=True)
-        for name in estimates:
-            os.replace(os.path.join(staging, name + ".wav"), os.path.join(folder, name + ".wav"))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+from utils import UmxError, check_out_dir, load_audio, set_context, write_estimates
 
 
 def run(args):

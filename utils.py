@@ -233,6 +233,39 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def check_out_dir(out_dir):
+    """Create `out_dir` or fail with UmxError when it cannot be written."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UmxError("cannot write to --out-dir %s: %s" % (out_dir, exc.strerror or exc))
+
+
+def write_estimates(estimates, rate, folder, out_rate=None, pcm16=False):
+    """Write {name: (nb_timesteps, nb_channels)} as folder/<name>.wav, all or nothing.
+
+    The files are written into a temporary folder beside `folder` and moved in at the end.
+    """
+    import resampy
+    import shutil
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        for name, audio in estimates.items():
+            if out_rate and out_rate != rate:
+                audio = resampy.resample(audio, rate, out_rate, axis=0)
+            write_audio_atomic(os.path.join(staging, name + ".wav"), audio, out_rate or rate,
+                               subtype="PCM_16" if pcm16 else "FLOAT")
+        os.makedirs(folder, exist_ok=True)
+        for name in estimates:
+            os.replace(os.path.join(staging, name + ".wav"), os.path.join(folder, name + ".wav"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_json_atomic(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
