@@ -8,6 +8,7 @@ frames, then the median over tracks, of SDR/SIR/SAR/ISR (OUT/results.md, OUT/res
 and a boxplot of per-track SDR, OUT/sdr_boxplot.png). A re-run skips finished tracks.
 """
 import os
+import shutil
 import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -27,8 +28,11 @@ PAPER_SCORES = {
 }
 
 
-def musdb_tracks(root, is_wav, subset, names=None):
-    """The musdb Track objects of `subset`, optionally only `names` (in that order)."""
+def musdb_tracks(root, is_wav, subset, names=None, log=None):
+    """The musdb Track objects of `subset`, optionally only `names` (in that order).
+
+    A track that cannot be decoded is reported through `log` and left out.
+    """
     import musdb
     if not root:
         raise UmxError("--root is required: the MUSDB18 folder to evaluate on")
@@ -36,7 +40,17 @@ def musdb_tracks(root, is_wav, subset, names=None):
         raise UmxError("dataset root not found: %s" % root)
     if not os.path.isdir(os.path.join(root, subset)):
         raise UmxError("%s has no '%s' folder: not a MUSDB18 root" % (root, subset))
-    tracks = musdb.DB(root=root, is_wav=is_wav, subsets=subset).tracks
+    try:
+        tracks = musdb.DB(root=root, is_wav=is_wav, subsets=subset).tracks
+    except Exception:
+        # musdb probes every file when listing: find the track(s) it cannot read
+        tracks = []
+        for entry in sorted(os.listdir(os.path.join(root, subset))):
+            try:
+                tracks += _single_track(root, is_wav, subset, entry)
+            except Exception as exc:
+                if log:
+                    log("track '%s' skipped: cannot read it (%s)" % (_track_name(entry), _reason(exc)))
     if not tracks:
         raise UmxError("no tracks in %s/%s%s" % (root, subset, "" if is_wav else
                                                   " (for decoded WAV folders pass --is-wav)"))
@@ -47,6 +61,22 @@ def musdb_tracks(root, is_wav, subset, names=None):
             raise UmxError("no track '%s' in %s/%s" % (unknown[0], root, subset))
         tracks = [by_name[n] for n in names]
     return tracks
+
+
+def _track_name(entry):
+    return entry[: -len(".stem.mp4")] if entry.endswith(".stem.mp4") else entry
+
+
+def _single_track(root, is_wav, subset, entry):
+    """musdb's Track for one file or folder of root/subset, through a private root linking only it."""
+    import atexit
+    import musdb
+    import tempfile
+    private = tempfile.mkdtemp(prefix="umx-eval-")
+    atexit.register(shutil.rmtree, private, True)
+    os.makedirs(os.path.join(private, subset))
+    os.symlink(os.path.abspath(os.path.join(root, subset, entry)), os.path.join(private, subset, entry))
+    return musdb.DB(root=private, is_wav=is_wav, subsets=subset).tracks
 
 
 def read_estimates(folder):
@@ -66,7 +96,8 @@ def read_estimates(folder):
 def score_track(root, is_wav, subset, name, estimates_dir, json_path):
     """Score one track's estimates with museval and write its JSON atomically (in a worker)."""
     import museval
-    track = musdb_tracks(root, is_wav, subset, [name])[0]
+    entry = name if is_wav else name + ".stem.mp4"
+    track = _single_track(root, is_wav, subset, entry)[0]
     estimates = read_estimates(estimates_dir)
     n = track.audio.shape[0]
     # museval needs equal lengths: decoders can differ by a few samples
@@ -149,7 +180,8 @@ def evaluate(args, progress=True):
     """Separate (unless --estimates), score and aggregate; returns the results table."""
     from tqdm import tqdm
     check_out_dir(args.out_dir)
-    tracks = musdb_tracks(args.root, args.is_wav, args.subset, args.tracks)
+    tracks = musdb_tracks(args.root, args.is_wav, args.subset, args.tracks,
+                          log=lambda line: print(line, file=sys.stderr))
     cfgs = None
     if args.estimates is None:
         from separator import load_models

@@ -1,0 +1,154 @@
+"""eval.py: museval scoring, the seed's aggregation, resume, parallel runs, bad inputs."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, import_script
+from data import SOURCES, generate_dataset
+
+eval_module = import_script("eval")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return generate_dataset(str(tmp_path_factory.mktemp("synth")), nb_train=1, nb_test=2,
+                            duration=3.0, seed=5, progress=False)
+
+
+def run_eval(*argv):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), *argv],
+                          capture_output=True, text=True, cwd=ROOT)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def estimates_from(root, tmp_path, name, pick):
+    """A musdb-layout estimates folder whose target files are pick(track_folder, target)."""
+    folder = str(tmp_path / name)
+    for track in os.listdir(os.path.join(root, "test")):
+        os.makedirs(os.path.join(folder, "test", track))
+        for target in SOURCES:
+            shutil.copyfile(pick(os.path.join(root, "test", track), target),
+                            os.path.join(folder, "test", track, target + ".wav"))
+    return folder
+
+
+def test_known_estimates_score_as_expected(root, tmp_path):
+    perfect = estimates_from(root, tmp_path, "perfect", lambda t, s: os.path.join(t, s + ".wav"))
+    mixture = estimates_from(root, tmp_path, "mixture", lambda t, s: os.path.join(t, "mixture.wav"))
+    tables = {}
+    for name, est in (("perfect", perfect), ("mixture", mixture)):
+        out = str(tmp_path / ("eval-" + name))
+        code, stdout, err = run_eval("--estimates", est, "--root", root, "--is-wav", "--out-dir", out)
+        assert code == 0, err
+        tables[name] = eval_module.aggregate(
+            [os.path.join(out, "test", t + ".json") for t in os.listdir(os.path.join(root, "test"))])[0]
+        assert os.path.isfile(os.path.join(out, "results.md"))
+        assert os.path.isfile(os.path.join(out, "sdr_boxplot.png"))
+        assert "| vocals |" in stdout
+    for target in SOURCES:
+        assert tables["perfect"].loc[target, "SDR"] > 40
+        assert tables["mixture"].loc[target, "SDR"] < 5
+
+
+def _museval_json(name, frames):
+    """A museval track JSON: frames = {target: {metric: [values]}}."""
+    return {"name": name, "targets": [
+        {"name": target, "frames": [
+            {"time": float(i), "duration": 1.0,
+             "metrics": {m: values[m][i] for m in eval_module.METRICS}}
+            for i in range(len(next(iter(values.values()))))]}
+        for target, values in frames.items()]}
+
+
+def test_aggregation_is_median_of_frames_then_median_of_tracks(tmp_path):
+    rng = np.random.RandomState(0)
+    data = {}
+    paths = []
+    for k, nb_frames in enumerate((5, 8, 3)):
+        data[k] = {t: {m: list(rng.randn(nb_frames) * 5 + 3) for m in eval_module.METRICS}
+                   for t in ("vocals", "drums")}
+        data[k]["vocals"]["SDR"][1] = float("nan")  # silent frames are NaN in museval's JSON
+        path = str(tmp_path / ("track%d.json" % k))
+        with open(path, "w") as f:
+            f.write(json.dumps(_museval_json("track%d" % k, data[k])).replace("NaN", "NaN"))
+        paths.append(path)
+    table, per_track = eval_module.aggregate(paths)
+    for target in ("vocals", "drums"):
+        for metric in eval_module.METRICS:
+            by_track = [np.nanmedian(data[k][target][metric]) for k in data]
+            assert table.loc[target, metric] == pytest.approx(np.median(by_track))
+    assert per_track.shape == (3, 2)
+
+
+def test_resume_skips_scored_tracks_and_cores_give_the_same_json(root, tmp_path):
+    perfect = estimates_from(root, tmp_path, "est", lambda t, s: os.path.join(t, s + ".wav"))
+    serial, parallel = str(tmp_path / "serial"), str(tmp_path / "parallel")
+    assert run_eval("--estimates", perfect, "--root", root, "--is-wav", "--out-dir", serial)[0] == 0
+    assert run_eval("--estimates", perfect, "--root", root, "--is-wav", "--out-dir", parallel,
+                    "--cores", "2")[0] == 0
+    names = sorted(os.listdir(os.path.join(root, "test")))
+    for name in names:
+        a = json.load(open(os.path.join(serial, "test", name + ".json")))
+        b = json.load(open(os.path.join(parallel, "test", name + ".json")))
+        assert a == b
+    # resume: a finished track's JSON is not rewritten, a missing one is computed
+    done = os.path.join(serial, "test", names[0] + ".json")
+    marked = json.load(open(done))
+    marked["name"] = "kept from the first run"
+    json.dump(marked, open(done, "w"))
+    os.remove(os.path.join(serial, "test", names[1] + ".json"))
+    code, stdout, err = run_eval("--estimates", perfect, "--root", root, "--is-wav", "--out-dir",
+                                 serial)
+    assert code == 0, err
+    assert "1 of 2 tracks already scored" in stdout
+    assert json.load(open(done))["name"] == "kept from the first run"
+    assert os.path.isfile(os.path.join(serial, "test", names[1] + ".json"))
+
+
+@pytest.mark.slow
+def test_real_stem_clip_separated_and_scored(tmp_path, small_model, stem_clip):
+    """STEMS MUSDB root holding the stempeg clip and one undecodable track."""
+    folder, _ = small_model
+    stems_root = str(tmp_path / "musdb")
+    os.makedirs(os.path.join(stems_root, "test"))
+    shutil.copyfile(stem_clip, os.path.join(stems_root, "test", os.path.basename(stem_clip)))
+    with open(os.path.join(stems_root, "test", "Broken - Track.stem.mp4"), "wb") as f:
+        f.write(b"\x00" * 1000)
+    out = str(tmp_path / "out")
+    code, stdout, err = run_eval("--umx-infer", "--model", folder, "--root", stems_root,
+                                 "--out-dir", out, "--niter", "0")
+    assert code == 0, err
+    assert "track 'Broken - Track' skipped" in err
+    name = os.path.basename(stem_clip)[: -len(".stem.mp4")]
+    scores = json.load(open(os.path.join(out, "test", name + ".json")))
+    assert sorted(t["name"] for t in scores["targets"]) == sorted(SOURCES)
+    assert sorted(os.listdir(os.path.join(out, "test", name))) == sorted(s + ".wav" for s in SOURCES)
+
+
+def test_bad_eval_inputs(root, tmp_path, small_model):
+    folder, _ = small_model
+    blocker = str(tmp_path / "file")
+    open(blocker, "w").close()
+    cases = [
+        (["--model", folder, "--out-dir", str(tmp_path / "o")], "--root is required"),
+        (["--model", folder, "--root", str(tmp_path / "none"), "--out-dir", str(tmp_path / "o")],
+         "dataset root not found"),
+        (["--model", folder, "--root", root, "--subset", "train", "--is-wav", "--out-dir",
+          str(tmp_path / "o"), "--tracks", "Nope"], "no track 'Nope'"),
+        (["--model", folder, "--root", str(tmp_path), "--out-dir", str(tmp_path / "o")],
+         "no 'test' folder"),
+        (["--model", folder, "--root", root, "--is-wav", "--out-dir", str(tmp_path / "o"),
+          "--targets", "vocals", "piano"], "no weights for target 'piano'"),
+        (["--model", folder, "--root", root, "--is-wav", "--out-dir", os.path.join(blocker, "o")],
+         "cannot write to --out-dir"),
+    ]
+    for argv, message in cases:
+        code, _, err = run_eval(*argv)
+        assert code == 1, (argv, err)
+        lines = [l for l in err.splitlines() if l.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], (argv, err)
