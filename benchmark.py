@@ -125,7 +125,7 @@ def print_table(rows):
           + " | ".join(stages) + " |")
     print("|---" * (6 + len(stages)) + "|")
     for name, seconds, r in rows:
-        net = sum(v for k, v in r.items() if k.startswith("network "))
+        net = r.get("network (wall)") or sum(v for k, v in r.items() if k.startswith("network "))
         per_stage = [r.get(s) if s != "network" else (net or None) for s in stages]
         print("| %s | %.0f | %.2f | %.3f | %.1f | %.0f | %s |" % (
             name, seconds, r["separate"], r["rtf"], r["process_wall"], r["peak_mb"],

@@ -189,13 +189,17 @@ def plan_windows(nb_frames, window=WINDOW_FRAMES, context=CONTEXT_FRAMES):
     """Split frames into network windows of one common length.
 
     Returns (length, [(start, core_start, core_stop), ...]): window k reads frames
-    start..start+length-1 and keeps its outputs for core_start..core_stop-1, which have at
-    least `context` frames of context on each side unless they touch the track's ends.
+    start..start+length-1 and keeps its outputs for core_start..core_stop-1 (at most `window`
+    frames), which have at least `context` frames of context on each side unless they touch
+    the track's ends.
     """
-    length = min(nb_frames, window + 2 * context)
+    # as few windows as `window` allows, of equal size, so that no window is mostly padding
+    nb_windows = -(-nb_frames // window)
+    core = -(-nb_frames // nb_windows)
+    length = min(nb_frames, core + 2 * context)
     plan = []
-    for core_start in range(0, nb_frames, window):
-        core_stop = min(core_start + window, nb_frames)
+    for core_start in range(0, nb_frames, core):
+        core_stop = min(core_start + core, nb_frames)
         start = int(np.clip(core_start - context, 0, nb_frames - length))
         plan.append((start, core_start, core_stop))
     return length, plan
@@ -238,38 +242,79 @@ class _NetworkRunner:
         return y.d.copy()
 
 
+def default_processes():
+    """2 worker processes on a CPU context (NNabla's CPU kernels use one core), else 1."""
+    backend = nn.get_current_context().backend[0]
+    return min(2, os.cpu_count() or 1) if backend.startswith("cpu") else 1
+
+
 def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
                           context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True,
-                          timings=None, runner=None):
+                          timings=None, runner=None, processes=1):
     """Magnitude estimates of all targets, window by window.
 
     padded [shape=(nb_channels, nb_timesteps + n_fft)] (see utils.pad_for_stft)
     → float32 [shape=(nb_frames, nb_bins, nb_model_channels, nb_targets)]
-    runner: a `_NetworkRunner` to reuse its graphs across calls.
+    runner: a `_NetworkRunner` to reuse its graphs across calls (one process only).
+    processes > 1: the windows are shared among that many forked processes, which inherit
+    the loaded parameters (CPU contexts only: see `default_processes`).
     """
     cfg = cfgs[targets[0]]
-    runner = runner or _NetworkRunner(cfgs)
     model_channels = max(cfgs[t].nb_channels for t in targets)
     out = np.zeros((nb_frames, cfg.nb_output_bins, model_channels, len(targets)), np.float32)
     length, plan = plan_windows(nb_frames, window, context)
+    processes = max(1, min(processes, len(plan)))
+    start_time = time.perf_counter()
+    if processes == 1:
+        parts = [_estimate_windows(padded, cfgs, targets, plan, length, batch, progress,
+                                   runner or _NetworkRunner(cfgs))]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+            jobs = [pool.submit(_estimate_windows, padded, cfgs, targets, plan[p::processes],
+                                length, batch, progress and p == 0) for p in range(processes)]
+            parts = [job.result() for job in jobs]
+    for cores, part_timings in parts:
+        for core_start, core_stop, core in cores:
+            out[core_start:core_stop] = core
+        if timings is not None:
+            for key, value in part_timings.items():
+                timings[key] = timings.get(key, 0.0) + value
+    if timings is not None:
+        timings["network (wall)"] = timings.get("network (wall)", 0.0) + \
+            time.perf_counter() - start_time
+    return out
+
+
+def _estimate_windows(padded, cfgs, targets, plan, length, batch, progress, runner=None):
+    """The network over some windows: ([(core_start, core_stop, estimate)], timings), with
+    estimate [shape=(core frames, nb_bins, nb_model_channels, nb_targets)]."""
+    cfg = cfgs[targets[0]]
+    runner = runner or _NetworkRunner(cfgs)
+    timings = {}
     batches = [plan[i:i + batch] for i in range(0, len(plan), batch)]
     bar = tqdm(total=len(batches) * len(targets), desc="network", unit="pass",
                disable=not progress, leave=False)
+    cores = [(core_start, core_stop, None) for _, core_start, core_stop in plan]
+    results = {}
     for windows in batches:
         # (batch, nb_channels, length, bins) -> (length, batch, nb_channels, bins)
         with _timed(timings, "stft"):
             spec = model_layout(np.stack([stft_frames(padded, s, s + length, cfg.n_fft,
                                                       cfg.n_hop) for s, _, _ in windows]))
-        for j, target in enumerate(targets):
+        estimates = []
+        for target in targets:
             with _timed(timings, "network " + target):
-                est = runner.run(target, spec)
-            for b, (start, core_start, core_stop) in enumerate(windows):
-                # (frames, channels, bins) -> (frames, bins, channels)
-                core = est[core_start - start: core_stop - start, b].transpose(0, 2, 1)
-                out[core_start:core_stop, :, :, j] = core
+                estimates.append(runner.run(target, spec))
             bar.update()
+        for b, (start, core_start, core_stop) in enumerate(windows):
+            # (frames, channels, bins) per target -> (frames, bins, channels, targets)
+            results[core_start] = np.stack(
+                [est[core_start - start: core_stop - start, b].transpose(0, 2, 1)
+                 for est in estimates], axis=-1)
     bar.close()
-    return out
+    return [(a, b, results[a]) for a, b, _ in cores], timings
 
 
 # --------------------------------------------------------------------------------------
@@ -289,34 +334,90 @@ def _initial_estimates(v, x, softmask, eps):
 
 
 def _covariance_sums(y):
-    """This chunk's part of norbert's spatial covariance: (Σ_t y yᴴ, Σ_t v)."""
-    v = np.mean(np.abs(y) ** 2, axis=2)  # (f, bins, J)
-    # (f, bins, C, J) x (f, bins, C, J) -> (bins, C, C, J)
-    num = np.einsum("fbcj,fbdj->bcdj", y, np.conj(y))
-    return num, v.sum(axis=0)
+    """This chunk's part of norbert's spatial covariance: (Σ_t y yᴴ [shape=(bins, C, C, J)],
+    Σ_t v [shape=(bins, J)]) for y [shape=(f, bins, C, J)]."""
+    nb_channels = y.shape[2]
+    power = y.real ** 2 + y.imag ** 2  # (f, bins, C, J)
+    num = np.empty((y.shape[1], nb_channels, nb_channels, y.shape[3]), np.complex64)
+    for c in range(nb_channels):
+        num[:, c, c] = power[:, :, c].sum(axis=0)
+        for d in range(c + 1, nb_channels):
+            num[:, c, d] = (y[:, :, c] * np.conj(y[:, :, d])).sum(axis=0)
+            num[:, d, c] = np.conj(num[:, c, d])
+    return num, power.mean(axis=2).sum(axis=0)
 
 
 def _wiener_step(y, x, R, eps):
-    """One EM filtering step (norbert's), given spatial covariances R [shape=(bins, C, C, J)]."""
+    """One EM filtering step (norbert's), given spatial covariances R [shape=(bins, C, C, J)].
+
+    y [shape=(f, bins, C, J)], x [shape=(f, bins, C)] → new y. Mono and stereo run in a
+    compiled kernel, one time-frequency bin at a time (numpy's temporaries made this stage
+    memory-bound); other channel counts in numpy.
+    """
     nb_channels = x.shape[-1]
+    if nb_channels <= 2:
+        out = np.empty(y.shape, np.complex64)
+        _wiener_kernel()(np.ascontiguousarray(y, np.complex64), np.ascontiguousarray(x, np.complex64),
+                         np.ascontiguousarray(R, np.complex64), np.float32(eps), out)
+        return out
     v = np.mean(np.abs(y) ** 2, axis=2)  # (f, bins, J)
-    # mixture covariance: (f, bins, C, C)
     cxx = np.einsum("fbj,bcdj->fbcd", v.astype(np.complex64), R)
     cxx += np.sqrt(eps) * np.eye(nb_channels, dtype=np.complex64)
-    if nb_channels == 1:
-        inv = 1.0 / (cxx + eps)
-    elif nb_channels == 2:
-        det = cxx[..., 0, 0] * cxx[..., 1, 1] - cxx[..., 0, 1] * cxx[..., 1, 0]
-        inv = np.empty_like(cxx)
-        inv[..., 0, 0] = cxx[..., 1, 1] / det
-        inv[..., 1, 1] = cxx[..., 0, 0] / det
-        inv[..., 0, 1] = -cxx[..., 0, 1] / det
-        inv[..., 1, 0] = -cxx[..., 1, 0] / det
-    else:
-        inv = np.linalg.pinv(cxx, eps)
-    # gain G_j = v_j R_j Cxx^-1, estimate y_j = G_j x
-    rx = np.einsum("fbde,fbe->fbd", inv, x)  # Cxx^-1 x: (f, bins, C)
-    return np.einsum("fbj,bcdj,fbd->fbcj", v.astype(np.complex64), R, rx)
+    rx = np.einsum("fbde,fbe->fbd", np.linalg.pinv(cxx, eps), x)  # Cxx^-1 x
+    return np.einsum("fbj,bcdj,fbd->fbcj", v.astype(np.complex64), R, rx)  # v_j R_j Cxx^-1 x
+
+
+_KERNEL = []
+
+
+def _wiener_kernel():
+    """Compile (once, cached on disk) the per-bin EM filter for 1 or 2 channels."""
+    if _KERNEL:
+        return _KERNEL[0]
+    import numba
+
+    @numba.njit(parallel=True, cache=True, fastmath=False)
+    def kernel(y, x, R, eps, out):
+        nb_frames, nb_bins, nb_channels, nb_sources = y.shape
+        reg = np.float32(np.sqrt(eps))
+        for t in numba.prange(nb_frames):
+            v = np.empty(nb_sources, np.float32)
+            for b in range(nb_bins):
+                for j in range(nb_sources):
+                    acc = np.float32(0.0)
+                    for c in range(nb_channels):
+                        z = y[t, b, c, j]
+                        acc += z.real * z.real + z.imag * z.imag
+                    v[j] = acc / nb_channels
+                # mixture covariance and Cxx^-1 x
+                c00 = np.complex64(reg)
+                for j in range(nb_sources):
+                    c00 += v[j] * R[b, 0, 0, j]
+                if nb_channels == 1:
+                    r0 = x[t, b, 0] / (c00 + eps)
+                    r1 = np.complex64(0)
+                else:
+                    c01 = np.complex64(0)
+                    c10 = np.complex64(0)
+                    c11 = np.complex64(reg)
+                    for j in range(nb_sources):
+                        c01 += v[j] * R[b, 0, 1, j]
+                        c10 += v[j] * R[b, 1, 0, j]
+                        c11 += v[j] * R[b, 1, 1, j]
+                    det = c00 * c11 - c01 * c10
+                    x0 = x[t, b, 0] / det
+                    x1 = x[t, b, 1] / det
+                    r0 = c11 * x0 - c01 * x1
+                    r1 = c00 * x1 - c10 * x0
+                for j in range(nb_sources):
+                    if nb_channels == 1:
+                        out[t, b, 0, j] = v[j] * R[b, 0, 0, j] * r0
+                    else:
+                        out[t, b, 0, j] = v[j] * (R[b, 0, 0, j] * r0 + R[b, 0, 1, j] * r1)
+                        out[t, b, 1, j] = v[j] * (R[b, 1, 0, j] * r0 + R[b, 1, 1, j] * r1)
+
+    _KERNEL.append(kernel)
+    return kernel
 
 
 def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
@@ -409,7 +510,7 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
 
 def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0,
              residual_model=False, window=WINDOW_FRAMES, context=CONTEXT_FRAMES, progress=True,
-             timings=None):
+             timings=None, processes=None):
     """Separate a mixture into the targets' estimates.
 
     audio [shape=(nb_timesteps, nb_channels)] at `rate` (resampled to the models' rate; mono
@@ -417,6 +518,7 @@ def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0
     Returns ({name: float32 [shape=(nb_timesteps', 2)]}, model_rate). With `residual_model`,
     or a single target, the rest of the mixture comes as 'residual' ('accompaniment' when one).
     timings: a dict to which the seconds spent per stage are added.
+    processes: worker processes for the network (default: `default_processes()`).
     """
     targets = list(targets or cfgs)
     unknown = [t for t in targets if t not in cfgs]
@@ -432,8 +534,10 @@ def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0
     # (nb_timesteps, C) -> (C, nb_timesteps + n_fft)
     padded = pad_for_stft(np.ascontiguousarray(audio.T), cfg.n_fft)
     nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
+    if processes is None:
+        processes = default_processes()
     v = estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
-                              progress=progress, timings=timings)
+                              progress=progress, timings=timings, processes=processes)
     if softmask:
         v = v ** alpha
     residual = residual_model or len(targets) == 1

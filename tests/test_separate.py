@@ -128,3 +128,14 @@ def test_windows_match_one_piece_on_30s_of_real_music(tmp_path, stem_clip):
     windowed = estimate_spectrograms(padded, nb_frames, cfgs, ["vocals", "drums"],
                                      window=300, progress=False)
     assert snr(whole, windowed) >= 40
+
+
+def test_two_processes_equal_one(small_model):
+    cfg, cfgs, _, padded, nb_frames = _mixture_and_models(small_model)
+    one = estimate_spectrograms(padded, nb_frames, cfgs, TARGETS, window=50, progress=False,
+                                processes=1)
+    timings = {}
+    two = estimate_spectrograms(padded, nb_frames, cfgs, TARGETS, window=50, progress=False,
+                                processes=2, timings=timings)
+    assert np.array_equal(one, two)
+    assert timings["network (wall)"] > 0 and "network vocals" in timings
