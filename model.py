@@ -146,8 +146,9 @@ def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout_
                 gates = gates + F.batch_matmul(h, w_rec, transpose_b=True)
             i, f, g, o = F.split(F.reshape(gates, (dirs, nb_samples, 4, hid)), axis=2)
             i, g, o = F.sigmoid(i), F.tanh(g), F.sigmoid(o)
-            c = i * g if c is None else F.sigmoid(f) * c + i * g
-            h = o * F.tanh(c)
+            # F.mul_n: on the CPU several times faster than Mul2 at these sizes
+            c = F.mul_n(i, g) if c is None else F.mul_n(F.sigmoid(f), c) + F.mul_n(i, g)
+            h = F.mul_n(o, F.tanh(c))
             outputs.append(h)
         out = F.stack(*outputs, axis=0)  # (T, D, B, H)
         if dirs == 2:
@@ -228,7 +229,7 @@ class OpenUnmix:
         x = F.reshape(x, (nb_frames, nb_samples, nb_channels, nb_bins))
         x = x * F.reshape(self.output_scale, (1, 1, 1, nb_bins)) + \
             F.reshape(self.output_mean, (1, 1, 1, nb_bins))
-        return F.relu(x) * mix
+        return F.mul_n(F.relu(x), mix)  # Mul2 is ~3x slower on the CPU
 
     def sample_dropout(self, rng, p=LSTM_DROPOUT):
         """Draw new inverted-dropout masks (keep with probability 1 - p, scaled by 1 / (1 - p))."""
