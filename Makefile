@@ -9,10 +9,14 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-mpi.txt
 	@py=$$(scripts/find-python310.sh) || exit 1; \
 	if [ ! -x $(PY) ]; then echo "creating $(VENV) with $$py"; "$$py" -m venv $(VENV) || exit 1; fi
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@# mpi4py builds against the system's MPI: only where Open MPI (mpicc) is installed
+	@if command -v mpicc >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q --disable-pip-version-check -r requirements-mpi.txt || exit 1; \
+	else echo "note: no MPI found: multi-process training and its tests need 'apt-get install -y openmpi-bin libopenmpi-dev'"; fi
 	@rm -f $(VENV)/.installed-*; touch $@
 
 check-ffmpeg:

@@ -168,8 +168,10 @@ class TrainingSet:
         return mixture.astype(np.float32), stems[self.target].astype(np.float32)
 
 
-def epoch_batches(dataset, epoch, batch_size, nb_workers=0, rank=0, nb_ranks=1):
-    """Yield (mixtures, targets) [shape=(batch, nb_timesteps, 2)] for one epoch.
+def epoch_batches(dataset, epoch, batch_size, nb_workers=0, rank=0, nb_ranks=1,
+                  with_indices=False):
+    """Yield (mixtures, targets) [shape=(batch, nb_timesteps, 2)] for one epoch
+    (with_indices: (indices, mixtures, targets), the samples' indices in the epoch).
 
     The epoch's sample order is a permutation drawn from (seed, epoch); with several ranks
     each takes every nb_ranks-th batch-sized slice. Incomplete last batches are dropped.
@@ -184,7 +186,8 @@ def epoch_batches(dataset, epoch, batch_size, nb_workers=0, rank=0, nb_ranks=1):
     try:
         for indices in slices:
             samples = list(pool.map(load, indices) if pool else map(load, indices))
-            yield (np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]))
+            batch = (np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]))
+            yield (indices,) + batch if with_indices else batch
     finally:
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -169,8 +169,8 @@ class OpenUnmix:
     (nb_channels == 1 models downmix their input and give a mono estimate.)
 
     A training graph (test=False) applies dropout between the LSTM layers through mask
-    Variables (`self.dropout_masks`, initially all ones) that `sample_dropout(rng)` redraws:
-    the masks come from the caller's random state, so a resumed run draws the same ones.
+    Variables (`self.dropout_masks`, initially all ones) that `sample_dropout(rngs)` redraws:
+    the masks come from the caller's random states, so a resumed run draws the same ones.
     """
 
     def __init__(self, cfg, input_mean=None, input_scale=None):
@@ -201,8 +201,11 @@ class OpenUnmix:
                            if cfg.nb_layers > 1 else None)
             self.lstm_b = get_parameter_or_create("bias", shapes["lstm/lstm/bias"], lstm_init)
 
-    def __call__(self, x, test=True):
+    def __call__(self, x, test=True, freeze_bn=False):
+        """freeze_bn: while training, normalize with the running statistics instead of the
+        batch's (then samples do not interact: used to check data-parallel equivalence)."""
         cfg = self.cfg
+        bn_test = test or freeze_bn
         if x.ndim == 3:
             x = nnabla_spectrogram(x, cfg.n_fft, cfg.n_hop)
         if cfg.nb_channels == 1 and x.shape[2] > 1:
@@ -212,7 +215,7 @@ class OpenUnmix:
         x = x[..., :cfg.max_bin]
         x = (x + F.reshape(self.input_mean, (1, 1, 1, cfg.max_bin))) * \
             F.reshape(self.input_scale, (1, 1, 1, cfg.max_bin))
-        x = F.tanh(self._fc_bn("fc1", x, cfg.hidden_size, test))  # (T, B, hidden)
+        x = F.tanh(self._fc_bn("fc1", x, cfg.hidden_size, bn_test))  # (T, B, hidden)
         masks = None
         if not test:
             masks = [nn.Variable((nb_frames, nb_samples, cfg.hidden_size))
@@ -223,18 +226,24 @@ class OpenUnmix:
         lstm_out = unrolled_lstm(x, self.lstm_w0, self.lstm_w, self.lstm_b, cfg.nb_layers,
                                  cfg.nb_directions, dropout_masks=masks)
         x = F.concatenate(x, lstm_out, axis=2)  # skip connection: (T, B, 2 * hidden)
-        x = F.relu(self._fc_bn("fc2", x, cfg.hidden_size, test))
-        x = self._fc_bn("fc3", x, nb_channels * nb_bins, test)
+        x = F.relu(self._fc_bn("fc2", x, cfg.hidden_size, bn_test))
+        x = self._fc_bn("fc3", x, nb_channels * nb_bins, bn_test)
         # (T, B, C * bins) -> (T, B, C, bins)
         x = F.reshape(x, (nb_frames, nb_samples, nb_channels, nb_bins))
         x = x * F.reshape(self.output_scale, (1, 1, 1, nb_bins)) + \
             F.reshape(self.output_mean, (1, 1, 1, nb_bins))
         return F.mul_n(F.relu(x), mix)  # Mul2 is ~3x slower on the CPU
 
-    def sample_dropout(self, rng, p=LSTM_DROPOUT):
-        """Draw new inverted-dropout masks (keep with probability 1 - p, scaled by 1 / (1 - p))."""
+    def sample_dropout(self, rngs, p=LSTM_DROPOUT):
+        """Draw new inverted-dropout masks (keep with probability 1 - p, scaled by 1 / (1 - p)).
+
+        rngs: one RandomState per sample of the batch, so that a sample's masks do not depend
+        on which batch or process it is in.
+        """
         for mask in self.dropout_masks:
-            mask.d = (rng.uniform(size=mask.shape) >= p) / (1.0 - p)
+            nb_frames, nb_samples, width = mask.shape
+            mask.d = np.stack([rng.uniform(size=(nb_frames, width)) >= p for rng in rngs],
+                              axis=1) / (1.0 - p)
 
     @staticmethod
     def _fc_bn(scope, x, nb_out, test):

@@ -25,7 +25,7 @@ from separator import _NetworkRunner, estimate_spectrograms, save_target
 from utils import (UmxError, atomic_path, model_layout, nb_stft_frames, pad_for_stft,
                    set_context, stft, write_json_atomic)
 
-TrainGraph = namedtuple("TrainGraph", "mixture target loss model")
+TrainGraph = namedtuple("TrainGraph", "mixture target loss model scope")
 
 
 # --------------------------------------------------------------------------------------
@@ -111,7 +111,8 @@ class EarlyStopping:
 # graphs and steps
 # --------------------------------------------------------------------------------------
 
-def build_training_graph(cfg, source, batch_size, nb_frames, input_mean=None, input_scale=None):
+def build_training_graph(cfg, source, batch_size, nb_frames, input_mean=None, input_scale=None,
+                         freeze_bn=False):
     """The training graph of one target, built once.
 
     mixture, target: Variables [shape=(nb_frames, batch_size, nb_channels, nb_bins)] to fill
@@ -121,17 +122,26 @@ def build_training_graph(cfg, source, batch_size, nb_frames, input_mean=None, in
     target = nn.Variable((nb_frames, batch_size, cfg.nb_channels, cfg.nb_output_bins))
     with nn.parameter_scope(source):
         model = OpenUnmix(cfg, input_mean, input_scale)
-        estimate = model(mixture, test=False)
+        estimate = model(mixture, test=False, freeze_bn=freeze_bn)
     loss = F.mean(F.squared_error(estimate, target))
-    return TrainGraph(mixture, target, loss, model)
+    return TrainGraph(mixture, target, loss, model, source)
 
 
-def train_step(graph, solver, mixtures, targets, cfg, weight_decay, rng, comm=None):
-    """One update from audio batches [shape=(batch, nb_timesteps, 2)]; → the loss."""
+def dropout_rngs(seed, epoch, indices):
+    """One random state per sample for its dropout masks, from (seed, epoch, sample index)."""
+    return [np.random.RandomState(np.random.SeedSequence([seed, epoch, int(i), 1]).generate_state(1)[0])
+            for i in indices]
+
+
+def train_step(graph, solver, mixtures, targets, cfg, weight_decay, rngs, comm=None):
+    """One update from audio batches [shape=(batch, nb_timesteps, 2)]; → the loss.
+
+    rngs: a random state per sample for its dropout masks (see `dropout_rngs`).
+    """
     mono = cfg.nb_channels == 1
     graph.mixture.d = magnitudes(mixtures, cfg.n_fft, cfg.n_hop, mono)
     graph.target.d = magnitudes(targets, cfg.n_fft, cfg.n_hop, mono)
-    graph.model.sample_dropout(rng)
+    graph.model.sample_dropout(rngs)
     solver.zero_grad()
     graph.loss.forward(clear_no_need_grad=True)
     graph.loss.backward(clear_buffer=True)
@@ -139,11 +149,17 @@ def train_step(graph, solver, mixtures, targets, cfg, weight_decay, rng, comm=No
         comm.all_reduce_grads(solver)
     solver.weight_decay(weight_decay)
     solver.update()
+    if comm is not None:
+        comm.average_statistics(graph.scope)
     return float(graph.loss.d)
 
 
-def validation_loss(tracks, source, cfg, runner, progress=True):
-    """Mean over tracks of the MSE of the magnitude estimate on whole tracks (inference mode)."""
+def validation_loss(tracks, source, cfg, runner, progress=True, comm=None):
+    """Mean over tracks of the MSE of the magnitude estimate on whole tracks (inference mode).
+
+    With a communicator each rank scores every size-th track and the mean is over all."""
+    if comm is not None:
+        tracks = tracks[comm.rank::comm.size]
     losses = []
     for _, mixture, target in tqdm(list(validation_pairs(tracks, source)), desc="validation",
                                    disable=not progress, leave=False):
@@ -155,6 +171,9 @@ def validation_loss(tracks, source, cfg, runner, progress=True):
         if cfg.nb_channels == 1:
             reference = reference.mean(axis=2, keepdims=True)
         losses.append(float(np.mean((estimate - reference) ** 2)))
+    if comm is not None:
+        count = comm.mean(len(losses)) * comm.size
+        return comm.mean(sum(losses)) * comm.size / count
     return float(np.mean(losses))
 
 
@@ -288,8 +307,9 @@ def train(args, comm=None, progress=True):
     lr, weight_decay = args.lr * scale, args.weight_decay * scale
 
     nn.clear_parameters()
-    if resume_from:
-        mean, std = None, None  # the checkpoint holds the (trained) standardization
+    if resume_from or not is_main:
+        # the checkpoint holds the (trained) standardization; other ranks get rank 0's
+        mean, std = None, None
     else:
         mean, std = compute_statistics(train_tracks, cfg.n_fft, cfg.n_hop, progress)
     seq_samples = int(round(dataset.seq_dur * rate))
@@ -321,13 +341,16 @@ def train(args, comm=None, progress=True):
         if stopped_early:
             break
         start = time.time()
-        rng = np.random.RandomState(np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0])
         losses = []
-        batches = epoch_batches(dataset, epoch, args.batch_size, args.nb_workers, rank, nb_procs)
+        batches = epoch_batches(dataset, epoch, args.batch_size, args.nb_workers, rank, nb_procs,
+                                with_indices=True)
         bar = tqdm(batches, desc="epoch %d" % epoch, total=len(dataset) // (args.batch_size * nb_procs),
                    leave=False, disable=not progress)
-        for mixtures, targets in bar:
-            loss = train_step(graph, solver, mixtures, targets, cfg, weight_decay, rng, comm)
+        for indices, mixtures, targets in bar:
+            loss = train_step(graph, solver, mixtures, targets, cfg, weight_decay,
+                              dropout_rngs(args.seed, epoch, indices), comm)
+            if comm is not None:  # every rank takes the same decision
+                loss = comm.mean(loss)
             if not np.isfinite(loss):
                 raise UmxError("training loss is %s at epoch %d: stopped; the last good weights "
                                "are in %s" % (loss, epoch, args.output))
@@ -337,12 +360,10 @@ def train(args, comm=None, progress=True):
             raise UmxError("an epoch has no full batch: %d samples < --batch-size %d x %d processes"
                            % (len(dataset), args.batch_size, nb_procs))
         train_loss = float(np.mean(losses))
-        valid_loss = validation_loss(valid_tracks, source, cfg, runner, progress)
+        valid_loss = validation_loss(valid_tracks, source, cfg, runner, progress, comm)
         if not np.isfinite(valid_loss):
             raise UmxError("validation loss is %s at epoch %d: stopped; the last good weights "
                            "are in %s" % (valid_loss, epoch, args.output))
-        if comm is not None:
-            train_loss, valid_loss = comm.mean(train_loss), comm.mean(valid_loss)
         improved = stopper.step(valid_loss)
         solver.set_learning_rate(scheduler.step(valid_loss))
         history.append(dict(epoch=epoch, train_loss=train_loss, valid_loss=valid_loss,
@@ -378,12 +399,17 @@ def make_monitors(folder, source):
             "lr": MonitorSeries("Learning rate", monitor, interval=1, verbose=False)}
 
 
-def main(argv=None, comm=None):
+def main(argv=None):
     args = get_train_args(argv)
+    comm = None
     try:
+        from comm import get_communicator
+        comm = get_communicator(args.context)
         train(args, comm)
     except UmxError as exc:
         print("error: %s" % exc, file=sys.stderr)
+        if comm is not None:
+            comm.abort(1)  # no rank may wait for one that stopped
         sys.exit(1)
 
 

@@ -114,7 +114,7 @@ def test_dropout_only_while_training():
     rng = np.random.RandomState(0)
     results = []
     for y in (train, train, train, test):
-        model.sample_dropout(rng)
+        model.sample_dropout([np.random.RandomState(rng.randint(1000)) for _ in range(4)])
         y.forward()
         results.append(y.d.copy())
     assert not np.allclose(results[0], results[1])  # new masks, new outputs

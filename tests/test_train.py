@@ -62,9 +62,9 @@ def test_training_steps_lower_the_loss(root):
     solver = S.Adam(alpha=0.01)
     with nn.parameter_scope("vocals"):
         solver.set_parameters(nn.get_parameters())
-    rng = np.random.RandomState(0)
-    losses = [train_module.train_step(graph, solver, x, y, cfg, 1e-5, rng)
-              for _ in range(4) for x, y in epoch_batches(ds, 0, 4)]
+    losses = [train_module.train_step(graph, solver, x, y, cfg, 1e-5,
+                                      train_module.dropout_rngs(0, epoch, i))
+              for epoch in range(4) for i, x, y in epoch_batches(ds, 0, 4, with_indices=True)]
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
 
 
