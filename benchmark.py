@@ -1,4 +1,5 @@
 """Speed and memory of separation on this machine: python benchmark.py --seconds 60 180
+(training throughput and data loading: python benchmark.py --train)
 
 For each length, a fresh process separates N s of stereo 44.1 kHz audio (the real MUSDB clip
 that stempeg ships, looped) into 4 stems with full-size random weights (umxhq's shapes) and
@@ -82,6 +83,88 @@ def run_worker(cmd, seconds):
     return result
 
 
+def training_worker(batch, seconds, steps, comm_name):
+    """Seconds per training step of the full-size model (random data); prints JSON."""
+    import nnabla as nn
+    import nnabla.solvers as S
+    from model import UmxConfig
+    from train import build_training_graph, dropout_rngs, train_step
+    from utils import set_context
+    comm = None
+    if comm_name == "mpi":
+        from comm import get_communicator
+        comm = get_communicator("cpu")
+    set_context("cpu", verbose=False)
+    cfg = UmxConfig()
+    samples = int(seconds * cfg.sample_rate)
+    graph = build_training_graph(cfg, "vocals", batch, 1 + samples // cfg.n_hop)
+    solver = S.Adam(alpha=1e-3)
+    with nn.parameter_scope("vocals"):
+        solver.set_parameters(nn.get_parameters())
+    if comm:
+        comm.broadcast_parameters("vocals")
+    rng = np.random.RandomState(comm.rank if comm else 0)
+    times = []
+    for step in range(steps + 1):  # the first step (allocations) is not timed
+        mix = rng.randn(batch, samples, 2).astype(np.float32) * 0.1
+        start = time.perf_counter()
+        train_step(graph, solver, mix, mix * 0.5, cfg, 1e-5, dropout_rngs(0, step, range(batch)), comm)
+        times.append(time.perf_counter() - start)
+    per_step = float(np.median(times[1:]))
+    nb_procs = comm.size if comm else 1
+    if not comm or comm.rank == 0:
+        print(json.dumps({"processes": nb_procs, "step_s": per_step,
+                          "samples_per_s": nb_procs * batch / per_step}))
+
+
+def loading_worker(root, is_wav, workers, seq_dur, batches):
+    from data import TrainingSet, epoch_batches, load_tracks
+    tracks = load_tracks(root, is_wav, "train", log=lambda *a: None)
+    ds = TrainingSet(tracks, "vocals", seq_dur, samples_per_track=64)
+    start = time.perf_counter()
+    n = 0
+    for _, (x, _) in zip(range(batches), epoch_batches(ds, 0, 16, workers)):
+        n += x.shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def benchmark_training(steps):
+    """Training step and data-loading throughput; prints a table."""
+    import shutil
+    rows = []
+    for procs in (1, 2):
+        cmd = [sys.executable, __file__, "--train-worker", str(steps)]
+        if procs > 1:
+            mpirun = shutil.which("mpirun")
+            if not mpirun:
+                print("(no mpirun: 2-process training not measured)")
+                continue
+            cmd = [mpirun, "-n", "2", "--allow-run-as-root", "--oversubscribe"] + cmd + ["mpi"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-2000:])
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print("\n| training, full-size UMX, batch 16 x 6 s, CPU | s/step | samples/s |")
+    print("|---|---|---|")
+    for r in rows:
+        print("| %d process%s | %.2f | %.2f |" % (r["processes"], "es" if r["processes"] > 1 else "",
+                                                 r["step_s"], r["samples_per_s"]))
+    import stempeg
+    from data import generate_dataset
+    with tempfile.TemporaryDirectory() as tmp:
+        wav_root = generate_dataset(os.path.join(tmp, "wav"), 6, 0, 12.0, progress=False)
+        os.makedirs(os.path.join(tmp, "stems", "train"))
+        for k in range(6):
+            shutil.copyfile(stempeg.example_stem_path(),
+                            os.path.join(tmp, "stems", "train", "Clip %d.stem.mp4" % k))
+        print("\n| data loading, batches of 16 | 0 workers (samples/s) | 2 workers (samples/s) |")
+        print("|---|---|---|")
+        for name, root, is_wav, dur in (("WAV, 6 s chunks", wav_root, True, 6.0),
+                                        ("STEMS, 5 s chunks", os.path.join(tmp, "stems"), False, 5.0)):
+            rates = [loading_worker(root, is_wav, w, dur, 3) for w in (0, 2)]
+            print("| %s | %.1f | %.1f |" % (name, rates[0], rates[1]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, nargs="+", default=[60.0])
@@ -89,8 +172,20 @@ def main(argv=None):
                         help="weights to time (default: full-size random weights)")
     parser.add_argument("--vs-openunmix", metavar="PYTHON", default=None,
                         help="interpreter with openunmix 1.3 installed, timed side by side")
+    parser.add_argument("--train", action="store_true",
+                        help="measure training steps (1 and 2 processes) and data loading instead")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps")
     parser.add_argument("--worker", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--train-worker", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.train_worker:
+        training_worker(16, 6.0, int(args.train_worker[0]),
+                        args.train_worker[1] if len(args.train_worker) > 1 else None)
+        return
+    if args.train:
+        benchmark_training(args.steps)
+        return
 
     if args.worker is not None:
         result = nnabla_worker(args.worker, args.model)
