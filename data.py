@@ -59,6 +59,14 @@ class Track:
         return np.asarray(audio, np.float32)
 
 
+def check_root(root, subset):
+    """Fail with one line unless `root` is a folder holding `subset`."""
+    if not os.path.isdir(root):
+        raise UmxError("dataset root not found: %s" % root)
+    if not os.path.isdir(os.path.join(root, subset)):
+        raise UmxError("%s has no '%s' folder: not a MUSDB18 root" % (root, subset))
+
+
 def load_tracks(root=None, is_wav=False, subset="train", split=None, log=print):
     """Tracks of a MUSDB18 folder (musdb's layout), checked to hold every source.
 
@@ -74,10 +82,7 @@ def load_tracks(root=None, is_wav=False, subset="train", split=None, log=print):
             raise UmxError("could not download the MUSDB18 previews (%s): pass --root with a "
                            "local MUSDB18 folder" % type(exc).__name__)
         root = db.root
-    if not os.path.isdir(root):
-        raise UmxError("dataset root not found: %s" % root)
-    if not os.path.isdir(os.path.join(root, subset)):
-        raise UmxError("%s has no '%s' folder: not a MUSDB18 root" % (root, subset))
+    check_root(root, subset)
     try:
         mus_tracks = musdb.DB(root=root, is_wav=is_wav, subsets=subset).tracks
     except Exception as exc:

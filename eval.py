@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from args import get_eval_args
-from utils import UmxError, atomic_path, check_out_dir, set_context, write_estimates
+from utils import UmxError, atomic_path, check_out_dir, exit_on_error, set_context, write_estimates
 
 METRICS = ["SDR", "SIR", "SAR", "ISR"]
 # The published scores (median over frames, median over tracks) the seed's README lists.
@@ -34,12 +34,10 @@ def musdb_tracks(root, is_wav, subset, names=None, log=None):
     A track that cannot be decoded is reported through `log` and left out.
     """
     import musdb
+    from data import check_root
     if not root:
         raise UmxError("--root is required: the MUSDB18 folder to evaluate on")
-    if not os.path.isdir(root):
-        raise UmxError("dataset root not found: %s" % root)
-    if not os.path.isdir(os.path.join(root, subset)):
-        raise UmxError("%s has no '%s' folder: not a MUSDB18 root" % (root, subset))
+    check_root(root, subset)
     try:
         tracks = musdb.DB(root=root, is_wav=is_wav, subsets=subset).tracks
     except Exception:
@@ -252,12 +250,7 @@ def _reason(exc):
 
 
 def main(argv=None):
-    args = get_eval_args(argv)
-    try:
-        evaluate(args)
-    except UmxError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        sys.exit(1)
+    exit_on_error(evaluate, get_eval_args(argv))
 
 
 if __name__ == "__main__":

@@ -261,60 +261,68 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     """
     cfg = cfgs[targets[0]]
     model_channels = max(cfgs[t].nb_channels for t in targets)
-    out = np.zeros((nb_frames, cfg.nb_output_bins, model_channels, len(targets)), np.float32)
+    shape = (nb_frames, cfg.nb_output_bins, model_channels, len(targets))
     length, plan = plan_windows(nb_frames, window, context)
     processes = max(1, min(processes, len(plan)))
     start_time = time.perf_counter()
     if processes == 1:
-        parts = [_estimate_windows(padded, cfgs, targets, plan, length, batch, progress,
-                                   runner or _NetworkRunner(cfgs))]
+        out = np.zeros(shape, np.float32)
+        all_timings = [_estimate_windows(out, padded, cfgs, targets, plan, length, batch,
+                                         progress, runner or _NetworkRunner(cfgs))]
     else:
+        import mmap
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-            jobs = [pool.submit(_estimate_windows, padded, cfgs, targets, plan[p::processes],
-                                length, batch, progress and p == 0) for p in range(processes)]
-            parts = [job.result() for job in jobs]
-    for cores, part_timings in parts:
-        for core_start, core_stop, core in cores:
-            out[core_start:core_stop] = core
-        if timings is not None:
-            for key, value in part_timings.items():
-                timings[key] = timings.get(key, 0.0) + value
+        # an anonymous shared mapping, inherited by the forked workers, which write their
+        # windows' estimates straight into it (no copies of the estimates through pipes)
+        shared = mmap.mmap(-1, int(np.prod(shape)) * 4)
+        out = np.frombuffer(shared, np.float32).reshape(shape)
+        _FORKED_OUTPUT[:] = [out]
+        try:
+            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+                jobs = [pool.submit(_estimate_windows, None, padded, cfgs, targets,
+                                    plan[p::processes], length, batch, progress and p == 0)
+                        for p in range(processes)]
+                all_timings = [job.result() for job in jobs]
+        finally:
+            _FORKED_OUTPUT[:] = []
     if timings is not None:
+        for part in all_timings:
+            for key, value in part.items():
+                timings[key] = timings.get(key, 0.0) + value
         timings["network (wall)"] = timings.get("network (wall)", 0.0) + \
             time.perf_counter() - start_time
     return out
 
 
-def _estimate_windows(padded, cfgs, targets, plan, length, batch, progress, runner=None):
-    """The network over some windows: ([(core_start, core_stop, estimate)], timings), with
-    estimate [shape=(core frames, nb_bins, nb_model_channels, nb_targets)]."""
+_FORKED_OUTPUT = []  # the shared output array, seen by forked workers
+
+
+def _estimate_windows(out, padded, cfgs, targets, plan, length, batch, progress, runner=None):
+    """Run the network over some windows and write their cores into `out` (None: the shared
+    array of a forked worker); → the seconds spent per stage."""
+    out = _FORKED_OUTPUT[0] if out is None else out
     cfg = cfgs[targets[0]]
     runner = runner or _NetworkRunner(cfgs)
     timings = {}
     batches = [plan[i:i + batch] for i in range(0, len(plan), batch)]
     bar = tqdm(total=len(batches) * len(targets), desc="network", unit="pass",
                disable=not progress, leave=False)
-    cores = [(core_start, core_stop, None) for _, core_start, core_stop in plan]
-    results = {}
     for windows in batches:
         # (batch, nb_channels, length, bins) -> (length, batch, nb_channels, bins)
         with _timed(timings, "stft"):
             spec = model_layout(np.stack([stft_frames(padded, s, s + length, cfg.n_fft,
                                                       cfg.n_hop) for s, _, _ in windows]))
-        estimates = []
-        for target in targets:
+        for j, target in enumerate(targets):
             with _timed(timings, "network " + target):
-                estimates.append(runner.run(target, spec))
+                est = runner.run(target, spec)
+            for b, (start, core_start, core_stop) in enumerate(windows):
+                # (frames, channels, bins) -> (frames, bins, channels)
+                out[core_start:core_stop, :, :, j] = \
+                    est[core_start - start: core_stop - start, b].transpose(0, 2, 1)
             bar.update()
-        for b, (start, core_start, core_stop) in enumerate(windows):
-            # (frames, channels, bins) per target -> (frames, bins, channels, targets)
-            results[core_start] = np.stack(
-                [est[core_start - start: core_stop - start, b].transpose(0, 2, 1)
-                 for est in estimates], axis=-1)
     bar.close()
-    return [(a, b, results[a]) for a, b, _ in cores], timings
+    return timings
 
 
 # --------------------------------------------------------------------------------------
@@ -544,6 +552,7 @@ def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0
     waves = wiener_separate(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
                             softmask=softmask, alpha=alpha if softmask else 1.0,
                             residual=residual, progress=progress, timings=timings)
+    del v  # the estimates below need the memory more
     names = targets + (["accompaniment" if len(targets) == 1 else "residual"] if residual else [])
     # (J, C, nb_timesteps) -> {name: (nb_timesteps, C)}
     return {name: np.ascontiguousarray(waves[j].T) for j, name in enumerate(names)}, cfg.sample_rate

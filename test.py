@@ -4,11 +4,10 @@ One WAV per target (32-bit float, or 16-bit PCM with --pcm16) in OUT/ for one in
 OUT/<input name>/ for several.
 """
 import os
-import sys
 import warnings
 
 from args import get_inference_args
-from utils import UmxError, check_out_dir, load_audio, set_context, write_estimates
+from utils import UmxError, check_out_dir, exit_on_error, load_audio, set_context, write_estimates
 
 
 def run(args):
@@ -38,12 +37,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = get_inference_args(argv)
-    try:
-        run(args)
-    except UmxError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        sys.exit(1)
+    exit_on_error(run, get_inference_args(argv))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,16 @@ class UmxError(Exception):
     """A problem with the user's input, reported as one line by the CLIs."""
 
 
+def exit_on_error(function, *args):
+    """Run a CLI's work; a UmxError becomes one 'error: ...' line on stderr and exit code 1."""
+    import sys
+    try:
+        return function(*args)
+    except UmxError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------------------
 # STFT / ISTFT (numpy backend)
 # --------------------------------------------------------------------------------------
@@ -100,13 +110,13 @@ class OverlapAdd:
             self.buffer[..., pos:pos + block.shape[-1]] += block
 
     def result(self):
-        """→ float32 [shape=(*lead_shape, nb_timesteps)]"""
+        """→ float32 [shape=(*lead_shape, nb_timesteps)] (a view of the buffer; call once)"""
         n_fft, hop = self.n_fft, self.n_hop
         wsum = np.zeros(self.buffer.shape[-1], np.float32)
         for pos in range(0, wsum.shape[0] - n_fft + 1, hop):
             wsum[pos:pos + n_fft] += self.window ** 2
-        out = self.buffer / np.maximum(wsum, 1e-8)
-        return out[..., n_fft // 2: n_fft // 2 + self.nb_timesteps]
+        self.buffer /= np.maximum(wsum, 1e-8)  # in place: the buffer can be long
+        return self.buffer[..., n_fft // 2: n_fft // 2 + self.nb_timesteps]
 
 
 def istft(spec, nb_timesteps, n_fft=4096, n_hop=1024):
