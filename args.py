@@ -38,7 +38,7 @@ def get_inference_args(argv=None):
     parser.add_argument("--sample-rate", type=int, default=None,
                         help="rate of the written stems (default: the model's, 44100)")
     parser.add_argument("--chunk-dur", type=float, default=None,
-                        help="seconds of audio per network window (default: about 12 s); "
+                        help="seconds of audio per network window (default: about 24 s); "
                              "windows overlap by 1.5 s of LSTM context on each side, so the "
                              "result stays within 40 dB of one-piece processing")
     parser.add_argument("--pcm16", action="store_true",

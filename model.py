@@ -25,7 +25,6 @@ import numpy as np
 import nnabla as nn
 import nnabla.functions as F
 import nnabla.initializer as I
-import nnabla.parametric_functions as PF
 from nnabla.parameter import get_parameter_or_create
 
 from utils import nnabla_spectrogram
@@ -213,9 +212,11 @@ class OpenUnmix:
         nb_frames, nb_samples, nb_channels, nb_bins = x.shape
         mix = x
         x = x[..., :cfg.max_bin]
-        x = (x + F.reshape(self.input_mean, (1, 1, 1, cfg.max_bin))) * \
-            F.reshape(self.input_scale, (1, 1, 1, cfg.max_bin))
-        x = F.tanh(self._fc_bn("fc1", x, cfg.hidden_size, bn_test))  # (T, B, hidden)
+        # standardization (x + input_mean) * input_scale, folded into fc1
+        in_scale = F.tile(self.input_scale, nb_channels)
+        in_shift = F.tile(self.input_mean, nb_channels) * in_scale
+        x = F.tanh(self._fc_bn("fc1", x, cfg.hidden_size, bn_test,
+                               input_affine=(in_scale, in_shift)))  # (T, B, hidden)
         masks = None
         if not test:
             masks = [nn.Variable((nb_frames, nb_samples, cfg.hidden_size))
@@ -227,11 +228,12 @@ class OpenUnmix:
                                  cfg.nb_directions, dropout_masks=masks)
         x = F.concatenate(x, lstm_out, axis=2)  # skip connection: (T, B, 2 * hidden)
         x = F.relu(self._fc_bn("fc2", x, cfg.hidden_size, bn_test))
-        x = self._fc_bn("fc3", x, nb_channels * nb_bins, bn_test)
+        # output scaling x * output_scale + output_mean, folded into fc3's batch norm
+        x = self._fc_bn("fc3", x, nb_channels * nb_bins, bn_test,
+                        output_affine=(F.tile(self.output_scale, nb_channels),
+                                       F.tile(self.output_mean, nb_channels)))
         # (T, B, C * bins) -> (T, B, C, bins)
         x = F.reshape(x, (nb_frames, nb_samples, nb_channels, nb_bins))
-        x = x * F.reshape(self.output_scale, (1, 1, 1, nb_bins)) + \
-            F.reshape(self.output_mean, (1, 1, 1, nb_bins))
         return F.mul_n(F.relu(x), mix)  # Mul2 is ~3x slower on the CPU
 
     def sample_dropout(self, rngs, p=LSTM_DROPOUT):
@@ -246,8 +248,39 @@ class OpenUnmix:
                               axis=1) / (1.0 - p)
 
     @staticmethod
-    def _fc_bn(scope, x, nb_out, test):
-        """Bias-free dense layer + batch norm over the last axis: (T, B, ...) -> (T, B, nb_out)."""
+    def _fc_bn(scope, x, nb_out, test, input_affine=None, output_affine=None):
+        """Bias-free dense layer + batch norm over the last axis: (T, B, ...) -> (T, B, nb_out).
+
+        input_affine (scale, shift) [shape=(nb_in,)]: the layer reads x * scale + shift;
+        output_affine (scale, shift) [shape=(nb_out,)]: applied after the batch norm.
+        Both are folded into the small weight and normalization vectors (exact rewrites):
+        NNabla's broadcasting products on the large activations are slow on the CPU.
+        Parameters: <scope>/affine/W (nb_in, nb_out), <scope>/bn/{beta,gamma,mean,var}
+        (1, 1, nb_out), as PF.affine and PF.batch_normalization name them.
+        """
+        nb_in = int(np.prod(x.shape[2:]))
         with nn.parameter_scope(scope):
-            x = PF.affine(x, nb_out, base_axis=2, with_bias=False)
-            return PF.batch_normalization(x, axes=[2], batch_stat=not test)
+            lim = I.calc_uniform_lim_glorot(nb_in, nb_out)
+            w = get_parameter_or_create("affine/W", (nb_in, nb_out),
+                                        I.UniformInitializer(lim, rng=nn.random.prng))
+            with nn.parameter_scope("bn"):
+                shape = (1, 1, nb_out)
+                beta = get_parameter_or_create("beta", shape, I.ConstantInitializer(0))
+                gamma = get_parameter_or_create("gamma", shape, I.ConstantInitializer(1))
+                mean = get_parameter_or_create("mean", shape, I.ConstantInitializer(0),
+                                               need_grad=False)
+                var = get_parameter_or_create("var", shape, I.ConstantInitializer(1),
+                                              need_grad=False)
+        bias = None
+        if input_affine is not None:
+            scale, shift = input_affine
+            # (x * s + t) W = x (s W) + t W
+            bias = F.reshape(F.affine(F.reshape(shift, (1, nb_in)), w), (nb_out,))
+            w = w * F.reshape(scale, (nb_in, 1))
+        x = F.affine(x, w, bias, base_axis=2)
+        if output_affine is not None:
+            scale, shift = (F.reshape(v, shape) for v in output_affine)
+            # (gamma xhat + beta) s + t = (gamma s) xhat + (beta s + t)
+            gamma, beta = gamma * scale, beta * scale + shift
+        return F.batch_normalization(x, beta, gamma, mean, var, axes=[2], decay_rate=0.9,
+                                     eps=1e-5, batch_stat=not test)

@@ -33,7 +33,7 @@ TARGETS = ["vocals", "drums", "bass", "other"]
 # the machine epsilon of the STFT's dtype).
 WIENER_EPS = 1e-10
 # STFT frames per network window, LSTM context frames on each side, windows per graph
-WINDOW_FRAMES = 512
+WINDOW_FRAMES = 1024
 CONTEXT_FRAMES = 64
 WINDOWS_PER_BATCH = 8
 WIENER_CHUNK_FRAMES = 256
