@@ -205,7 +205,7 @@ def plan_windows(nb_frames, window=WINDOW_FRAMES, context=CONTEXT_FRAMES):
     return length, plan
 
 
-class _NetworkRunner:
+class NetworkRunner:
     """One inference graph per (length, batch) shape, shared by all targets.
 
     The graph is built once on its own parameter Variables; before each target's forward
@@ -255,7 +255,7 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
 
     padded [shape=(nb_channels, nb_timesteps + n_fft)] (see utils.pad_for_stft)
     → float32 [shape=(nb_frames, nb_bins, nb_model_channels, nb_targets)]
-    runner: a `_NetworkRunner` to reuse its graphs across calls (one process only).
+    runner: a `NetworkRunner` to reuse its graphs across calls (one process only).
     processes > 1: the windows are shared among that many forked processes, which inherit
     the loaded parameters (CPU contexts only: see `default_processes`).
     """
@@ -268,7 +268,7 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     if processes == 1:
         out = np.zeros(shape, np.float32)
         all_timings = [_estimate_windows(out, padded, cfgs, targets, plan, length, batch,
-                                         progress, runner or _NetworkRunner(cfgs))]
+                                         progress, runner or NetworkRunner(cfgs))]
     else:
         import mmap
         import multiprocessing
@@ -303,7 +303,7 @@ def _estimate_windows(out, padded, cfgs, targets, plan, length, batch, progress,
     array of a forked worker); → the seconds spent per stage."""
     out = _FORKED_OUTPUT[0] if out is None else out
     cfg = cfgs[targets[0]]
-    runner = runner or _NetworkRunner(cfgs)
+    runner = runner or NetworkRunner(cfgs)
     timings = {}
     batches = [plan[i:i + batch] for i in range(0, len(plan), batch)]
     bar = tqdm(total=len(batches) * len(targets), desc="network", unit="pass",

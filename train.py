@@ -21,7 +21,7 @@ from tqdm import tqdm
 from args import get_train_args
 from data import TrainingSet, epoch_batches, load_tracks, validation_pairs
 from model import OpenUnmix, UmxConfig, bandwidth_to_max_bin
-from separator import _NetworkRunner, estimate_spectrograms, save_target
+from separator import NetworkRunner, estimate_spectrograms, save_target
 from utils import (UmxError, atomic_path, model_layout, nb_stft_frames, pad_for_stft,
                    set_context, stft, write_json_atomic)
 
@@ -332,7 +332,7 @@ def train(args, comm=None, progress=True):
         comm.broadcast_parameters(source)
 
     monitors = make_monitors(args.output, source) if is_main else None
-    runner = _NetworkRunner({source: cfg})
+    runner = NetworkRunner({source: cfg})
     summary_path = os.path.join(args.output, source + ".json")
     epochs = tqdm(range(first_epoch, args.epochs + 1), desc="epochs", initial=first_epoch - 1,
                   total=args.epochs, disable=not progress)
