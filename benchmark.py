@@ -32,7 +32,6 @@ def song(seconds, rate=44100):
 
 
 def nnabla_worker(seconds, model_dir):
-    import nnabla as nn  # noqa: F401
     from separator import TARGETS, load_models, separate
     from utils import set_context
     set_context("cpu", verbose=False)

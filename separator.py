@@ -24,7 +24,7 @@ import numpy as np
 import nnabla as nn
 from tqdm import tqdm
 
-from model import OpenUnmix, UmxConfig, config_from_shapes, parameter_shapes
+from model import OpenUnmix, config_from_shapes, parameter_shapes
 from utils import (OverlapAdd, UmxError, model_layout, nb_stft_frames, pad_for_stft,
                    prepare_audio, stft_frames, write_json_atomic)
 

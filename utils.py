@@ -288,7 +288,6 @@ def write_json_atomic(path, obj):
 
 def gpu_available():
     try:
-        import nnabla_ext.cuda  # noqa: F401
         from nnabla_ext.cuda import get_device_count
         return get_device_count() > 0
     except Exception:

@@ -2,7 +2,7 @@ import numpy as np
 import norbert
 import pytest
 
-from conftest import SMALL, make_random_weights, music_like
+from conftest import make_random_weights, music_like
 from separator import (TARGETS, WIENER_EPS, estimate_spectrograms, load_models, plan_windows,
                        separate, wiener_separate)
 from utils import istft, nb_stft_frames, pad_for_stft, stft

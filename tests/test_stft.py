@@ -1,6 +1,5 @@
 import numpy as np
 import nnabla as nn
-import nnabla.functions as F
 import pytest
 
 from utils import OverlapAdd, istft, nb_stft_frames, nnabla_spectrogram, stft
