@@ -14,10 +14,8 @@ import argparse
 import json
 import os
 import pickle
-import shutil
 import struct
 import sys
-import tempfile
 import zipfile
 from collections import OrderedDict
 
@@ -262,7 +260,7 @@ def convert_folder(src, out, targets=None):
     """Convert every (or the named) target of `src` into `out`, all or nothing."""
     import nnabla as nn
     from separator import save_target
-    from utils import write_json_atomic
+    from utils import staged_folder, write_json_atomic
     checkpoints = find_checkpoints(src)
     targets = targets or list(checkpoints)
     missing = [t for t in targets if t not in checkpoints]
@@ -276,10 +274,7 @@ def convert_folder(src, out, targets=None):
             with open(meta_path) as f:
                 meta = json.load(f)
         converted[target] = convert_state(read_pth(pth), pth, meta)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-convert-", dir=parent)
-    try:
+    with staged_folder(out) as staging:
         for target, (params, cfg) in converted.items():
             with nn.parameter_scope("_convert"):
                 nn.clear_parameters()
@@ -289,12 +284,8 @@ def convert_folder(src, out, targets=None):
             with nn.parameter_scope("_convert"):
                 nn.clear_parameters()
             write_json_atomic(os.path.join(staging, target + ".json"),
-                              {"config": cfg.to_dict(), "converted_from": os.path.basename(checkpoints[target][0])})
-        os.makedirs(out, exist_ok=True)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(out, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                              {"config": cfg.to_dict(),
+                               "converted_from": os.path.basename(checkpoints[target][0])})
     return {t: c for t, (_, c) in converted.items()}
 
 

@@ -140,7 +140,8 @@ class TrainingSet:
         self.samples_per_track = samples_per_track
         self.augmentations = list(augmentations)
         self.seed = seed
-        if self.seq_dur and all(t.duration < self.seq_dur for t in tracks):
+        self.long_enough = [t for t in tracks if not self.seq_dur or t.duration >= self.seq_dur]
+        if not self.long_enough:
             raise UmxError("--seq-dur %.2f s is longer than every training track (longest: %.2f s)"
                            % (self.seq_dur, max(t.duration for t in tracks)))
 
@@ -155,11 +156,10 @@ class TrainingSet:
         for source in SOURCES:
             # the target comes from the balanced track, the others from random tracks;
             # tracks shorter than the chunk are skipped
-            candidates = [t for t in self.tracks if not self.seq_dur or t.duration >= self.seq_dur]
-            if source == self.target and (not self.seq_dur or target_track.duration >= self.seq_dur):
+            if source == self.target and target_track in self.long_enough:
                 track = target_track
             else:
-                track = candidates[rng.randint(len(candidates))]
+                track = self.long_enough[rng.randint(len(self.long_enough))]
             if self.seq_dur:
                 start = rng.uniform(0, track.duration - self.seq_dur)
                 audio = track.read(source, start, self.seq_dur)

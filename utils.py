@@ -253,27 +253,32 @@ def check_out_dir(out_dir):
         raise UmxError("cannot write to --out-dir %s: %s" % (out_dir, exc.strerror or exc))
 
 
-def write_estimates(estimates, rate, folder, out_rate=None, pcm16=False):
-    """Write {name: (nb_timesteps, nb_channels)} as folder/<name>.wav, all or nothing.
-
-    The files are written into a temporary folder beside `folder` and moved in at the end.
-    """
-    import resampy
+@contextmanager
+def staged_folder(folder):
+    """Yield a temporary folder beside `folder`; if the block succeeds, move its files into
+    `folder` (created if needed). A failure leaves `folder` as it was: all or nothing."""
     import shutil
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
+        yield staging
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_estimates(estimates, rate, folder, out_rate=None, pcm16=False):
+    """Write {name: (nb_timesteps, nb_channels)} as folder/<name>.wav, all or nothing."""
+    import resampy
+    with staged_folder(folder) as staging:
         for name, audio in estimates.items():
             if out_rate and out_rate != rate:
                 audio = resampy.resample(audio, rate, out_rate, axis=0)
             write_audio_atomic(os.path.join(staging, name + ".wav"), audio, out_rate or rate,
                                subtype="PCM_16" if pcm16 else "FLOAT")
-        os.makedirs(folder, exist_ok=True)
-        for name in estimates:
-            os.replace(os.path.join(staging, name + ".wav"), os.path.join(folder, name + ".wav"))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json_atomic(path, obj):

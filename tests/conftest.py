@@ -26,6 +26,14 @@ def import_script(name):
     return sys.modules[key]
 
 
+def run_script(name, *argv):
+    """Run the project's `<name>.py` in a subprocess: (exit code, stdout, stderr)."""
+    import subprocess
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, name + ".py"), *argv],
+                          capture_output=True, text=True, cwd=ROOT)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 @pytest.fixture(autouse=True)
 def cpu_and_clean_parameters():
     import nnabla as nn

@@ -1,24 +1,21 @@
 """test.py end to end: the official weight layout, real audio, and every bad input."""
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, SMALL, import_script, make_random_weights, music_like
+from conftest import ROOT, run_script, SMALL, import_script, make_random_weights, music_like
 from separator import TARGETS, load_models
 from utils import UmxError
 
 
 def run_cli(*argv):
-    """Run test.py in a subprocess: (exit code, stderr)."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *argv],
-                          capture_output=True, text=True, cwd=ROOT)
-    return proc.returncode, proc.stderr
+    """(exit code, stderr) of test.py."""
+    code, _, err = run_script("test", *argv)
+    return code, err
 
 
 def error_line(stderr):

@@ -2,13 +2,11 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, import_script
+from conftest import import_script, run_script
 from data import SOURCES, generate_dataset
 
 eval_module = import_script("eval")
@@ -21,9 +19,7 @@ def root(tmp_path_factory):
 
 
 def run_eval(*argv):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), *argv],
-                          capture_output=True, text=True, cwd=ROOT)
-    return proc.returncode, proc.stdout, proc.stderr
+    return run_script("eval", *argv)
 
 
 def estimates_from(root, tmp_path, name, pick):

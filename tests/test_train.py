@@ -12,7 +12,7 @@ import nnabla as nn
 import nnabla.solvers as S
 import pytest
 
-from conftest import ROOT, import_script
+from conftest import ROOT, run_script, import_script
 from data import TrainingSet, epoch_batches, generate_dataset, load_tracks
 from model import UmxConfig
 from utils import stft
@@ -31,9 +31,9 @@ def root(tmp_path_factory):
 
 
 def run_train(*argv):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv],
-                          capture_output=True, text=True, cwd=ROOT)
-    return proc.returncode, proc.stderr
+    """(exit code, stderr) of train.py."""
+    code, _, err = run_script("train", *argv)
+    return code, err
 
 
 def read_params(path):
@@ -84,11 +84,10 @@ def test_training_writes_loadable_outputs(root, tmp_path):
     cfgs = load_models(out, ["bass"])
     assert cfgs["bass"] == UmxConfig(hidden_size=16, max_bin=186, nb_output_bins=257, n_fft=512,
                                      n_hop=128)
-    code = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--inputs",
-                           os.path.join(root, "test", "Synth Test 00", "mixture.wav"), "--model",
-                           out, "--targets", "bass", "--out-dir", str(tmp_path / "sep")],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert code.returncode == 0, code.stderr
+    code, _, err = run_script("test", "--inputs",
+                              os.path.join(root, "test", "Synth Test 00", "mixture.wav"),
+                              "--model", out, "--targets", "bass", "--out-dir", str(tmp_path / "sep"))
+    assert code == 0, err
     assert sorted(os.listdir(str(tmp_path / "sep"))) == ["accompaniment.wav", "bass.wav"]
 
 
