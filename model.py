@@ -284,3 +284,255 @@ class OpenUnmix:
             gamma, beta = gamma * scale, beta * scale + shift
         return F.batch_normalization(x, beta, gamma, mean, var, axes=[2], decay_rate=0.9,
                                      eps=1e-5, batch_stat=not test)
+
+
+# --------------------------------------------------------------------------------------
+# inference: the same network, run piecewise for speed
+# --------------------------------------------------------------------------------------
+
+BN_EPS = 1e-5
+# gate order of the inference LSTM: the three sigmoid gates, then the tanh gate
+_GATES_FOR_INFERENCE = [0, 1, 3, 2]  # NNabla's (i, f, g, o) -> (i, f, o, g)
+
+
+def fold_for_inference(params, cfg):
+    """One target's parameters rewritten for inference: {name: float32 ndarray}.
+
+    params: {name: ndarray} in the layout of `parameter_shapes(cfg)`. In inference the batch
+    norms are fixed affine maps, so the input standardization, each batch norm and the output
+    scaling fold into their dense layer's weights and a bias (computed in float64):
+
+        fc1_W, fc1_b  (nb_channels * max_bin, hidden), (hidden,)
+        fc2_W, fc2_b  (2 * hidden, hidden), (hidden,)
+        fc3_W, fc3_b  (hidden, nb_channels * nb_output_bins), (...)
+        lstm{l}_W_in (I, D * 4H), lstm{l}_b (D * 4H,), lstm{l}_W_rec (D, 4H, H)  per layer l
+    with the LSTM gates reordered to (i, f, o, g).
+    """
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    dirs, hid = cfg.nb_directions, cfg.lstm_hidden_size
+
+    def bn(layer):
+        scale = p[layer + "/bn/gamma"].ravel() / np.sqrt(p[layer + "/bn/var"].ravel() + BN_EPS)
+        return scale, p[layer + "/bn/beta"].ravel() - p[layer + "/bn/mean"].ravel() * scale
+
+    folded = {}
+    in_scale = np.tile(p["input_scale"], cfg.nb_channels)
+    in_shift = np.tile(p["input_mean"], cfg.nb_channels) * in_scale
+    scale, shift = bn("fc1")
+    w = p["fc1/affine/W"]
+    folded["fc1_W"] = in_scale[:, None] * w * scale
+    folded["fc1_b"] = (in_shift @ w) * scale + shift
+    scale, shift = bn("fc2")
+    folded["fc2_W"], folded["fc2_b"] = p["fc2/affine/W"] * scale, shift
+    scale, shift = bn("fc3")
+    out_scale = np.tile(p["output_scale"], cfg.nb_channels)
+    out_mean = np.tile(p["output_mean"], cfg.nb_channels)
+    folded["fc3_W"] = p["fc3/affine/W"] * (scale * out_scale)
+    folded["fc3_b"] = shift * out_scale + out_mean
+    for layer in range(cfg.nb_layers):
+        w = p["lstm/lstm/weight_l0"] if layer == 0 else p["lstm/lstm/weight"][layer - 1]
+        w = w[:, _GATES_FOR_INFERENCE]  # (D, 4, H, I + H)
+        nb_in = w.shape[-1] - hid
+        b = p["lstm/lstm/bias"][layer][:, _GATES_FOR_INFERENCE]  # (D, 4, H)
+        # [x | h] weights -> input part (I, D * 4H) and recurrent part (D, 4H, H)
+        folded["lstm%d_W_in" % layer] = w[..., :nb_in].reshape(dirs * 4 * hid, nb_in).T
+        folded["lstm%d_b" % layer] = b.reshape(-1)
+        folded["lstm%d_W_rec" % layer] = w[..., nb_in:].reshape(dirs, 4 * hid, hid)
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in folded.items()}
+
+
+class InferenceNetwork:
+    """UMX inference for several targets at once, with NNabla functions, in pieces.
+
+    Equal (to float rounding) to `OpenUnmix(cfg)(x, test=True)` with the same parameters, but
+    organized for speed and bounded memory on any length:
+    - every per-frame layer (fc1, the LSTMs' input projections, fc2, fc3) runs as one large
+      matrix product over blocks of `block_rows` frames, with the batch norms folded into it
+      (`fold_for_inference`);
+    - the LSTM recurrences of all targets (of one architecture) and both directions step
+      together, as one batched product per step, in a graph of `chunk_steps` steps that
+      carries its state from call to call.
+    All graphs have fixed shapes (partial blocks are padded), so they are built once.
+
+    models: {target: (UmxConfig, {name: ndarray})}.
+    """
+
+    def __init__(self, models, chunk_steps=32, block_rows=2000):
+        self.cfgs = {t: cfg for t, (cfg, _) in models.items()}
+        self.weights = {t: {k: nn.Variable.from_numpy_array(v)
+                            for k, v in fold_for_inference(params, cfg).items()}
+                        for t, (cfg, params) in models.items()}
+        self.chunk_steps = chunk_steps
+        self.block_rows = block_rows
+        self.graphs = {}
+
+    @classmethod
+    def from_parameter_scopes(cls, cfgs, **kw):
+        """Build from the parameters in nn.parameter_scope(target) for each target of cfgs."""
+        models = {}
+        for target, cfg in cfgs.items():
+            with nn.parameter_scope(target):
+                params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+            models[target] = (cfg, params)
+        return cls(models, **kw)
+
+    def _cached(self, key, build):
+        if key not in self.graphs:
+            self.graphs[key] = build()
+        return self.graphs[key]
+
+    def _per_frame(self, key, build, inputs, nb_out):
+        """Apply a per-frame graph to row arrays, in blocks of equal size (at most block_rows).
+
+        build(size) -> ([input Variable (size, ...)], output Variable (size, nb_out));
+        inputs: arrays [shape=(rows, ...)] → float32 [shape=(rows, nb_out)]
+        """
+        rows = inputs[0].shape[0]
+        size = -(-rows // -(-rows // self.block_rows))
+        # one graph per key, rebuilt (a few functions) when the block size changes
+        if key not in self.graphs or self.graphs[key][0] != size:
+            self.graphs[key] = (size,) + build(size)
+        _, variables, output = self.graphs[key]
+        out = np.empty((rows, nb_out), np.float32)
+        for start in range(0, rows, size):
+            stop = min(start + size, rows)
+            for var, array in zip(variables, inputs):
+                if stop - start == size:
+                    var.d = array[start:stop]
+                else:  # the last block, padded with zeros
+                    var.data.zero()
+                    var.d[:stop - start] = array[start:stop]
+            output.forward(clear_buffer=True)
+            out[start:stop] = output.d[:stop - start]
+        return out
+
+    def _fc1(self, target, x):
+        """(rows, nb_channels * max_bin) -> tanh(bn(fc1(standardized x))) (rows, hidden)"""
+        w = self.weights[target]
+
+        def build(size):
+            var = nn.Variable((size, w["fc1_W"].shape[0]))
+            return [var], F.tanh(F.affine(var, w["fc1_W"], w["fc1_b"]))
+        return self._per_frame(("fc1", target), build, [x], w["fc1_W"].shape[1])
+
+    def _projection(self, target, layer, x):
+        """(rows, I) -> the LSTM layer's input projections (rows, D * 4H)"""
+        w_in, b = self.weights[target]["lstm%d_W_in" % layer], self.weights[target]["lstm%d_b" % layer]
+
+        def build(size):
+            var = nn.Variable((size, w_in.shape[0]))
+            return [var], F.affine(var, w_in, b)
+        return self._per_frame(("proj", target, layer), build, [x], w_in.shape[1])
+
+    def _output(self, target, skip, lstm, mix):
+        """fc1 output, LSTM output (rows, hidden), mixture (rows, C * bins) -> the estimate
+        relu(bn(fc3(relu(bn(fc2([skip | lstm])))))) * mix [shape=(rows, C * bins)]"""
+        w = self.weights[target]
+
+        def build(size):
+            variables = [nn.Variable((size,) + a.shape[1:]) for a in (skip, lstm, mix)]
+            x = F.relu(F.affine(F.concatenate(*variables[:2], axis=1), w["fc2_W"], w["fc2_b"]))
+            x = F.relu(F.affine(x, w["fc3_W"], w["fc3_b"]))
+            return variables, F.mul_n(x, variables[2])
+        return self._per_frame(("out", target, mix.shape[1]), build, [skip, lstm, mix], mix.shape[1])
+
+    def _recurrent_graph(self, nb_groups, nb_samples, hid):
+        """`chunk_steps` LSTM steps of nb_groups independent recurrences (targets x directions).
+
+        gates_in [shape=(K, G, B, 4H)] (input projections, gates (i, f, o, g)), h0, c0
+        [shape=(G, B, H)], w_rec [shape=(G, 4H, H)] -> hs [shape=(K, G, B, H)], hK, cK.
+        """
+        def build():
+            steps = self.chunk_steps
+            gates_in = nn.Variable((steps, nb_groups, nb_samples, 4 * hid))
+            h0 = nn.Variable((nb_groups, nb_samples, hid))
+            c0 = nn.Variable((nb_groups, nb_samples, hid))
+            w_rec = nn.Variable((nb_groups, 4 * hid, hid))
+            h, c = h0, c0
+            outputs = []
+            for x in (F.split(gates_in, axis=0) if steps > 1
+                      else [F.reshape(gates_in, gates_in.shape[1:])]):
+                gates = x + F.batch_matmul(h, w_rec, transpose_b=True)
+                i, f, o, g = F.split(F.reshape(gates, (nb_groups, nb_samples, 4, hid)), axis=2)
+                c = F.mul_n(F.sigmoid(f), c) + F.mul_n(F.sigmoid(i), F.tanh(g))
+                h = F.mul_n(F.sigmoid(o), F.tanh(c))
+                outputs.append(h)
+            hs = F.stack(*outputs, axis=0)
+            for v in (hs, h, c):
+                v.persistent = True  # read after the forward pass
+            return gates_in, h0, c0, w_rec, hs, h, c, F.sink(hs, h, c)
+        return self._cached(("rec", nb_groups, nb_samples, hid), build)
+
+    def _recurrence(self, gates, w_rec):
+        """LSTM recurrences from zero states: gates [shape=(T, G, B, 4H)] (each group in its
+        own time order), w_rec [shape=(G, 4H, H)] → hs [shape=(T, G, B, H)]."""
+        nb_frames, nb_groups, nb_samples, _ = gates.shape
+        hid = w_rec.shape[-1]
+        steps = self.chunk_steps
+        gates_in, h0, c0, w_var, hs, h_last, c_last, sink = \
+            self._recurrent_graph(nb_groups, nb_samples, hid)
+        w_var.d = w_rec
+        h0.data.zero()
+        c0.data.zero()
+        out = np.empty((nb_frames, nb_groups, nb_samples, hid), np.float32)
+        for start in range(0, nb_frames, steps):
+            stop = min(start + steps, nb_frames)
+            if stop - start == steps:
+                gates_in.d = gates[start:stop]
+            else:  # the last chunk: the steps past the end run on zeros and are dropped
+                gates_in.data.zero()
+                gates_in.d[:stop - start] = gates[start:stop]
+            sink.forward(clear_buffer=True)
+            out[start:stop] = hs.d[:stop - start]
+            h0.d, c0.d = h_last.d, c_last.d
+        return out
+
+    def run(self, spec, targets=None):
+        """Estimates for a batch of sequences.
+
+        spec: mixture magnitude [shape=(nb_samples, nb_frames, 2, nb_bins)] (sample-major, so
+        that each sequence's frames are contiguous rows) → yields, target by target,
+        (target, float32 [shape=(nb_samples, nb_frames, nb_channels, nb_bins)]).
+        """
+        targets = list(targets or self.cfgs)
+        nb_samples, nb_frames, _, nb_bins = spec.shape
+        rows = nb_samples * nb_frames
+        mixes = {2: spec.reshape(rows, 2, nb_bins)}
+        # targets whose LSTMs have one shape step together
+        groups = {}
+        for target in targets:
+            cfg = self.cfgs[target]
+            key = (cfg.lstm_hidden_size, cfg.nb_directions, cfg.nb_layers)
+            groups.setdefault(key, []).append(target)
+            if cfg.nb_channels == 1 and 1 not in mixes:  # mono models read the downmix
+                mixes[1] = mixes[2].mean(axis=1, keepdims=True)
+        for (hid, dirs, nb_layers), members in groups.items():
+            skip, layer_out = {}, {}
+            for target in members:
+                cfg = self.cfgs[target]
+                mix = mixes[cfg.nb_channels][:, :, :cfg.max_bin].reshape(rows, -1)
+                skip[target] = layer_out[target] = self._fc1(target, mix)
+            for layer in range(nb_layers):
+                # (B * T, D * 4H) per target -> (T, targets * D, B, 4H), backward ones reversed
+                gates = np.empty((nb_frames, len(members) * dirs, nb_samples, 4 * hid), np.float32)
+                w_rec = np.empty((len(members) * dirs, 4 * hid, hid), np.float32)
+                for k, target in enumerate(members):
+                    proj = self._projection(target, layer, layer_out[target])
+                    proj = proj.reshape(nb_samples, nb_frames, dirs, 4 * hid).transpose(1, 2, 0, 3)
+                    gates[:, k * dirs] = proj[:, 0]
+                    if dirs == 2:
+                        gates[:, k * dirs + 1] = proj[::-1, 1]
+                    w_rec[k * dirs:(k + 1) * dirs] = self.weights[target]["lstm%d_W_rec" % layer].d
+                hs = self._recurrence(gates, w_rec)  # (T, targets * D, B, H)
+                del gates
+                for k, target in enumerate(members):
+                    out = np.empty((nb_samples, nb_frames, dirs, hid), np.float32)
+                    out[:, :, 0] = hs[:, k * dirs].transpose(1, 0, 2)
+                    if dirs == 2:
+                        out[:, :, 1] = hs[::-1, k * dirs + 1].transpose(1, 0, 2)
+                    layer_out[target] = out.reshape(rows, dirs * hid)
+            for target in members:
+                cfg = self.cfgs[target]
+                mix = mixes[cfg.nb_channels].reshape(rows, -1)
+                est = self._output(target, skip.pop(target), layer_out.pop(target), mix)
+                yield target, est.reshape(nb_samples, nb_frames, cfg.nb_channels, nb_bins)

@@ -24,8 +24,8 @@ import numpy as np
 import nnabla as nn
 from tqdm import tqdm
 
-from model import OpenUnmix, config_from_shapes, parameter_shapes
-from utils import (OverlapAdd, UmxError, model_layout, nb_stft_frames, pad_for_stft,
+from model import InferenceNetwork, OpenUnmix, config_from_shapes, parameter_shapes
+from utils import (OverlapAdd, UmxError, nb_stft_frames, pad_for_stft,
                    prepare_audio, stft_frames, write_json_atomic)
 
 TARGETS = ["vocals", "drums", "bass", "other"]
@@ -205,41 +205,47 @@ def plan_windows(nb_frames, window=WINDOW_FRAMES, context=CONTEXT_FRAMES):
     return length, plan
 
 
-class NetworkRunner:
-    """One inference graph per (length, batch) shape, shared by all targets.
+class EstimateStore:
+    """The magnitude estimates of all targets, kept in an unlinked temporary file.
 
-    The graph is built once on its own parameter Variables; before each target's forward
-    pass the target's parameters are copied into them (a few milliseconds).
+    They grow with the track (2.8 MB per second of stereo audio for 4 targets), so they stay
+    out of memory: worker processes write their windows with pwrite, the Wiener filter reads
+    chunks of frames back with pread. Layout: float32 [shape=(nb_targets, nb_frames, nb_bins,
+    nb_channels)]. The file lies in tempfile's folder (TMPDIR) and is gone once closed.
     """
 
-    def __init__(self, cfgs):
-        self.cfgs = cfgs
-        self.graphs = {}
+    def __init__(self, nb_frames, nb_bins, nb_channels, nb_targets, folder=None):
+        self.shape = (nb_frames, nb_bins, nb_channels, nb_targets)
+        self.file = tempfile.TemporaryFile(prefix="umx-estimates-", dir=folder)
+        self._frame_bytes = nb_bins * nb_channels * 4
+        self.file.truncate(nb_targets * nb_frames * self._frame_bytes)
 
-    def _graph(self, cfg, length, batch):
-        key = (length, batch) + tuple(cfg.to_dict().items())
-        if key not in self.graphs:
-            x = nn.Variable((length, batch, 2, cfg.nb_output_bins))
-            # build on parameter Variables of a private scope, then drop that scope from the
-            # registry: the graph alone holds them, and no target's arrays are touched
-            with nn.parameter_scope("_inference_graph"):
-                y = OpenUnmix(cfg)(x, test=True)
-                params = nn.get_parameters(grad_only=False)
-                nn.clear_parameters()
-            self.graphs[key] = (x, y, params)
-        return self.graphs[key]
+    def write(self, target_index, start, block):
+        """block [shape=(frames, nb_bins, nb_channels)]: the target's frames from `start` on."""
+        data = np.ascontiguousarray(block, np.float32)
+        offset = (target_index * self.shape[0] + start) * self._frame_bytes
+        if os.pwrite(self.file.fileno(), data, offset) != data.nbytes:
+            raise UmxError("could not write the estimates to %s (disk full?)" % self.file.name)
 
-    def run(self, target, spec):
-        """spec [shape=(length, batch, 2, bins)] → [shape=(length, batch, nb_channels, bins)]"""
-        cfg = self.cfgs[target]
-        x, y, graph_params = self._graph(cfg, spec.shape[0], spec.shape[1])
-        with nn.parameter_scope(target):
-            own = nn.get_parameters(grad_only=False)
-        for name, var in graph_params.items():
-            var.data.copy_from(own[name].data)
-        x.d = spec
-        y.forward(clear_buffer=True)
-        return y.d.copy()
+    def read(self, start=0, stop=None):
+        """→ float32 [shape=(stop - start, nb_bins, nb_channels, nb_targets)]"""
+        nb_frames, nb_bins, nb_channels, nb_targets = self.shape
+        stop = nb_frames if stop is None else min(stop, nb_frames)
+        out = np.empty((stop - start, nb_bins, nb_channels, nb_targets), np.float32)
+        size = (stop - start) * self._frame_bytes
+        for j in range(nb_targets):
+            raw = os.pread(self.file.fileno(), size, (j * nb_frames + start) * self._frame_bytes)
+            out[..., j] = np.frombuffer(raw, np.float32).reshape(stop - start, nb_bins, nb_channels)
+        return out
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def default_processes():
@@ -250,76 +256,84 @@ def default_processes():
 
 def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
                           context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True,
-                          timings=None, runner=None, processes=1):
-    """Magnitude estimates of all targets, window by window.
+                          timings=None, network=None, processes=1):
+    """Magnitude estimates of all targets, window by window → an `EstimateStore`.
 
-    padded [shape=(nb_channels, nb_timesteps + n_fft)] (see utils.pad_for_stft)
-    → float32 [shape=(nb_frames, nb_bins, nb_model_channels, nb_targets)]
-    runner: a `NetworkRunner` to reuse its graphs across calls (one process only).
-    processes > 1: the windows are shared among that many forked processes, which inherit
-    the loaded parameters (CPU contexts only: see `default_processes`).
+    padded [shape=(nb_channels, nb_timesteps + n_fft)] (see utils.pad_for_stft);
+    estimates [shape=(nb_frames, bins, nb_model_channels, nb_targets)] (`store.read()`).
+    network: the `InferenceNetwork` to run (default: built from the loaded parameters).
+    processes > 1: forked worker processes share the work (CPU contexts only: see
+    `default_processes`): each takes some of the targets, or of the windows when there are
+    fewer targets than processes.
     """
     cfg = cfgs[targets[0]]
     model_channels = max(cfgs[t].nb_channels for t in targets)
-    shape = (nb_frames, cfg.nb_output_bins, model_channels, len(targets))
     length, plan = plan_windows(nb_frames, window, context)
-    processes = max(1, min(processes, len(plan)))
+    store = EstimateStore(nb_frames, cfg.nb_output_bins, model_channels, len(targets))
+    network = network or InferenceNetwork.from_parameter_scopes({t: cfgs[t] for t in targets})
     start_time = time.perf_counter()
-    if processes == 1:
-        out = np.zeros(shape, np.float32)
-        all_timings = [_estimate_windows(out, padded, cfgs, targets, plan, length, batch,
-                                         progress, runner or NetworkRunner(cfgs))]
-    else:
-        import mmap
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        # an anonymous shared mapping, inherited by the forked workers, which write their
-        # windows' estimates straight into it (no copies of the estimates through pipes)
-        shared = mmap.mmap(-1, int(np.prod(shape)) * 4)
-        out = np.frombuffer(shared, np.float32).reshape(shape)
-        _FORKED_OUTPUT[:] = [out]
-        try:
+    by_target = len(targets) >= processes
+    processes = max(1, min(processes, len(targets) if by_target else len(plan)))
+    shares = [(targets[p::processes], plan) if by_target else (targets, plan[p::processes])
+              for p in range(processes)]
+    try:
+        if processes == 1:
+            all_timings = [_estimate_windows(store, padded, network, targets, targets, plan,
+                                             length, batch, progress)]
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            # forked workers inherit the network's weights, the audio and the store's open
+            # file (through this global: the pool pickles its arguments)
+            _FORKED[:] = [store, padded, network]
             with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-                jobs = [pool.submit(_estimate_windows, None, padded, cfgs, targets,
-                                    plan[p::processes], length, batch, progress and p == 0)
-                        for p in range(processes)]
+                jobs = [pool.submit(_estimate_windows, None, None, None, targets, mine,
+                                    windows, length, batch, progress and p == 0)
+                        for p, (mine, windows) in enumerate(shares)]
                 all_timings = [job.result() for job in jobs]
-        finally:
-            _FORKED_OUTPUT[:] = []
+    except BaseException:
+        store.close()
+        raise
+    finally:
+        _FORKED[:] = []
     if timings is not None:
         for part in all_timings:
             for key, value in part.items():
                 timings[key] = timings.get(key, 0.0) + value
         timings["network (wall)"] = timings.get("network (wall)", 0.0) + \
             time.perf_counter() - start_time
-    return out
+    return store
 
 
-_FORKED_OUTPUT = []  # the shared output array, seen by forked workers
+_FORKED = []  # [store, padded, network] for forked workers
 
 
-def _estimate_windows(out, padded, cfgs, targets, plan, length, batch, progress, runner=None):
-    """Run the network over some windows and write their cores into `out` (None: the shared
-    array of a forked worker); → the seconds spent per stage."""
-    out = _FORKED_OUTPUT[0] if out is None else out
-    cfg = cfgs[targets[0]]
-    runner = runner or NetworkRunner(cfgs)
+def _estimate_windows(store, padded, network, targets, mine, plan, length, batch, progress):
+    """Run the network for targets `mine` over windows `plan` and write their cores into the
+    store (None, None, None: those of `_FORKED`); → the seconds spent per stage."""
+    if store is None:
+        store, padded, network = _FORKED
+    cfg = network.cfgs[mine[0]]
     timings = {}
     batches = [plan[i:i + batch] for i in range(0, len(plan), batch)]
-    bar = tqdm(total=len(batches) * len(targets), desc="network", unit="pass",
+    bar = tqdm(total=len(batches) * len(mine), desc="network", unit="pass",
                disable=not progress, leave=False)
     for windows in batches:
-        # (batch, nb_channels, length, bins) -> (length, batch, nb_channels, bins)
         with _timed(timings, "stft"):
-            spec = model_layout(np.stack([stft_frames(padded, s, s + length, cfg.n_fft,
-                                                      cfg.n_hop) for s, _, _ in windows]))
-        for j, target in enumerate(targets):
-            with _timed(timings, "network " + target):
-                est = runner.run(target, spec)
-            for b, (start, core_start, core_stop) in enumerate(windows):
-                # (frames, channels, bins) -> (frames, bins, channels)
-                out[core_start:core_stop, :, :, j] = \
-                    est[core_start - start: core_stop - start, b].transpose(0, 2, 1)
+            # (batch, nb_channels, length, bins) -> (batch, length, nb_channels, bins)
+            spec = np.abs(np.stack([stft_frames(padded, s, s + length, cfg.n_fft, cfg.n_hop)
+                                    for s, _, _ in windows])).transpose(0, 2, 1, 3)
+        estimates = network.run(spec, mine)
+        while True:
+            with _timed(timings, "network"):
+                target, est = next(estimates, (None, None))
+            if target is None:
+                break
+            with _timed(timings, "store"):
+                for b, (start, core_start, core_stop) in enumerate(windows):
+                    # (frames, channels, bins) -> (frames, bins, channels)
+                    store.write(targets.index(target), core_start,
+                                est[b, core_start - start: core_stop - start].transpose(0, 2, 1))
             bar.update()
     bar.close()
     return timings
@@ -329,30 +343,28 @@ def _estimate_windows(out, padded, cfgs, targets, plan, length, batch, progress,
 # the multichannel Wiener filter, streamed over chunks of frames
 # --------------------------------------------------------------------------------------
 
-def _initial_estimates(v, x, softmask, eps):
-    """norbert's start: softmask(v, x) or v with the mixture's phase.
+def _initial_estimates(v, x, softmask, eps, scale=1.0):
+    """norbert's start, times `scale`: softmask(v, x) or v with the mixture's phase.
 
     v [shape=(f, bins, {1, nb_channels}, nb_sources)], x [shape=(f, bins, nb_channels)]
-    → complex64 [shape=(f, bins, nb_channels, nb_sources)]
+    → complex64 [shape=(f, bins, nb_channels, nb_sources)] (compiled: numpy's complex
+    temporaries made this a slow, memory-bound step)
     """
-    if softmask:
-        return (v / (eps + v.sum(axis=-1, keepdims=True))) * x[..., None]
-    phase = np.exp(1j * np.angle(x)).astype(np.complex64)
-    return v * phase[..., None]
+    out = np.empty(x.shape + (v.shape[-1],), np.complex64)
+    # x may be a transposed view: the kernel reads it in place
+    _kernels()["initial"](np.ascontiguousarray(v, np.float32), x.astype(np.complex64, copy=False),
+                          bool(softmask), np.float32(eps), np.float32(scale), out)
+    return out
 
 
 def _covariance_sums(y):
     """This chunk's part of norbert's spatial covariance: (Σ_t y yᴴ [shape=(bins, C, C, J)],
-    Σ_t v [shape=(bins, J)]) for y [shape=(f, bins, C, J)]."""
-    nb_channels = y.shape[2]
-    power = y.real ** 2 + y.imag ** 2  # (f, bins, C, J)
-    num = np.empty((y.shape[1], nb_channels, nb_channels, y.shape[3]), np.complex64)
-    for c in range(nb_channels):
-        num[:, c, c] = power[:, :, c].sum(axis=0)
-        for d in range(c + 1, nb_channels):
-            num[:, c, d] = (y[:, :, c] * np.conj(y[:, :, d])).sum(axis=0)
-            num[:, d, c] = np.conj(num[:, c, d])
-    return num, power.mean(axis=2).sum(axis=0)
+    Σ_t mean_c |y_c|² [shape=(bins, J)]) for y [shape=(f, bins, C, J)], summed in float64."""
+    _, nb_bins, nb_channels, nb_sources = y.shape
+    num = np.zeros((nb_bins, nb_channels, nb_channels, nb_sources), np.complex128)
+    weight = np.zeros((nb_bins, nb_sources), np.float64)
+    _kernels()["covariance"](np.ascontiguousarray(y, np.complex64), num, weight)
+    return num, weight
 
 
 def _wiener_step(y, x, R, eps):
@@ -365,8 +377,8 @@ def _wiener_step(y, x, R, eps):
     nb_channels = x.shape[-1]
     if nb_channels <= 2:
         out = np.empty(y.shape, np.complex64)
-        _wiener_kernel()(np.ascontiguousarray(y, np.complex64), np.ascontiguousarray(x, np.complex64),
-                         np.ascontiguousarray(R, np.complex64), np.float32(eps), out)
+        _kernels()["step"](np.ascontiguousarray(y, np.complex64), x.astype(np.complex64, copy=False),
+                           np.ascontiguousarray(R, np.complex64), np.float32(eps), out)
         return out
     v = np.mean(np.abs(y) ** 2, axis=2)  # (f, bins, J)
     cxx = np.einsum("fbj,bcdj->fbcd", v.astype(np.complex64), R)
@@ -375,17 +387,51 @@ def _wiener_step(y, x, R, eps):
     return np.einsum("fbj,bcdj,fbd->fbcj", v.astype(np.complex64), R, rx)  # v_j R_j Cxx^-1 x
 
 
-_KERNEL = []
+_KERNELS = {}
 
 
-def _wiener_kernel():
-    """Compile (once, cached on disk) the per-bin EM filter for 1 or 2 channels."""
-    if _KERNEL:
-        return _KERNEL[0]
+def _kernels():
+    """Compile (once, cached on disk) the Wiener filter's per-bin loops."""
+    if _KERNELS:
+        return _KERNELS
     import numba
 
+    @numba.njit(parallel=True, cache=True)
+    def initial(v, x, softmask, eps, scale, out):
+        nb_frames, nb_bins, nb_channels, nb_sources = out.shape
+        mono_models = v.shape[2] == 1
+        for t in numba.prange(nb_frames):
+            for b in range(nb_bins):
+                for c in range(nb_channels):
+                    cv = 0 if mono_models else c
+                    xc = x[t, b, c]
+                    if softmask:
+                        total = eps
+                        for j in range(nb_sources):
+                            total += v[t, b, cv, j]
+                        factor = xc * (scale / total)
+                    else:
+                        magnitude = abs(xc)
+                        factor = (xc / magnitude if magnitude > 0 else np.complex64(1)) * scale
+                    for j in range(nb_sources):
+                        out[t, b, c, j] = v[t, b, cv, j] * factor
+
+    @numba.njit(parallel=True, cache=True)
+    def covariance(y, num, weight):
+        nb_frames, nb_bins, nb_channels, nb_sources = y.shape
+        for b in numba.prange(nb_bins):
+            for t in range(nb_frames):
+                for j in range(nb_sources):
+                    power = 0.0
+                    for c in range(nb_channels):
+                        yc = np.complex128(y[t, b, c, j])
+                        power += yc.real * yc.real + yc.imag * yc.imag
+                        for d in range(nb_channels):
+                            num[b, c, d, j] += yc * np.conj(np.complex128(y[t, b, d, j]))
+                    weight[b, j] += power / nb_channels
+
     @numba.njit(parallel=True, cache=True, fastmath=False)
-    def kernel(y, x, R, eps, out):
+    def step(y, x, R, eps, out):
         nb_frames, nb_bins, nb_channels, nb_sources = y.shape
         reg = np.float32(np.sqrt(eps))
         for t in numba.prange(nb_frames):
@@ -424,13 +470,13 @@ def _wiener_kernel():
                         out[t, b, 0, j] = v[j] * (R[b, 0, 0, j] * r0 + R[b, 0, 1, j] * r1)
                         out[t, b, 1, j] = v[j] * (R[b, 1, 0, j] * r0 + R[b, 1, 1, j] * r1)
 
-    _KERNEL.append(kernel)
-    return kernel
+    _KERNELS.update(initial=initial, covariance=covariance, step=step)
+    return _KERNELS
 
 
 def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
                     alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
-                    progress=True, timings=None):
+                    progress=True, timings=None, v_power=1.0):
     """Source waveforms from magnitude estimates, equal to norbert's whole-track
 
         norbert.wiener(norbert.residual_model(v, x, alpha) if residual else v, x, niter,
@@ -438,11 +484,18 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
 
     followed by an ISTFT, computed in chunks of frames.
 
-    padded [shape=(nb_channels, nb_timesteps + n_fft)], v [shape=(nb_frames, bins, C', J)]
-    (already raised to alpha when softmask) → float32 [shape=(J (+1), nb_channels, nb_timesteps)]
+    padded [shape=(nb_channels, nb_timesteps + n_fft)], v [shape=(nb_frames, bins, C', J)]: an
+    array or an `EstimateStore`, raised to `v_power` as it is read (norbert's softmask takes
+    v ** alpha) → float32 [shape=(J (+1), nb_channels, nb_timesteps)]
     """
     nb_frames = v.shape[0]
     nb_channels = padded.shape[0]
+
+    def models_of(a):
+        # (f, bins, C', J) for the chunk at frame a, from an array or an EstimateStore
+        vj = v.read(a, a + chunk) if hasattr(v, "read") else v[a:a + chunk]
+        return vj ** v_power if v_power != 1.0 else vj
+
     starts = list(range(0, nb_frames, chunk))
 
     def mixture(a):
@@ -462,7 +515,7 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
             peak = max(peak, float(np.abs(x).max()))
             if residual:
                 vx = np.maximum(res_eps, np.abs(x) ** alpha)
-                total = v[a:a + chunk].sum(axis=-1)
+                total = models_of(a).sum(axis=-1)
                 num = num + np.sum(vx * total, axis=0)
                 den = den + np.sum(total ** 2, axis=0)
             bar.update()
@@ -471,28 +524,31 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
             gain = (num / (res_eps + den)).astype(np.float32)
 
     def source_models(a, x):
-        vj = v[a:a + chunk]
+        vj = models_of(a)
         if residual:
             vr = np.maximum(0, np.maximum(res_eps, np.abs(x) ** alpha) - vj.sum(axis=-1))
             vj = np.concatenate([vj * gain[..., None], vr[..., None]], axis=-1)
         return vj
 
+    # with EM steps, norbert works on x / max_abs and y / max_abs, and scales the result back
+    scale = 1.0 / max_abs if niter else 1.0
+
     def estimates(a, covariances):
+        """the chunk's source estimates, times `scale`"""
         x = mixture(a)
         with _timed(timings, "wiener"):
-            y = _initial_estimates(source_models(a, x), x, softmask, eps).astype(np.complex64)
-            if niter:
-                x, y = x / max_abs, y / max_abs
+            y = _initial_estimates(source_models(a, x), x, softmask, eps, scale)
+            if covariances:
+                x = x * np.float32(scale)
                 for R in covariances:
                     y = _wiener_step(y, x, R, eps)
-                y = y * max_abs
         return y
 
     covariances = []
     for _ in range(niter):
         num, weight = 0.0, eps
         for a in starts:
-            y = estimates(a, covariances) / max_abs
+            y = estimates(a, covariances)
             with _timed(timings, "wiener"):
                 n, w = _covariance_sums(y)
             num, weight = num + n, weight + w
@@ -509,7 +565,10 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
         bar.update()
     bar.close()
     with _timed(timings, "istft"):
-        return ola.result()
+        waves = ola.result()
+        if scale != 1.0:
+            waves *= np.float32(1.0 / scale)
+        return waves
 
 
 # --------------------------------------------------------------------------------------
@@ -544,15 +603,13 @@ def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0
     nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
     if processes is None:
         processes = default_processes()
-    v = estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
-                              progress=progress, timings=timings, processes=processes)
-    if softmask:
-        v = v ** alpha
     residual = residual_model or len(targets) == 1
-    waves = wiener_separate(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
-                            softmask=softmask, alpha=alpha if softmask else 1.0,
-                            residual=residual, progress=progress, timings=timings)
-    del v  # the estimates below need the memory more
+    with estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
+                               progress=progress, timings=timings, processes=processes) as v:
+        waves = wiener_separate(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
+                                softmask=softmask, alpha=alpha if softmask else 1.0,
+                                residual=residual, progress=progress, timings=timings,
+                                v_power=alpha if softmask else 1.0)
     names = targets + (["accompaniment" if len(targets) == 1 else "residual"] if residual else [])
     # (J, C, nb_timesteps) -> {name: (nb_timesteps, C)}
     return {name: np.ascontiguousarray(waves[j].T) for j, name in enumerate(names)}, cfg.sample_rate

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from args import get_train_args
 from data import TrainingSet, epoch_batches, load_tracks, validation_pairs
 from model import OpenUnmix, UmxConfig, bandwidth_to_max_bin
-from separator import NetworkRunner, estimate_spectrograms, save_target
+from model import InferenceNetwork
+from separator import estimate_spectrograms, save_target
 from utils import (UmxError, atomic_path, model_layout, nb_stft_frames, pad_for_stft,
                    set_context, stft, write_json_atomic)
 
@@ -154,19 +155,21 @@ def train_step(graph, solver, mixtures, targets, cfg, weight_decay, rngs, comm=N
     return float(graph.loss.d)
 
 
-def validation_loss(tracks, source, cfg, runner, progress=True, comm=None):
+def validation_loss(tracks, source, cfg, progress=True, comm=None):
     """Mean over tracks of the MSE of the magnitude estimate on whole tracks (inference mode).
 
     With a communicator each rank scores every size-th track and the mean is over all."""
     if comm is not None:
         tracks = tracks[comm.rank::comm.size]
+    network = InferenceNetwork.from_parameter_scopes({source: cfg})  # today's parameters
     losses = []
     for _, mixture, target in tqdm(list(validation_pairs(tracks, source)), desc="validation",
                                    disable=not progress, leave=False):
         padded = pad_for_stft(np.ascontiguousarray(mixture.T), cfg.n_fft)
         frames = nb_stft_frames(mixture.shape[0], cfg.n_hop)
-        estimate = estimate_spectrograms(padded, frames, {source: cfg}, [source], progress=False,
-                                         runner=runner)[..., 0]  # (frames, bins, C)
+        with estimate_spectrograms(padded, frames, {source: cfg}, [source], progress=False,
+                                   network=network) as store:
+            estimate = store.read()[..., 0]  # (frames, bins, C)
         reference = np.abs(stft(target.T, cfg.n_fft, cfg.n_hop)).transpose(1, 2, 0)
         if cfg.nb_channels == 1:
             reference = reference.mean(axis=2, keepdims=True)
@@ -332,7 +335,6 @@ def train(args, comm=None, progress=True):
         comm.broadcast_parameters(source)
 
     monitors = make_monitors(args.output, source) if is_main else None
-    runner = NetworkRunner({source: cfg})
     summary_path = os.path.join(args.output, source + ".json")
     epochs = tqdm(range(first_epoch, args.epochs + 1), desc="epochs", initial=first_epoch - 1,
                   total=args.epochs, disable=not progress)
@@ -360,7 +362,7 @@ def train(args, comm=None, progress=True):
             raise UmxError("an epoch has no full batch: %d samples < --batch-size %d x %d processes"
                            % (len(dataset), args.batch_size, nb_procs))
         train_loss = float(np.mean(losses))
-        valid_loss = validation_loss(valid_tracks, source, cfg, runner, progress, comm)
+        valid_loss = validation_loss(valid_tracks, source, cfg, progress, comm)
         if not np.isfinite(valid_loss):
             raise UmxError("validation loss is %s at epoch %d: stopped; the last good weights "
                            "are in %s" % (valid_loss, epoch, args.output))

@@ -3,7 +3,7 @@ import nnabla as nn
 import nnabla.functions as F
 import pytest
 
-from model import (OpenUnmix, UmxConfig, bandwidth_to_max_bin, config_from_shapes,
+from model import (InferenceNetwork, OpenUnmix, UmxConfig, bandwidth_to_max_bin, config_from_shapes,
                    parameter_shapes, unrolled_lstm)
 from utils import stft
 
@@ -128,3 +128,39 @@ def test_dropout_only_while_training():
         batch_stat_free = model(x, test=False)
     batch_stat_free.forward()
     assert np.allclose(train.d, batch_stat_free.d, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfgs", [
+    # two targets stepping together, one of another architecture, a mono model
+    {"vocals": UmxConfig(hidden_size=16, max_bin=20, nb_output_bins=33, n_fft=64),
+     "drums": UmxConfig(hidden_size=16, max_bin=25, nb_output_bins=33, n_fft=64),
+     "bass": UmxConfig(hidden_size=12, max_bin=20, nb_output_bins=33, n_fft=64,
+                       unidirectional=True, nb_layers=2),
+     "other": UmxConfig(hidden_size=16, max_bin=33, nb_output_bins=33, n_fft=64, nb_channels=1)},
+    {"vocals": UmxConfig(hidden_size=8, max_bin=10, nb_output_bins=17, n_fft=32, nb_layers=1)},
+])
+def test_inference_network_equals_the_model(cfgs):
+    rng = np.random.RandomState(1)
+    nb_samples, nb_frames = 3, 23
+    spec = rng.rand(nb_samples, nb_frames, 2, 33 if len(cfgs) > 1 else 17).astype(np.float32)
+    for target, cfg in cfgs.items():
+        with nn.parameter_scope(target):
+            OpenUnmix(cfg, input_mean=rng.rand(cfg.nb_output_bins),
+                      input_scale=rng.rand(cfg.nb_output_bins) + 0.5)(
+                nn.Variable((2, 1, cfg.nb_channels, cfg.nb_output_bins)))
+            for name, var in nn.get_parameters(grad_only=False).items():
+                var.d = rng.uniform(0.5, 1.5, var.shape) if name.endswith("var") else \
+                    rng.randn(*var.shape) * 0.5
+    # chunks and blocks that do not divide the frames: padded steps and rows are dropped
+    network = InferenceNetwork.from_parameter_scopes(cfgs, chunk_steps=5, block_rows=16)
+    got = dict(network.run(spec))
+    assert sorted(got) == sorted(cfgs)
+    for target, cfg in cfgs.items():
+        with nn.parameter_scope(target):
+            y = OpenUnmix(cfg)(V(spec.transpose(1, 0, 2, 3)), test=True)
+        y.forward()
+        ref = y.d.transpose(1, 0, 2, 3)  # (frames, samples, ...) -> (samples, frames, ...)
+        assert got[target].shape == ref.shape == (nb_samples, nb_frames, cfg.nb_channels,
+                                                  spec.shape[-1])
+        assert np.abs(ref).max() > 0.1
+        assert np.allclose(got[target], ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max()), target
