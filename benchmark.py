@@ -3,14 +3,15 @@
 
 For each length, a fresh process separates N s of stereo 44.1 kHz audio (the real MUSDB clip
 that stempeg ships, looped) into 4 stems with full-size random weights (umxhq's shapes) and
-niter 1, and reports seconds per stage, the real-time factor and its peak memory (max RSS).
-With --vs-openunmix PYTHON (an interpreter with open-unmix-pytorch installed), the same audio
-goes through openunmix's Separator in that interpreter, in the same run.
+niter 1, the way test.py does (stems streamed to WAV files), and reports seconds per stage,
+the real-time factor and the peak memory: the largest sum of the proportional set sizes (PSS,
+shared pages split among their users) of the process and its worker processes, sampled every
+0.1 s in a second run (reading PSS costs the kernel time, so the timed run is not sampled). With --vs-openunmix PYTHON (an interpreter with open-unmix-pytorch installed), the same
+audio goes through openunmix's Separator in that interpreter, in the same run.
 """
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,22 +33,35 @@ def song(seconds, rate=44100):
 
 
 def nnabla_worker(seconds, model_dir):
-    from separator import TARGETS, load_models, separate
-    from utils import set_context
+    from separator import TARGETS, load_models, separate_stream
+    from utils import set_context, write_stream
     set_context("cpu", verbose=False)
     audio = song(seconds)
     start = time.perf_counter()
     cfgs = load_models(model_dir, TARGETS)
     load = time.perf_counter() - start
     timings = {}
-    start = time.perf_counter()
-    separate(audio, 44100, cfgs, TARGETS, niter=1, progress=False, timings=timings)
-    total = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        names, rate, blocks = separate_stream(audio, 44100, cfgs, TARGETS, niter=1,
+                                              progress=False, timings=timings)
+        del audio
+        write_stream(names, rate, _timed_blocks(blocks, timings), out)
+        total = time.perf_counter() - start
     return dict(timings, load=load, separate=total)
 
 
+def _timed_blocks(blocks, timings):
+    """The blocks, with the time spent writing them added to timings['write']."""
+    timings.setdefault("write", 0.0)
+    for block in blocks:
+        start = time.perf_counter()
+        yield block
+        timings["write"] += time.perf_counter() - start
+
+
 OPENUNMIX_WORKER = r"""
-import json, sys, time, types, resource
+import json, sys, time, types
 sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
 import numpy as np, torch
 from openunmix import model, utils
@@ -65,20 +79,53 @@ with torch.no_grad():
     t0 = time.perf_counter()
     est = sep(torch.as_tensor(audio.T[None]))
     total = time.perf_counter() - t0
-print(json.dumps({"load": load, "separate": total,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"load": load, "separate": total}))
 """
 
 
+def tree_pss_mb(pid):
+    """Sum of the PSS of a process and all its descendants, in MB (0 once it has exited)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open("/proc/%d/smaps_rollup" % p) as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+            for task in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, task)) as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
 def run_worker(cmd, seconds):
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit("benchmark worker failed:\n" + proc.stderr[-3000:])
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_wall"] = wall
+    """Run a worker twice: timed, then with its memory sampled; → its JSON result with the
+    wall time and the peak PSS."""
+    result = _run(cmd, sample_memory=False)
+    result["peak_mb"] = _run(cmd, sample_memory=True)["peak_mb"]
     result["rtf"] = result["separate"] / seconds
+    return result
+
+
+def _run(cmd, sample_memory):
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=HERE)
+        peak = 0.0
+        while proc.poll() is None:
+            if sample_memory:
+                peak = max(peak, tree_pss_mb(proc.pid))
+            time.sleep(0.1 if sample_memory else 0.01)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode:
+        raise SystemExit("benchmark worker failed:\n" + stderr[-3000:])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["process_wall"] = wall
+    result["peak_mb"] = peak
     return result
 
 
@@ -187,9 +234,7 @@ def main(argv=None):
         return
 
     if args.worker is not None:
-        result = nnabla_worker(args.worker, args.model)
-        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(result))
+        print(json.dumps(nnabla_worker(args.worker, args.model)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,8 +259,8 @@ def main(argv=None):
 
 
 def print_table(rows):
-    stages = ["stft", "network", "wiener", "istft"]
-    print("\n| system | audio (s) | separate (s) | RTF | process wall (s) | peak RSS (MB) | "
+    stages = ["stft", "network", "wiener", "istft", "write"]
+    print("\n| system | audio (s) | separate (s) | RTF | process wall (s) | peak PSS (MB) | "
           + " | ".join(stages) + " |")
     print("|---" * (6 + len(stages)) + "|")
     for name, seconds, r in rows:

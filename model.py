@@ -306,7 +306,7 @@ def fold_for_inference(params, cfg):
         fc2_W, fc2_b  (2 * hidden, hidden), (hidden,)
         fc3_W, fc3_b  (hidden, nb_channels * nb_output_bins), (...)
         lstm{l}_W_in (I, D * 4H), lstm{l}_b (D * 4H,), lstm{l}_W_rec (D, 4H, H)  per layer l
-    with the LSTM gates reordered to (i, f, o, g).
+    with the LSTM gates reordered to (i, f, o, g) and g's rows doubled (see below).
     """
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     dirs, hid = cfg.nb_directions, cfg.lstm_hidden_size
@@ -334,11 +334,20 @@ def fold_for_inference(params, cfg):
         w = w[:, _GATES_FOR_INFERENCE]  # (D, 4, H, I + H)
         nb_in = w.shape[-1] - hid
         b = p["lstm/lstm/bias"][layer][:, _GATES_FOR_INFERENCE]  # (D, 4, H)
+        # tanh(g) = 2 sigmoid(2 g) - 1: the g gate's rows doubled (exact), all four gates take
+        # one sigmoid (NNabla's CPU tanh costs 2.5 sigmoids)
+        w[:, 3] *= 2
+        b[:, 3] *= 2
         # [x | h] weights -> input part (I, D * 4H) and recurrent part (D, 4H, H)
         folded["lstm%d_W_in" % layer] = w[..., :nb_in].reshape(dirs * 4 * hid, nb_in).T
         folded["lstm%d_b" % layer] = b.reshape(-1)
         folded["lstm%d_W_rec" % layer] = w[..., nb_in:].reshape(dirs, 4 * hid, hid)
     return {k: np.ascontiguousarray(v, np.float32) for k, v in folded.items()}
+
+
+def _twice_minus_one(x):
+    """2 x - 1: with x = sigmoid(2 y), tanh(y)"""
+    return F.add_scalar(F.mul_scalar(x, 2.0), -1.0)
 
 
 class InferenceNetwork:
@@ -357,11 +366,17 @@ class InferenceNetwork:
     models: {target: (UmxConfig, {name: ndarray})}.
     """
 
-    def __init__(self, models, chunk_steps=32, block_rows=2000):
+    def __init__(self, models, chunk_steps=32, block_rows=1000):
         self.cfgs = {t: cfg for t, (cfg, _) in models.items()}
-        self.weights = {t: {k: nn.Variable.from_numpy_array(v)
-                            for k, v in fold_for_inference(params, cfg).items()}
-                        for t, (cfg, params) in models.items()}
+        self.weights = {}
+        ctx = nn.get_current_context()
+        for target, (cfg, params) in models.items():
+            self.weights[target] = {}
+            for name, value in fold_for_inference(params, cfg).items():
+                var = self.weights[target][name] = nn.Variable.from_numpy_array(value)
+                # move it to the array class the functions read (a cast drops the numpy-side
+                # copy; reading it there would keep both)
+                var.data.cast(np.float32, ctx)
         self.chunk_steps = chunk_steps
         self.block_rows = block_rows
         self.graphs = {}
@@ -372,7 +387,7 @@ class InferenceNetwork:
         models = {}
         for target, cfg in cfgs.items():
             with nn.parameter_scope(target):
-                params = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+                params = {k: v.d for k, v in nn.get_parameters(grad_only=False).items()}
             models[target] = (cfg, params)
         return cls(models, **kw)
 
@@ -381,60 +396,63 @@ class InferenceNetwork:
             self.graphs[key] = build()
         return self.graphs[key]
 
-    def _per_frame(self, key, build, inputs, nb_out):
-        """Apply a per-frame graph to row arrays, in blocks of equal size (at most block_rows).
+    def _per_frame(self, layer, weights, inputs, nb_out, write=None):
+        """Apply a per-frame layer to row arrays, in blocks of equal size (at most block_rows).
 
-        build(size) -> ([input Variable (size, ...)], output Variable (size, nb_out));
-        inputs: arrays [shape=(rows, ...)] → float32 [shape=(rows, nb_out)]
+        layer(variables, weights) builds the layer's graph on input Variables [shape=(size,
+        ...)] and weight Variables; weights: the target's weight Variables, bound to the graph
+        before it runs (graphs are shared by targets of one shape, so that their buffers exist
+        once); inputs: arrays [shape=(rows, ...)] → float32 [shape=(rows, nb_out)], or, with
+        write, None after write(first_row, block [shape=(n, nb_out)]) for each block.
         """
         rows = inputs[0].shape[0]
         size = -(-rows // -(-rows // self.block_rows))
-        # one graph per key, rebuilt (a few functions) when the block size changes
-        if key not in self.graphs or self.graphs[key][0] != size:
-            self.graphs[key] = (size,) + build(size)
-        _, variables, output = self.graphs[key]
-        out = np.empty((rows, nb_out), np.float32)
+        key = (layer.__name__, size) + tuple(a.shape[1:] for a in inputs) + \
+            tuple(w.shape for w in weights)
+        if key not in self.graphs:
+            # one graph per layer kind: a new block size or shape replaces the old one
+            for old in [k for k in self.graphs if k[0] == key[0]]:
+                del self.graphs[old]
+            variables = [nn.Variable((size,) + a.shape[1:]) for a in inputs]
+            params = [nn.Variable(w.shape) for w in weights]
+            self.graphs[key] = (variables, params, layer(variables, params))
+        variables, params, output = self.graphs[key]
+        for param, weight in zip(params, weights):
+            param.data = weight.data  # no copy
+        out = np.empty((rows, nb_out), np.float32) if write is None else None
         for start in range(0, rows, size):
             stop = min(start + size, rows)
             for var, array in zip(variables, inputs):
-                if stop - start == size:
-                    var.d = array[start:stop]
-                else:  # the last block, padded with zeros
+                if stop - start < size:  # the last block, padded with zeros
                     var.data.zero()
-                    var.d[:stop - start] = array[start:stop]
+                var.d[:stop - start] = array[start:stop]
             output.forward(clear_buffer=True)
-            out[start:stop] = output.d[:stop - start]
+            if write is None:
+                out[start:stop] = output.d[:stop - start]
+            else:
+                write(start, output.d[:stop - start])
         return out
 
-    def _fc1(self, target, x):
-        """(rows, nb_channels * max_bin) -> tanh(bn(fc1(standardized x))) (rows, hidden)"""
-        w = self.weights[target]
+    @staticmethod
+    def _fc1_layer(variables, params):
+        """mixture (size, C, max_bin) -> tanh(bn(fc1(standardized x))) (size, hidden)"""
+        (x,), (w, b) = variables, params
+        return F.tanh(F.affine(x, w, b))
 
-        def build(size):
-            var = nn.Variable((size, w["fc1_W"].shape[0]))
-            return [var], F.tanh(F.affine(var, w["fc1_W"], w["fc1_b"]))
-        return self._per_frame(("fc1", target), build, [x], w["fc1_W"].shape[1])
+    @staticmethod
+    def _projection_layer(variables, params):
+        """(size, I) -> an LSTM layer's input projections (size, D * 4H)"""
+        (x,), (w, b) = variables, params
+        return F.affine(x, w, b)
 
-    def _projection(self, target, layer, x):
-        """(rows, I) -> the LSTM layer's input projections (rows, D * 4H)"""
-        w_in, b = self.weights[target]["lstm%d_W_in" % layer], self.weights[target]["lstm%d_b" % layer]
-
-        def build(size):
-            var = nn.Variable((size, w_in.shape[0]))
-            return [var], F.affine(var, w_in, b)
-        return self._per_frame(("proj", target, layer), build, [x], w_in.shape[1])
-
-    def _output(self, target, skip, lstm, mix):
-        """fc1 output, LSTM output (rows, hidden), mixture (rows, C * bins) -> the estimate
-        relu(bn(fc3(relu(bn(fc2([skip | lstm])))))) * mix [shape=(rows, C * bins)]"""
-        w = self.weights[target]
-
-        def build(size):
-            variables = [nn.Variable((size,) + a.shape[1:]) for a in (skip, lstm, mix)]
-            x = F.relu(F.affine(F.concatenate(*variables[:2], axis=1), w["fc2_W"], w["fc2_b"]))
-            x = F.relu(F.affine(x, w["fc3_W"], w["fc3_b"]))
-            return variables, F.mul_n(x, variables[2])
-        return self._per_frame(("out", target, mix.shape[1]), build, [skip, lstm, mix], mix.shape[1])
+    @staticmethod
+    def _output_layer(variables, params):
+        """fc1 output, LSTM output (size, hidden), mixture (size, C, bins) -> the estimate
+        relu(bn(fc3(relu(bn(fc2([skip | lstm])))))) * mix [shape=(size, C * bins)]"""
+        (skip, lstm, mix), (w2, b2, w3, b3) = variables, params
+        x = F.relu(F.affine(F.concatenate(skip, lstm, axis=1), w2, b2))
+        x = F.relu(F.affine(x, w3, b3))
+        return F.mul_n(x, F.reshape(mix, x.shape))
 
     def _recurrent_graph(self, nb_groups, nb_samples, hid):
         """`chunk_steps` LSTM steps of nb_groups independent recurrences (targets x directions).
@@ -452,10 +470,10 @@ class InferenceNetwork:
             outputs = []
             for x in (F.split(gates_in, axis=0) if steps > 1
                       else [F.reshape(gates_in, gates_in.shape[1:])]):
-                gates = x + F.batch_matmul(h, w_rec, transpose_b=True)
+                gates = F.sigmoid(x + F.batch_matmul(h, w_rec, transpose_b=True))
                 i, f, o, g = F.split(F.reshape(gates, (nb_groups, nb_samples, 4, hid)), axis=2)
-                c = F.mul_n(F.sigmoid(f), c) + F.mul_n(F.sigmoid(i), F.tanh(g))
-                h = F.mul_n(F.sigmoid(o), F.tanh(c))
+                c = F.mul_n(f, c) + F.mul_n(i, _twice_minus_one(g))
+                h = F.mul_n(o, _twice_minus_one(F.sigmoid(F.mul_scalar(c, 2.0))))
                 outputs.append(h)
             hs = F.stack(*outputs, axis=0)
             for v in (hs, h, c):
@@ -487,17 +505,21 @@ class InferenceNetwork:
             h0.d, c0.d = h_last.d, c_last.d
         return out
 
-    def run(self, spec, targets=None):
+    def run(self, spec, targets=None, write=None):
         """Estimates for a batch of sequences.
 
         spec: mixture magnitude [shape=(nb_samples, nb_frames, 2, nb_bins)] (sample-major, so
-        that each sequence's frames are contiguous rows) → yields, target by target,
-        (target, float32 [shape=(nb_samples, nb_frames, nb_channels, nb_bins)]).
+        that each sequence's frames are contiguous rows)
+        → {target: float32 [shape=(nb_samples, nb_frames, nb_channels, nb_bins)]}, or, with
+        write, None after write(target, first_row, block [shape=(n, nb_channels, nb_bins)])
+        for consecutive blocks of rows (row = sample * nb_frames + frame): the estimates then
+        never exist whole.
         """
         targets = list(targets or self.cfgs)
         nb_samples, nb_frames, _, nb_bins = spec.shape
         rows = nb_samples * nb_frames
-        mixes = {2: spec.reshape(rows, 2, nb_bins)}
+        mixes = {2: np.ascontiguousarray(spec, np.float32).reshape(rows, 2, nb_bins)}
+        results = {}
         # targets whose LSTMs have one shape step together
         groups = {}
         for target in targets:
@@ -509,15 +531,19 @@ class InferenceNetwork:
         for (hid, dirs, nb_layers), members in groups.items():
             skip, layer_out = {}, {}
             for target in members:
-                cfg = self.cfgs[target]
-                mix = mixes[cfg.nb_channels][:, :, :cfg.max_bin].reshape(rows, -1)
-                skip[target] = layer_out[target] = self._fc1(target, mix)
+                cfg, w = self.cfgs[target], self.weights[target]
+                skip[target] = layer_out[target] = self._per_frame(
+                    self._fc1_layer, [w["fc1_W"], w["fc1_b"]],
+                    [mixes[cfg.nb_channels][:, :, :cfg.max_bin]], cfg.hidden_size)
             for layer in range(nb_layers):
                 # (B * T, D * 4H) per target -> (T, targets * D, B, 4H), backward ones reversed
                 gates = np.empty((nb_frames, len(members) * dirs, nb_samples, 4 * hid), np.float32)
                 w_rec = np.empty((len(members) * dirs, 4 * hid, hid), np.float32)
                 for k, target in enumerate(members):
-                    proj = self._projection(target, layer, layer_out[target])
+                    w = self.weights[target]
+                    proj = self._per_frame(self._projection_layer,
+                                           [w["lstm%d_W_in" % layer], w["lstm%d_b" % layer]],
+                                           [layer_out[target]], dirs * 4 * hid)
                     proj = proj.reshape(nb_samples, nb_frames, dirs, 4 * hid).transpose(1, 2, 0, 3)
                     gates[:, k * dirs] = proj[:, 0]
                     if dirs == 2:
@@ -532,7 +558,13 @@ class InferenceNetwork:
                         out[:, :, 1] = hs[::-1, k * dirs + 1].transpose(1, 0, 2)
                     layer_out[target] = out.reshape(rows, dirs * hid)
             for target in members:
-                cfg = self.cfgs[target]
-                mix = mixes[cfg.nb_channels].reshape(rows, -1)
-                est = self._output(target, skip.pop(target), layer_out.pop(target), mix)
-                yield target, est.reshape(nb_samples, nb_frames, cfg.nb_channels, nb_bins)
+                cfg, w = self.cfgs[target], self.weights[target]
+                shape = (cfg.nb_channels, nb_bins)
+                est = self._per_frame(
+                    self._output_layer, [w["fc2_W"], w["fc2_b"], w["fc3_W"], w["fc3_b"]],
+                    [skip.pop(target), layer_out.pop(target), mixes[cfg.nb_channels]],
+                    cfg.nb_channels * nb_bins,
+                    write and (lambda row, block, t=target: write(t, row, block.reshape((-1,) + shape))))
+                if write is None:
+                    results[target] = est.reshape((nb_samples, nb_frames) + shape)
+        return None if write else results

@@ -13,6 +13,7 @@ Memory stays bounded by the window sizes, not by the track:
   in the next, so the result equals norbert's whole-track EM and no chunk border exists;
 - the ISTFT is an overlap-add of each chunk's frames.
 """
+import gc
 import json
 import os
 import tempfile
@@ -35,7 +36,7 @@ WIENER_EPS = 1e-10
 # STFT frames per network window, LSTM context frames on each side, windows per graph
 WINDOW_FRAMES = 1024
 CONTEXT_FRAMES = 64
-WINDOWS_PER_BATCH = 8
+WINDOWS_PER_BATCH = 4
 WIENER_CHUNK_FRAMES = 256
 
 
@@ -286,6 +287,8 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
             # forked workers inherit the network's weights, the audio and the store's open
             # file (through this global: the pool pickles its arguments)
             _FORKED[:] = [store, padded, network]
+            gc.collect()
+            gc.freeze()  # the workers' collections then leave the inherited objects' pages shared
             with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
                 jobs = [pool.submit(_estimate_windows, None, None, None, targets, mine,
                                     windows, length, batch, progress and p == 0)
@@ -296,6 +299,7 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
         raise
     finally:
         _FORKED[:] = []
+        gc.unfreeze()
     if timings is not None:
         for part in all_timings:
             for key, value in part.items():
@@ -320,21 +324,25 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
                disable=not progress, leave=False)
     for windows in batches:
         with _timed(timings, "stft"):
-            # (batch, nb_channels, length, bins) -> (batch, length, nb_channels, bins)
-            spec = np.abs(np.stack([stft_frames(padded, s, s + length, cfg.n_fft, cfg.n_hop)
-                                    for s, _, _ in windows])).transpose(0, 2, 1, 3)
-        estimates = network.run(spec, mine)
-        while True:
-            with _timed(timings, "network"):
-                target, est = next(estimates, (None, None))
-            if target is None:
-                break
-            with _timed(timings, "store"):
-                for b, (start, core_start, core_stop) in enumerate(windows):
+            spec = np.empty((len(windows), length, padded.shape[0], cfg.nb_output_bins), np.float32)
+            for b, (start, _, _) in enumerate(windows):
+                # (nb_channels, length, bins) -> (length, nb_channels, bins)
+                spec[b] = np.abs(stft_frames(padded, start, start + length, cfg.n_fft,
+                                             cfg.n_hop)).transpose(1, 0, 2)
+
+        def write(target, row, block, windows=windows):
+            # rows (window, frame) -> the cores of the windows that the block overlaps
+            for b, (start, core_start, core_stop) in enumerate(windows):
+                lo = max(row, b * length + core_start - start)
+                hi = min(row + block.shape[0], b * length + core_stop - start)
+                if hi > lo:
                     # (frames, channels, bins) -> (frames, bins, channels)
-                    store.write(targets.index(target), core_start,
-                                est[b, core_start - start: core_stop - start].transpose(0, 2, 1))
-            bar.update()
+                    store.write(targets.index(target), lo - b * length + start,
+                                block[lo - row: hi - row].transpose(0, 2, 1))
+
+        with _timed(timings, "network"):
+            network.run(spec, mine, write)
+        bar.update(len(mine))
     bar.close()
     return timings
 
@@ -474,19 +482,25 @@ def _kernels():
     return _KERNELS
 
 
-def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
-                    alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
-                    progress=True, timings=None, v_power=1.0):
+def wiener_separate(*args, **kw):
+    """`wiener_blocks`' waveforms in one array [shape=(J (+1), nb_channels, nb_timesteps)]."""
+    return np.concatenate(list(wiener_blocks(*args, **kw)), axis=-1)
+
+
+def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
+                  alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
+                  progress=True, timings=None, v_power=1.0):
     """Source waveforms from magnitude estimates, equal to norbert's whole-track
 
         norbert.wiener(norbert.residual_model(v, x, alpha) if residual else v, x, niter,
                        use_softmask=softmask, eps=eps)
 
-    followed by an ISTFT, computed in chunks of frames.
+    followed by an ISTFT, computed in chunks of frames and yielded as consecutive blocks of
+    samples [shape=(J (+1), nb_channels, n)].
 
     padded [shape=(nb_channels, nb_timesteps + n_fft)], v [shape=(nb_frames, bins, C', J)]: an
     array or an `EstimateStore`, raised to `v_power` as it is read (norbert's softmask takes
-    v ** alpha) → float32 [shape=(J (+1), nb_channels, nb_timesteps)]
+    v ** alpha).
     """
     nb_frames = v.shape[0]
     nb_channels = padded.shape[0]
@@ -561,29 +575,41 @@ def wiener_separate(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=Fal
         # (f, bins, C, J) -> (J, C, f, bins)
         y = estimates(a, covariances)
         with _timed(timings, "istft"):
-            ola.add(y.transpose(3, 2, 0, 1), a)
+            block = ola.add(y.transpose(3, 2, 0, 1), a)
+            if scale != 1.0:
+                block *= np.float32(1.0 / scale)
         bar.update()
+        yield block
     bar.close()
-    with _timed(timings, "istft"):
-        waves = ola.result()
-        if scale != 1.0:
-            waves *= np.float32(1.0 / scale)
-        return waves
 
 
 # --------------------------------------------------------------------------------------
 # the API
 # --------------------------------------------------------------------------------------
 
-def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0,
-             residual_model=False, window=WINDOW_FRAMES, context=CONTEXT_FRAMES, progress=True,
-             timings=None, processes=None):
-    """Separate a mixture into the targets' estimates.
+def separate(audio, rate, cfgs, targets=None, **kw):
+    """Separate a mixture into the targets' estimates, in memory.
+
+    audio [shape=(nb_timesteps, nb_channels)] at `rate`; cfgs: `load_models`' result; other
+    arguments as `separate_stream`'s. Returns ({name: float32 [shape=(nb_timesteps', 2)]},
+    model_rate).
+    """
+    names, model_rate, blocks = separate_stream(audio, rate, cfgs, targets, **kw)
+    waves = np.concatenate(list(blocks), axis=-1)  # (J, C, nb_timesteps)
+    return {name: np.ascontiguousarray(waves[j].T) for j, name in enumerate(names)}, model_rate
+
+
+def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0,
+                    residual_model=False, window=WINDOW_FRAMES, context=CONTEXT_FRAMES,
+                    progress=True, timings=None, processes=None):
+    """Separate a mixture, handing out the estimates as consecutive blocks of samples.
 
     audio [shape=(nb_timesteps, nb_channels)] at `rate` (resampled to the models' rate; mono
     is duplicated, channels beyond two are dropped); cfgs: `load_models`' result.
-    Returns ({name: float32 [shape=(nb_timesteps', 2)]}, model_rate). With `residual_model`,
-    or a single target, the rest of the mixture comes as 'residual' ('accompaniment' when one).
+    Returns (names, model_rate, blocks): blocks is a generator of float32 [shape=(len(names), 2,
+    n)] that does the work as it is consumed; writing the blocks out as they come keeps memory
+    bounded whatever the length. With `residual_model`, or a single target, the rest of the
+    mixture comes last as 'residual' ('accompaniment' when one target).
     timings: a dict to which the seconds spent per stage are added.
     processes: worker processes for the network (default: `default_processes()`).
     """
@@ -600,16 +626,18 @@ def separate(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0
                        "is needed" % (nb_timesteps / cfg.sample_rate, cfg.n_fft))
     # (nb_timesteps, C) -> (C, nb_timesteps + n_fft)
     padded = pad_for_stft(np.ascontiguousarray(audio.T), cfg.n_fft)
+    del audio
     nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
     if processes is None:
         processes = default_processes()
     residual = residual_model or len(targets) == 1
-    with estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
-                               progress=progress, timings=timings, processes=processes) as v:
-        waves = wiener_separate(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
-                                softmask=softmask, alpha=alpha if softmask else 1.0,
-                                residual=residual, progress=progress, timings=timings,
-                                v_power=alpha if softmask else 1.0)
     names = targets + (["accompaniment" if len(targets) == 1 else "residual"] if residual else [])
-    # (J, C, nb_timesteps) -> {name: (nb_timesteps, C)}
-    return {name: np.ascontiguousarray(waves[j].T) for j, name in enumerate(names)}, cfg.sample_rate
+
+    def blocks():
+        with estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
+                                   progress=progress, timings=timings, processes=processes) as v:
+            yield from wiener_blocks(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
+                                     softmask=softmask, alpha=alpha if softmask else 1.0,
+                                     residual=residual, progress=progress, timings=timings,
+                                     v_power=alpha if softmask else 1.0)
+    return names, cfg.sample_rate, blocks()

@@ -7,11 +7,12 @@ import os
 import warnings
 
 from args import get_inference_args
-from utils import UmxError, check_out_dir, exit_on_error, load_audio, set_context, write_estimates
+from utils import (UmxError, check_out_dir, exit_on_error, load_audio, set_context,
+                   write_estimates, write_stream)
 
 
 def run(args):
-    from separator import WINDOW_FRAMES, load_models, separate
+    from separator import WINDOW_FRAMES, load_models, separate, separate_stream
     inputs = args.inputs
     for path in inputs:
         if not os.path.isfile(path):
@@ -28,12 +29,20 @@ def run(args):
         audio, rate = load_audio(path, args.start, args.duration)
         if float(abs(audio).max()) == 0.0:
             warnings.warn("%s is silent: its stems will be silent" % path)
-        estimates, model_rate = separate(audio, rate, cfgs, args.targets, niter=args.niter,
-                                         softmask=args.softmask, alpha=args.alpha,
-                                         residual_model=args.residual_model, window=window)
+        options = dict(niter=args.niter, softmask=args.softmask, alpha=args.alpha,
+                       residual_model=args.residual_model, window=window)
         folder = args.out_dir if len(inputs) == 1 else os.path.join(args.out_dir, name)
-        write_estimates(estimates, model_rate, folder, args.sample_rate, args.pcm16)
-        print("%s -> %s (%s)" % (path, folder, ", ".join(sorted(estimates))))
+        if args.sample_rate and args.sample_rate != cfg.sample_rate:
+            # resampled stems: separated in memory, then resampled whole
+            estimates, model_rate = separate(audio, rate, cfgs, args.targets, **options)
+            names = sorted(estimates)
+            write_estimates(estimates, model_rate, folder, args.sample_rate, args.pcm16)
+        else:
+            # stems written as they are computed: memory does not grow with the length
+            names, model_rate, blocks = separate_stream(audio, rate, cfgs, args.targets, **options)
+            del audio
+            write_stream(names, model_rate, blocks, folder, args.pcm16)
+        print("%s -> %s (%s)" % (path, folder, ", ".join(sorted(names))))
 
 
 def main(argv=None):

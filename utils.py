@@ -77,53 +77,75 @@ def stft(audio, n_fft=4096, n_hop=1024):
 
 
 class OverlapAdd:
-    """Streaming inverse of `stft`: add frames in any order, then `result()`.
+    """Streaming inverse of `stft`: add chunks of frames in order, get finished samples back.
 
-    Sums windowed inverse FFTs into a buffer and divides by the summed squared window
-    (torch.istft's least-squares inverse), then removes the centering pad.
+    Sums windowed inverse FFTs and divides by the summed squared window (torch.istft's
+    least-squares inverse), removing the centering pad. Only the samples that later frames
+    still overlap are kept, so memory does not grow with the signal.
     """
 
     def __init__(self, lead_shape, nb_timesteps, n_fft=4096, n_hop=1024):
         self.n_fft, self.n_hop, self.nb_timesteps = n_fft, n_hop, nb_timesteps
-        nb_frames = nb_stft_frames(nb_timesteps, n_hop)
-        self.buffer = np.zeros(tuple(lead_shape) + ((nb_frames - 1) * n_hop + n_fft,), np.float32)
+        self.nb_frames = nb_stft_frames(nb_timesteps, n_hop)
+        self.lead_shape = tuple(lead_shape)
         self.window = hann_window(n_fft)
+        self.origin = 0  # padded position of pending[..., 0]
+        self.next_frame = 0
+        self.pending = np.zeros(self.lead_shape + (0,), np.float32)
 
     def add(self, spec, start):
-        """spec [shape=(*lead_shape, nb_frames, nb_bins)] holding frames start.. of the signal."""
+        """spec [shape=(*lead_shape, nb_frames, nb_bins)]: frames start.. (start = the frame after
+        the previous chunk's) → the samples now finished [shape=(*lead_shape, n)]."""
+        if start != self.next_frame:
+            raise ValueError("OverlapAdd takes frames in order: expected frame %d, got %d"
+                             % (self.next_frame, start))
         frames = scipy.fft.irfft(spec, n=self.n_fft, axis=-1, workers=FFT_WORKERS)
         frames = frames.astype(np.float32, copy=False) * self.window
         nb_frames = frames.shape[-2]
         hop, n_fft = self.n_hop, self.n_fft
+        end = (start + nb_frames - 1) * hop + n_fft  # padded position after the last frame
+        if end - self.origin > self.pending.shape[-1]:
+            grown = np.zeros(self.lead_shape + (end - self.origin,), np.float32)
+            grown[..., :self.pending.shape[-1]] = self.pending
+            self.pending = grown
+        offset = start * hop - self.origin
         if n_fft % hop:
             for k in range(nb_frames):
-                pos = (start + k) * hop
-                self.buffer[..., pos:pos + n_fft] += frames[..., k, :]
-            return
-        # frames k, k + r, k + 2r, ... (r = n_fft / n_hop) do not overlap: add each such group
-        # as one contiguous block
-        ratio = n_fft // hop
-        for first in range(min(ratio, nb_frames)):
-            group = frames[..., first::ratio, :]
-            block = group.reshape(group.shape[:-2] + (-1,))
-            pos = (start + first) * hop
-            self.buffer[..., pos:pos + block.shape[-1]] += block
+                self.pending[..., offset + k * hop: offset + k * hop + n_fft] += frames[..., k, :]
+        else:
+            # frames k, k + r, k + 2r, ... (r = n_fft / n_hop) do not overlap: add each such
+            # group as one contiguous block
+            ratio = n_fft // hop
+            for first in range(min(ratio, nb_frames)):
+                group = frames[..., first::ratio, :]
+                block = group.reshape(group.shape[:-2] + (-1,))
+                pos = offset + first * hop
+                self.pending[..., pos:pos + block.shape[-1]] += block
+        self.next_frame = start + nb_frames
+        # later frames start at next_frame * hop: everything before is final
+        return self._release(self.next_frame * hop if self.next_frame < self.nb_frames else end)
 
-    def result(self):
-        """→ float32 [shape=(*lead_shape, nb_timesteps)] (a view of the buffer; call once)"""
-        n_fft, hop = self.n_fft, self.n_hop
-        wsum = np.zeros(self.buffer.shape[-1], np.float32)
-        for pos in range(0, wsum.shape[0] - n_fft + 1, hop):
-            wsum[pos:pos + n_fft] += self.window ** 2
-        self.buffer /= np.maximum(wsum, 1e-8)  # in place: the buffer can be long
-        return self.buffer[..., n_fft // 2: n_fft // 2 + self.nb_timesteps]
+    def _release(self, until):
+        """Normalize and hand out the pending samples before padded position `until`."""
+        hop, n_fft = self.n_hop, self.n_fft
+        done = self.pending[..., :until - self.origin]
+        wsum = np.zeros(done.shape[-1], np.float32)
+        for k in range(max(0, (self.origin - n_fft) // hop), min(self.nb_frames, -(-until // hop))):
+            lo, hi = max(k * hop, self.origin), min(k * hop + n_fft, until)
+            if hi > lo:
+                wsum[lo - self.origin: hi - self.origin] += self.window[lo - k * hop: hi - k * hop] ** 2
+        done = done / np.maximum(wsum, 1e-8)
+        # padded positions -> signal samples (the centering pad of n_fft // 2 is dropped)
+        lo = max(self.origin, n_fft // 2)
+        hi = max(lo, min(until, n_fft // 2 + self.nb_timesteps))
+        self.pending = self.pending[..., until - self.origin:].copy()
+        out, self.origin = done[..., lo - self.origin: hi - self.origin], until
+        return out
 
 
 def istft(spec, nb_timesteps, n_fft=4096, n_hop=1024):
     """Inverse of `stft`. spec [shape=(..., nb_frames, nb_bins)] → float32 [shape=(..., nb_timesteps)]."""
-    ola = OverlapAdd(spec.shape[:-2], nb_timesteps, n_fft, n_hop)
-    ola.add(spec, 0)
-    return ola.result()
+    return OverlapAdd(spec.shape[:-2], nb_timesteps, n_fft, n_hop).add(spec, 0)
 
 
 # --------------------------------------------------------------------------------------
@@ -279,6 +301,25 @@ def write_estimates(estimates, rate, folder, out_rate=None, pcm16=False):
                 audio = resampy.resample(audio, rate, out_rate, axis=0)
             write_audio_atomic(os.path.join(staging, name + ".wav"), audio, out_rate or rate,
                                subtype="PCM_16" if pcm16 else "FLOAT")
+
+
+def write_stream(names, rate, blocks, folder, pcm16=False):
+    """Write blocks [shape=(len(names), nb_channels, n)] to folder/<name>.wav as they come
+    (memory stays bounded), all or nothing."""
+    import soundfile as sf
+    files = []
+    with staged_folder(folder) as staging:
+        try:
+            for block in blocks:
+                if not files:
+                    files = [sf.SoundFile(os.path.join(staging, name + ".wav"), "w", rate,
+                                          block.shape[1], "PCM_16" if pcm16 else "FLOAT",
+                                          format="WAV") for name in names]
+                for f, part in zip(files, block):
+                    f.write(part.T)
+        finally:
+            for f in files:
+                f.close()
 
 
 def write_json_atomic(path, obj):

@@ -51,7 +51,10 @@ def test_overlap_add_in_chunks_equals_whole():
     x = np.random.RandomState(4).randn(2, 3000).astype(np.float32)
     spec = stft(x, n_fft, n_hop)
     ola = OverlapAdd((2,), x.shape[-1], n_fft, n_hop)
-    for a in (30, 0, 17):  # any order, uneven chunks
-        b = {30: spec.shape[-2], 0: 17, 17: 30}[a]
-        ola.add(spec[..., a:b, :], a)
-    assert np.allclose(ola.result(), istft(spec, x.shape[-1], n_fft, n_hop), atol=1e-6)
+    # uneven chunks, in order: each returns the samples no later frame touches
+    pieces = [ola.add(spec[..., a:b, :], a) for a, b in ((0, 1), (1, 17), (17, 30),
+                                                        (30, spec.shape[-2]))]
+    assert pieces[0].shape[-1] == 0 and pieces[1].shape[-1] == 17 * n_hop - n_fft // 2
+    assert np.allclose(np.concatenate(pieces, axis=-1), x, atol=1e-5)
+    with pytest.raises(ValueError):
+        ola.add(spec[..., 5:6, :], 5)  # out of order
