@@ -29,7 +29,8 @@ demo: venv check-ffmpeg
 	$(PY) demo.py
 
 bench: venv check-ffmpeg
-	$(PY) benchmark.py --seconds 60 180
+	$(PY) benchmark.py --seconds 60 180 600 --plot bench.png \
+		$(if $(OPENUNMIX_PYTHON),--vs-openunmix $(OPENUNMIX_PYTHON))
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

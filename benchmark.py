@@ -221,6 +221,11 @@ def main(argv=None):
     parser.add_argument("--train", action="store_true",
                         help="measure training steps (1 and 2 processes) and data loading instead")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps")
+    parser.add_argument("--openunmix-max-seconds", type=float, default=300,
+                        help="longest audio given to open-unmix-pytorch (its memory grows by "
+                             "about 27 MB per second of audio)")
+    parser.add_argument("--plot", metavar="PNG", default=None,
+                        help="also plot seconds and peak memory against the audio length")
     parser.add_argument("--worker", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--train-worker", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -249,13 +254,37 @@ def main(argv=None):
             ours = run_worker([sys.executable, __file__, "--worker", str(seconds),
                                "--model", model_dir], seconds)
             rows.append(("open-unmix-nnabla", seconds, ours))
-            if args.vs_openunmix:
+            if args.vs_openunmix and seconds <= args.openunmix_max_seconds:
                 wav = os.path.join(tmp, "song.npy")
                 np.save(wav, song(seconds))
                 theirs = run_worker([args.vs_openunmix, "-c", OPENUNMIX_WORKER, str(seconds), wav],
                                     seconds)
                 rows.append(("open-unmix-pytorch", seconds, theirs))
     print_table(rows)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows, path):
+    """Separation seconds and peak memory against audio length, one line per system."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name in sorted({r[0] for r in rows}):
+        mine = sorted((s, r) for n, s, r in rows if n == name)
+        lengths = [s for s, _ in mine]
+        axes[0].plot(lengths, [r["separate"] for _, r in mine], "o-", label=name)
+        axes[1].plot(lengths, [r["peak_mb"] / 1024 for _, r in mine], "o-", label=name)
+    axes[0].set(xlabel="audio (s)", ylabel="separation wall time (s)",
+                title="4 stems, niter 1, this CPU")
+    axes[1].set(xlabel="audio (s)", ylabel="peak memory, PSS of all processes (GB)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print("plot: %s" % path)
 
 
 def print_table(rows):

@@ -1,17 +1,18 @@
 """Separation: load UMX weights, run the network in windows, Wiener-filter, invert.
 
-`separate(audio, rate, models, ...)` is the one separation function: test.py's CLI, eval.py and
-users' notebooks call it with models loaded once by `load_models`.
+`separate_stream(audio, rate, models, ...)` is the one separation function (`separate` collects
+its blocks): test.py's CLI, eval.py and users' notebooks call it with models loaded once by
+`load_models`.
 
 Memory stays bounded by the window sizes, not by the track:
-- the network runs over windows of `window` frames, each with `context` frames of LSTM
-  context on both sides (the BLSTM's state is warmed up there and the outputs there are
-  discarded), several windows batched as one NNabla graph that is built once and reused;
+- the network (`model.InferenceNetwork`) runs over windows of `window` frames, each with
+  `context` frames of LSTM context on both sides (the BLSTM's state is warmed up there and the
+  outputs there are discarded), several windows batched; its estimates go to a temporary file;
 - the multichannel Wiener filter (norbert's EM) runs in chunks of frames in streaming passes:
   its only track-wide quantities (the mixture's peak, the residual model's gains and the
   sources' spatial covariance matrices) are sums over frames, accumulated in one pass and used
   in the next, so the result equals norbert's whole-track EM and no chunk border exists;
-- the ISTFT is an overlap-add of each chunk's frames.
+- the ISTFT is an in-order overlap-add that hands out finished samples chunk by chunk.
 """
 import gc
 import json
@@ -33,7 +34,7 @@ TARGETS = ["vocals", "drums", "bass", "other"]
 # The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
 # the machine epsilon of the STFT's dtype).
 WIENER_EPS = 1e-10
-# STFT frames per network window, LSTM context frames on each side, windows per graph
+# STFT frames per network window, LSTM context frames on each side, windows run together
 WINDOW_FRAMES = 1024
 CONTEXT_FRAMES = 64
 WINDOWS_PER_BATCH = 4
