@@ -293,15 +293,11 @@ def print_table(rows):
           + " | ".join(stages) + " |")
     print("|---" * (6 + len(stages)) + "|")
     for name, seconds, r in rows:
-        net = r.get("network (wall)") or sum(v for k, v in r.items() if k.startswith("network "))
-        per_stage = [r.get(s) if s != "network" else (net or None) for s in stages]
+        # the network's wall time (its processes run in parallel); other stages as timed
+        per_stage = [r.get("network (wall)" if s == "network" else s) for s in stages]
         print("| %s | %.0f | %.2f | %.3f | %.1f | %.0f | %s |" % (
             name, seconds, r["separate"], r["rtf"], r["process_wall"], r["peak_mb"],
             " | ".join("%.2f" % v if v else "-" for v in per_stage)))
-    for name, seconds, r in rows:
-        nets = {k[len("network "):]: round(v, 2) for k, v in r.items() if k.startswith("network ")}
-        if nets:
-            print("%s %.0f s: network per target (s): %s" % (name, seconds, nets))
 
 
 if __name__ == "__main__":

@@ -361,7 +361,8 @@ class InferenceNetwork:
     - the LSTM recurrences of all targets (of one architecture) and both directions step
       together, as one batched product per step, in a graph of `chunk_steps` steps that
       carries its state from call to call.
-    All graphs have fixed shapes (partial blocks are padded), so they are built once.
+    Graphs have fixed shapes (partial blocks and chunks are padded), so they are built once
+    per block size and batch size, not per length.
 
     models: {target: (UmxConfig, {name: ndarray})}.
     """
@@ -390,11 +391,6 @@ class InferenceNetwork:
                 params = {k: v.d for k, v in nn.get_parameters(grad_only=False).items()}
             models[target] = (cfg, params)
         return cls(models, **kw)
-
-    def _cached(self, key, build):
-        if key not in self.graphs:
-            self.graphs[key] = build()
-        return self.graphs[key]
 
     def _per_frame(self, layer, weights, inputs, nb_out, write=None):
         """Apply a per-frame layer to row arrays, in blocks of equal size (at most block_rows).
@@ -460,26 +456,28 @@ class InferenceNetwork:
         gates_in [shape=(K, G, B, 4H)] (input projections, gates (i, f, o, g)), h0, c0
         [shape=(G, B, H)], w_rec [shape=(G, 4H, H)] -> hs [shape=(K, G, B, H)], hK, cK.
         """
-        def build():
-            steps = self.chunk_steps
-            gates_in = nn.Variable((steps, nb_groups, nb_samples, 4 * hid))
-            h0 = nn.Variable((nb_groups, nb_samples, hid))
-            c0 = nn.Variable((nb_groups, nb_samples, hid))
-            w_rec = nn.Variable((nb_groups, 4 * hid, hid))
-            h, c = h0, c0
-            outputs = []
-            for x in (F.split(gates_in, axis=0) if steps > 1
-                      else [F.reshape(gates_in, gates_in.shape[1:])]):
-                gates = F.sigmoid(x + F.batch_matmul(h, w_rec, transpose_b=True))
-                i, f, o, g = F.split(F.reshape(gates, (nb_groups, nb_samples, 4, hid)), axis=2)
-                c = F.mul_n(f, c) + F.mul_n(i, _twice_minus_one(g))
-                h = F.mul_n(o, _twice_minus_one(F.sigmoid(F.mul_scalar(c, 2.0))))
-                outputs.append(h)
-            hs = F.stack(*outputs, axis=0)
-            for v in (hs, h, c):
-                v.persistent = True  # read after the forward pass
-            return gates_in, h0, c0, w_rec, hs, h, c, F.sink(hs, h, c)
-        return self._cached(("rec", nb_groups, nb_samples, hid), build)
+        key = ("rec", nb_groups, nb_samples, hid)
+        if key in self.graphs:
+            return self.graphs[key]
+        steps = self.chunk_steps
+        gates_in = nn.Variable((steps, nb_groups, nb_samples, 4 * hid))
+        h0 = nn.Variable((nb_groups, nb_samples, hid))
+        c0 = nn.Variable((nb_groups, nb_samples, hid))
+        w_rec = nn.Variable((nb_groups, 4 * hid, hid))
+        h, c = h0, c0
+        outputs = []
+        for x in (F.split(gates_in, axis=0) if steps > 1
+                  else [F.reshape(gates_in, gates_in.shape[1:])]):
+            gates = F.sigmoid(x + F.batch_matmul(h, w_rec, transpose_b=True))
+            i, f, o, g = F.split(F.reshape(gates, (nb_groups, nb_samples, 4, hid)), axis=2)
+            c = F.mul_n(f, c) + F.mul_n(i, _twice_minus_one(g))
+            h = F.mul_n(o, _twice_minus_one(F.sigmoid(F.mul_scalar(c, 2.0))))
+            outputs.append(h)
+        hs = F.stack(*outputs, axis=0)
+        for v in (hs, h, c):
+            v.persistent = True  # read after the forward pass
+        self.graphs[key] = (gates_in, h0, c0, w_rec, hs, h, c, F.sink(hs, h, c))
+        return self.graphs[key]
 
     def _recurrence(self, gates, w_rec):
         """LSTM recurrences from zero states: gates [shape=(T, G, B, 4H)] (each group in its
@@ -548,7 +546,7 @@ class InferenceNetwork:
                     gates[:, k * dirs] = proj[:, 0]
                     if dirs == 2:
                         gates[:, k * dirs + 1] = proj[::-1, 1]
-                    w_rec[k * dirs:(k + 1) * dirs] = self.weights[target]["lstm%d_W_rec" % layer].d
+                    w_rec[k * dirs:(k + 1) * dirs] = w["lstm%d_W_rec" % layer].d
                 hs = self._recurrence(gates, w_rec)  # (T, targets * D, B, H)
                 del gates
                 for k, target in enumerate(members):

@@ -290,17 +290,19 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
             _FORKED[:] = [store, padded, network]
             gc.collect()
             gc.freeze()  # the workers' collections then leave the inherited objects' pages shared
-            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-                jobs = [pool.submit(_estimate_windows, None, None, None, targets, mine,
-                                    windows, length, batch, progress and p == 0)
-                        for p, (mine, windows) in enumerate(shares)]
-                all_timings = [job.result() for job in jobs]
+            try:
+                with ProcessPoolExecutor(processes,
+                                         mp_context=multiprocessing.get_context("fork")) as pool:
+                    jobs = [pool.submit(_estimate_windows, None, None, None, targets, mine,
+                                        windows, length, batch, progress and p == 0)
+                            for p, (mine, windows) in enumerate(shares)]
+                    all_timings = [job.result() for job in jobs]
+            finally:
+                _FORKED[:] = []
+                gc.unfreeze()
     except BaseException:
         store.close()
         raise
-    finally:
-        _FORKED[:] = []
-        gc.unfreeze()
     if timings is not None:
         for part in all_timings:
             for key, value in part.items():
