@@ -2,12 +2,15 @@
 (training throughput and data loading: python benchmark.py --train)
 
 For each length, a fresh process separates N s of stereo 44.1 kHz audio (the real MUSDB clip
-that stempeg ships, looped) into 4 stems with full-size random weights (umxhq's shapes) and
-niter 1, the way test.py does (stems streamed to WAV files), and reports seconds per stage,
-the real-time factor and the peak memory: the largest sum of the proportional set sizes (PSS,
-shared pages split among their users) of the process and its worker processes, sampled every
-0.1 s in a second run (reading PSS costs the kernel time, so the timed run is not sampled). With --vs-openunmix PYTHON (an interpreter with open-unmix-pytorch installed), the same
-audio goes through openunmix's Separator in that interpreter, in the same run.
+that stempeg ships, looped, in a float WAV file) into 4 stems with full-size random weights
+(umxhq's shapes) and niter 1, the way test.py does (the WAV decoded into a temporary file,
+stems streamed to WAV files), and reports seconds per stage (decoding is timed apart from
+"separate"), the real-time factor and the peak memory: the largest sum of the proportional set
+sizes (PSS, shared pages split among their users) of the process and its worker processes,
+sampled every 0.1 s in a second run (reading PSS costs the kernel time, so the timed run is
+not sampled). With --vs-openunmix PYTHON (an interpreter with open-unmix-pytorch installed),
+the same audio, as an array in memory, goes through openunmix's Separator in that interpreter,
+in the same run.
 """
 import argparse
 import json
@@ -22,33 +25,57 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def song(seconds, rate=44100):
-    """`seconds` of real music: the stempeg clip's mixture, looped. [shape=(T, 2)]"""
+RATE = 44100
+
+
+def _clip():
     import stempeg
     clip, clip_rate = stempeg.read_stems(stempeg.example_stem_path(), stem_id=0,
                                          dtype=np.float32)
-    assert clip_rate == rate
-    reps = int(np.ceil(seconds * rate / clip.shape[0]))
-    return np.ascontiguousarray(np.tile(clip, (reps, 1))[: int(seconds * rate)])
+    assert clip_rate == RATE
+    return clip
 
 
-def nnabla_worker(seconds, model_dir):
+def song(seconds):
+    """`seconds` of real music: the stempeg clip's mixture, looped. [shape=(T, 2)]"""
+    clip = _clip()
+    reps = int(np.ceil(seconds * RATE / clip.shape[0]))
+    return np.ascontiguousarray(np.tile(clip, (reps, 1))[: int(seconds * RATE)])
+
+
+def write_song(path, seconds):
+    """`song(seconds)` as a float WAV, written clip by clip (any length fits in memory)."""
+    import soundfile as sf
+    clip, remaining = _clip(), int(seconds * RATE)
+    with sf.SoundFile(path, "w", RATE, 2, "FLOAT", format="WAV") as f:
+        while remaining > 0:
+            f.write(clip[:remaining])
+            remaining -= clip.shape[0]
+
+
+def nnabla_worker(seconds, model_dir, wav):
+    """test.py's way: the WAV decoded into a temporary file, stems streamed to WAV files."""
+    from model import InferenceNetwork
     from separator import TARGETS, load_models, separate_stream
-    from utils import set_context, write_stream
+    from utils import decode_audio, set_context, write_stream
     set_context("cpu", verbose=False)
-    audio = song(seconds)
     start = time.perf_counter()
     cfgs = load_models(model_dir, TARGETS)
+    network = InferenceNetwork.from_parameter_scopes(cfgs)  # as test.py: once per model
     load = time.perf_counter() - start
     timings = {}
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        names, rate, blocks = separate_stream(audio, 44100, cfgs, TARGETS, niter=1,
-                                              progress=False, timings=timings)
-        del audio
-        write_stream(names, rate, _timed_blocks(blocks, timings), out)
-        total = time.perf_counter() - start
-    return dict(timings, load=load, separate=total)
+        audio = decode_audio(wav, rate=RATE, stereo=True)
+        decode = time.perf_counter() - start
+        with audio:
+            start = time.perf_counter()
+            names, rate, blocks = separate_stream(audio, RATE, cfgs, TARGETS, niter=1,
+                                                  progress=False, timings=timings,
+                                                  network=network)
+            write_stream(names, rate, _timed_blocks(blocks, timings), out)
+            total = time.perf_counter() - start
+    return dict(timings, load=load, decode=decode, separate=total)
 
 
 def _timed_blocks(blocks, timings):
@@ -228,6 +255,7 @@ def main(argv=None):
                         help="also plot seconds and peak memory against the audio length")
     parser.add_argument("--worker", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--train-worker", nargs="+", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--wav", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.train_worker:
@@ -239,7 +267,7 @@ def main(argv=None):
         return
 
     if args.worker is not None:
-        print(json.dumps(nnabla_worker(args.worker, args.model)))
+        print(json.dumps(nnabla_worker(args.worker, args.model, args.wav)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -251,14 +279,16 @@ def main(argv=None):
             write_random_weights(model_dir, UmxConfig())
         rows = []
         for seconds in args.seconds:
+            wav = os.path.join(tmp, "song.wav")
+            write_song(wav, seconds)
             ours = run_worker([sys.executable, __file__, "--worker", str(seconds),
-                               "--model", model_dir], seconds)
+                               "--model", model_dir, "--wav", wav], seconds)
             rows.append(("open-unmix-nnabla", seconds, ours))
             if args.vs_openunmix and seconds <= args.openunmix_max_seconds:
-                wav = os.path.join(tmp, "song.npy")
-                np.save(wav, song(seconds))
-                theirs = run_worker([args.vs_openunmix, "-c", OPENUNMIX_WORKER, str(seconds), wav],
-                                    seconds)
+                array = os.path.join(tmp, "song.npy")
+                np.save(array, song(seconds))
+                theirs = run_worker([args.vs_openunmix, "-c", OPENUNMIX_WORKER, str(seconds),
+                                     array], seconds)
                 rows.append(("open-unmix-pytorch", seconds, theirs))
     print_table(rows)
     if args.plot:
@@ -288,7 +318,7 @@ def plot(rows, path):
 
 
 def print_table(rows):
-    stages = ["stft", "network", "wiener", "istft", "write"]
+    stages = ["decode", "stft", "network", "wiener", "istft", "write"]
     print("\n| system | audio (s) | separate (s) | RTF | process wall (s) | peak PSS (MB) | "
           + " | ".join(stages) + " |")
     print("|---" * (6 + len(stages)) + "|")

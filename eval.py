@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from args import get_eval_args
-from utils import UmxError, atomic_path, check_out_dir, exit_on_error, set_context, write_estimates
+from utils import UmxError, atomic_path, check_out_dir, exit_on_error, set_context, write_stream
 
 METRICS = ["SDR", "SIR", "SAR", "ISR"]
 # The published scores (median over frames, median over tracks) the seed's README lists.
@@ -180,11 +180,13 @@ def evaluate(args, progress=True):
     check_out_dir(args.out_dir)
     tracks = musdb_tracks(args.root, args.is_wav, args.subset, args.tracks,
                           log=lambda line: print(line, file=sys.stderr))
-    cfgs = None
+    cfgs = network = None
     if args.estimates is None:
+        from model import InferenceNetwork
         from separator import load_models
         set_context(args.context)
         cfgs = load_models(args.model, args.targets)
+        network = InferenceNetwork.from_parameter_scopes(cfgs)  # once for all tracks
     subset_dir = os.path.join(args.out_dir, args.subset)
     json_paths = {t.name: os.path.join(subset_dir, t.name + ".json") for t in tracks}
     todo = [t for t in tracks if not os.path.isfile(json_paths[t.name])]
@@ -202,12 +204,13 @@ def evaluate(args, progress=True):
                 est_dir = os.path.join(subset_dir, track.name)
                 expected = set(args.targets) | ({"accompaniment"} if len(args.targets) == 1 else set())
                 if not expected <= {f[:-4] for f in (os.listdir(est_dir) if os.path.isdir(est_dir) else [])}:
-                    from separator import separate
-                    estimates, rate = separate(track.audio, track.rate, cfgs, args.targets,
-                                               niter=args.niter, softmask=args.softmask,
-                                               alpha=args.alpha, residual_model=args.residual_model,
-                                               progress=progress)
-                    write_estimates(estimates, rate, est_dir, out_rate=int(track.rate))
+                    from separator import separate_stream
+                    names, rate, blocks = separate_stream(
+                        track.audio, track.rate, cfgs, args.targets, niter=args.niter,
+                        softmask=args.softmask, alpha=args.alpha,
+                        residual_model=args.residual_model, progress=progress,
+                        network=network)
+                    write_stream(names, rate, blocks, est_dir, out_rate=int(track.rate))
             job = (args.root, args.is_wav, args.subset, track.name, est_dir, json_paths[track.name])
             if pool:
                 futures[track.name] = pool.submit(score_track, *job)

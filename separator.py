@@ -5,6 +5,8 @@ its blocks): test.py's CLI, eval.py and users' notebooks call it with models loa
 `load_models`.
 
 Memory stays bounded by the window sizes, not by the track:
+- the mixture can come as a `utils.AudioFile` (decoded into a temporary file, as test.py does),
+  whose ranges are read as the STFT needs them;
 - the network (`model.InferenceNetwork`) runs over windows of `window` frames, each with
   `context` frames of LSTM context on both sides (the BLSTM's state is warmed up there and the
   outputs there are discarded), several windows batched; its estimates go to a temporary file;
@@ -27,8 +29,8 @@ import nnabla as nn
 from tqdm import tqdm
 
 from model import InferenceNetwork, OpenUnmix, config_from_shapes, parameter_shapes
-from utils import (OverlapAdd, UmxError, nb_stft_frames, pad_for_stft,
-                   prepare_audio, stft_frames, write_json_atomic)
+from utils import (OverlapAdd, PaddedSignal, UmxError, nb_stft_frames, prepare_audio,
+                   stft_frames, write_json_atomic)
 
 TARGETS = ["vocals", "drums", "bass", "other"]
 # The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
@@ -221,6 +223,7 @@ class EstimateStore:
         self.file = tempfile.TemporaryFile(prefix="umx-estimates-", dir=folder)
         self._frame_bytes = nb_bins * nb_channels * 4
         self.file.truncate(nb_targets * nb_frames * self._frame_bytes)
+        self.mixture_peak = None  # set by estimate_spectrograms
 
     def write(self, target_index, start, block):
         """block [shape=(frames, nb_bins, nb_channels)]: the target's frames from `start` on."""
@@ -259,10 +262,11 @@ def default_processes():
 def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
                           context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True,
                           timings=None, network=None, processes=1):
-    """Magnitude estimates of all targets, window by window → an `EstimateStore`.
+    """Magnitude estimates of all targets, window by window → an `EstimateStore`, whose
+    `mixture_peak` is the largest STFT magnitude of the mixture (the Wiener filter's scale).
 
-    padded [shape=(nb_channels, nb_timesteps + n_fft)] (see utils.pad_for_stft);
-    estimates [shape=(nb_frames, bins, nb_model_channels, nb_targets)] (`store.read()`).
+    padded [shape=(nb_channels, nb_timesteps + n_fft)]: utils.pad_for_stft's result, or a
+    utils.PaddedSignal; estimates [shape=(nb_frames, bins, nb_model_channels, nb_targets)] (`store.read()`).
     network: the `InferenceNetwork` to run (default: built from the loaded parameters).
     processes > 1: forked worker processes share the work (CPU contexts only: see
     `default_processes`): each takes some of the targets, or of the windows when there are
@@ -280,8 +284,8 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
               for p in range(processes)]
     try:
         if processes == 1:
-            all_timings = [_estimate_windows(store, padded, network, targets, targets, plan,
-                                             length, batch, progress)]
+            results = [_estimate_windows(store, padded, network, targets, targets, plan,
+                                         length, batch, progress)]
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -296,15 +300,16 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
                     jobs = [pool.submit(_estimate_windows, None, None, None, targets, mine,
                                         windows, length, batch, progress and p == 0)
                             for p, (mine, windows) in enumerate(shares)]
-                    all_timings = [job.result() for job in jobs]
+                    results = [job.result() for job in jobs]
             finally:
                 _FORKED[:] = []
                 gc.unfreeze()
     except BaseException:
         store.close()
         raise
+    store.mixture_peak = max(peak for _, peak in results)
     if timings is not None:
-        for part in all_timings:
+        for part, _ in results:
             for key, value in part.items():
                 timings[key] = timings.get(key, 0.0) + value
         timings["network (wall)"] = timings.get("network (wall)", 0.0) + \
@@ -317,21 +322,23 @@ _FORKED = []  # [store, padded, network] for forked workers
 
 def _estimate_windows(store, padded, network, targets, mine, plan, length, batch, progress):
     """Run the network for targets `mine` over windows `plan` and write their cores into the
-    store (None, None, None: those of `_FORKED`); → the seconds spent per stage."""
+    store (None, None, None: those of `_FORKED`); → (the seconds spent per stage, the largest
+    mixture STFT magnitude in the windows' cores)."""
     if store is None:
         store, padded, network = _FORKED
     cfg = network.cfgs[mine[0]]
-    timings = {}
+    timings, peak = {}, 0.0
     batches = [plan[i:i + batch] for i in range(0, len(plan), batch)]
     bar = tqdm(total=len(batches) * len(mine), desc="network", unit="pass",
                disable=not progress, leave=False)
     for windows in batches:
         with _timed(timings, "stft"):
             spec = np.empty((len(windows), length, padded.shape[0], cfg.nb_output_bins), np.float32)
-            for b, (start, _, _) in enumerate(windows):
+            for b, (start, core_start, core_stop) in enumerate(windows):
                 # (nb_channels, length, bins) -> (length, nb_channels, bins)
                 spec[b] = np.abs(stft_frames(padded, start, start + length, cfg.n_fft,
                                              cfg.n_hop)).transpose(1, 0, 2)
+                peak = max(peak, float(spec[b, core_start - start:core_stop - start].max()))
 
         def write(target, row, block, windows=windows):
             # rows (window, frame) -> the cores of the windows that the block overlaps
@@ -347,7 +354,7 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
             network.run(spec, mine, write)
         bar.update(len(mine))
     bar.close()
-    return timings
+    return timings, peak
 
 
 # --------------------------------------------------------------------------------------
@@ -492,7 +499,7 @@ def wiener_separate(*args, **kw):
 
 def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
                   alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
-                  progress=True, timings=None, v_power=1.0):
+                  progress=True, timings=None, v_power=1.0, mixture_peak=None):
     """Source waveforms from magnitude estimates, equal to norbert's whole-track
 
         norbert.wiener(norbert.residual_model(v, x, alpha) if residual else v, x, niter,
@@ -501,9 +508,11 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
     followed by an ISTFT, computed in chunks of frames and yielded as consecutive blocks of
     samples [shape=(J (+1), nb_channels, n)].
 
-    padded [shape=(nb_channels, nb_timesteps + n_fft)], v [shape=(nb_frames, bins, C', J)]: an
+    padded [shape=(nb_channels, nb_timesteps + n_fft)] (an array or a `utils.PaddedSignal`),
+    v [shape=(nb_frames, bins, C', J)]: an
     array or an `EstimateStore`, raised to `v_power` as it is read (norbert's softmask takes
-    v ** alpha).
+    v ** alpha). mixture_peak: the mixture STFT's largest magnitude, when known (it saves a
+    pass over the track).
     """
     nb_frames = v.shape[0]
     nb_channels = padded.shape[0]
@@ -520,23 +529,24 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
         with _timed(timings, "stft"):
             return stft_frames(padded, a, min(a + chunk, nb_frames), n_fft, n_hop).transpose(1, 2, 0)
 
-    passes = (1 if (residual or niter) else 0) + niter + 1
+    passes = (1 if (residual or (niter and mixture_peak is None)) else 0) + niter + 1
     bar = tqdm(total=passes * len(starts), desc="wiener", unit="chunk", disable=not progress,
                leave=False)
     # pass: track-wide peak of the mixture and the residual model's gains
     max_abs, gain, res_eps = 1.0, None, np.finfo(np.float32).eps
-    if residual or niter:
-        peak, num, den = 0.0, 0.0, 0.0
+    peak = mixture_peak
+    if residual or (niter and peak is None):
+        find_peak, peak, num, den = peak is None, peak or 0.0, 0.0, 0.0
         for a in starts:
             x = mixture(a)
-            peak = max(peak, float(np.abs(x).max()))
+            if find_peak:
+                peak = max(peak, float(np.abs(x).max()))
             if residual:
                 vx = np.maximum(res_eps, np.abs(x) ** alpha)
                 total = models_of(a).sum(axis=-1)
                 num = num + np.sum(vx * total, axis=0)
                 den = den + np.sum(total ** 2, axis=0)
             bar.update()
-        max_abs = max(1.0, peak / 10.0)
         if residual:
             gain = (num / (res_eps + den)).astype(np.float32)
 
@@ -547,6 +557,8 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
             vj = np.concatenate([vj * gain[..., None], vr[..., None]], axis=-1)
         return vj
 
+    if niter:
+        max_abs = max(1.0, peak / 10.0)
     # with EM steps, norbert works on x / max_abs and y / max_abs, and scales the result back
     scale = 1.0 / max_abs if niter else 1.0
 
@@ -604,32 +616,42 @@ def separate(audio, rate, cfgs, targets=None, **kw):
 
 def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0,
                     residual_model=False, window=WINDOW_FRAMES, context=CONTEXT_FRAMES,
-                    progress=True, timings=None, processes=None):
+                    progress=True, timings=None, processes=None, network=None):
     """Separate a mixture, handing out the estimates as consecutive blocks of samples.
 
     audio [shape=(nb_timesteps, nb_channels)] at `rate` (resampled to the models' rate; mono
-    is duplicated, channels beyond two are dropped); cfgs: `load_models`' result.
+    is duplicated, channels beyond two are dropped), or an `utils.AudioFile` already decoded
+    at the models' rate in stereo (`decode_audio(path, rate=..., stereo=True)`: then no part of
+    the track is held in memory); cfgs: `load_models`' result.
     Returns (names, model_rate, blocks): blocks is a generator of float32 [shape=(len(names), 2,
     n)] that does the work as it is consumed; writing the blocks out as they come keeps memory
     bounded whatever the length. With `residual_model`, or a single target, the rest of the
     mixture comes last as 'residual' ('accompaniment' when one target).
     timings: a dict to which the seconds spent per stage are added.
     processes: worker processes for the network (default: `default_processes()`).
+    network: the `model.InferenceNetwork` of the loaded parameters, when the caller keeps one
+    for several separations (it is otherwise rebuilt for each: about 0.4 s for 4 full-size
+    targets).
     """
     targets = list(targets or cfgs)
     unknown = [t for t in targets if t not in cfgs]
     if unknown:
         raise UmxError("target '%s' is not loaded (loaded: %s)" % (unknown[0], ", ".join(cfgs)))
     cfg = cfgs[targets[0]]
-    with _timed(timings, "resample"):
-        audio = prepare_audio(audio, rate, cfg.sample_rate)
+    if hasattr(audio, "read"):
+        if (audio.rate, audio.nb_channels) != (cfg.sample_rate, 2):
+            raise UmxError("decoded audio at %d Hz with %d channels: the models take stereo at "
+                           "%d Hz (decode_audio(..., rate=%d, stereo=True))"
+                           % (audio.rate, audio.nb_channels, cfg.sample_rate, cfg.sample_rate))
+    else:
+        with _timed(timings, "resample"):
+            audio = prepare_audio(audio, rate, cfg.sample_rate)
     nb_timesteps = audio.shape[0]
     if nb_timesteps < cfg.n_fft:
         raise UmxError("audio of %.3f s is too short: at least one STFT window (%d samples) "
                        "is needed" % (nb_timesteps / cfg.sample_rate, cfg.n_fft))
-    # (nb_timesteps, C) -> (C, nb_timesteps + n_fft)
-    padded = pad_for_stft(np.ascontiguousarray(audio.T), cfg.n_fft)
-    del audio
+    # (nb_timesteps, C), seen as (C, nb_timesteps + n_fft): padded segments read on demand
+    padded = PaddedSignal(audio, cfg.n_fft)
     nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
     if processes is None:
         processes = default_processes()
@@ -638,9 +660,11 @@ def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, al
 
     def blocks():
         with estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
-                                   progress=progress, timings=timings, processes=processes) as v:
+                                   progress=progress, timings=timings, processes=processes,
+                                   network=network) as v:
             yield from wiener_blocks(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
                                      softmask=softmask, alpha=alpha if softmask else 1.0,
                                      residual=residual, progress=progress, timings=timings,
-                                     v_power=alpha if softmask else 1.0)
+                                     v_power=alpha if softmask else 1.0,
+                                     mixture_peak=v.mixture_peak)
     return names, cfg.sample_rate, blocks()

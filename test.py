@@ -7,12 +7,13 @@ import os
 import warnings
 
 from args import get_inference_args
-from utils import (UmxError, check_out_dir, exit_on_error, load_audio, set_context,
-                   write_estimates, write_stream)
+from utils import (UmxError, check_out_dir, decode_audio, exit_on_error, set_context,
+                   write_stream)
 
 
 def run(args):
-    from separator import WINDOW_FRAMES, load_models, separate, separate_stream
+    from model import InferenceNetwork
+    from separator import WINDOW_FRAMES, load_models, separate_stream
     inputs = args.inputs
     for path in inputs:
         if not os.path.isfile(path):
@@ -21,28 +22,25 @@ def run(args):
     set_context(args.context)
     cfgs = load_models(args.model, args.targets)
     cfg = cfgs[args.targets[0]]
+    network = InferenceNetwork.from_parameter_scopes(cfgs)  # once for all inputs
     window = WINDOW_FRAMES
     if args.chunk_dur:
         window = max(1, int(round(args.chunk_dur * cfg.sample_rate / cfg.n_hop)))
     names = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
     for path, name in zip(inputs, names):
-        audio, rate = load_audio(path, args.start, args.duration)
-        if float(abs(audio).max()) == 0.0:
-            warnings.warn("%s is silent: its stems will be silent" % path)
-        options = dict(niter=args.niter, softmask=args.softmask, alpha=args.alpha,
-                       residual_model=args.residual_model, window=window)
-        folder = args.out_dir if len(inputs) == 1 else os.path.join(args.out_dir, name)
-        if args.sample_rate and args.sample_rate != cfg.sample_rate:
-            # resampled stems: separated in memory, then resampled whole
-            estimates, model_rate = separate(audio, rate, cfgs, args.targets, **options)
-            names = sorted(estimates)
-            write_estimates(estimates, model_rate, folder, args.sample_rate, args.pcm16)
-        else:
+        # decoded (and resampled) into a temporary file: the track is never held in memory
+        with decode_audio(path, args.start, args.duration, rate=cfg.sample_rate,
+                          stereo=True) as audio:
+            if audio.peak == 0.0:
+                warnings.warn("%s is silent: its stems will be silent" % path)
+            options = dict(niter=args.niter, softmask=args.softmask, alpha=args.alpha,
+                           residual_model=args.residual_model, window=window, network=network)
+            folder = args.out_dir if len(inputs) == 1 else os.path.join(args.out_dir, name)
             # stems written as they are computed: memory does not grow with the length
-            names, model_rate, blocks = separate_stream(audio, rate, cfgs, args.targets, **options)
-            del audio
-            write_stream(names, model_rate, blocks, folder, args.pcm16)
-        print("%s -> %s (%s)" % (path, folder, ", ".join(sorted(names))))
+            stems, model_rate, blocks = separate_stream(audio, cfg.sample_rate, cfgs,
+                                                        args.targets, **options)
+            write_stream(stems, model_rate, blocks, folder, args.pcm16, out_rate=args.sample_rate)
+        print("%s -> %s (%s)" % (path, folder, ", ".join(sorted(stems))))
 
 
 def main(argv=None):

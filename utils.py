@@ -59,9 +59,11 @@ def pad_for_stft(audio, n_fft):
 def stft_frames(padded, start, stop, n_fft, n_hop):
     """STFT frames `start..stop-1` of an already padded signal.
 
-    padded [shape=(..., nb_timesteps + n_fft)] → complex64 [shape=(..., nb_frames, nb_bins)]
+    padded [shape=(..., nb_timesteps + n_fft)] (an array, or a `PaddedSignal`)
+    → complex64 [shape=(..., nb_frames, nb_bins)]
     """
-    segment = padded[..., start * n_hop: (stop - 1) * n_hop + n_fft]
+    lo, hi = start * n_hop, (stop - 1) * n_hop + n_fft
+    segment = padded.segment(lo, hi) if hasattr(padded, "segment") else padded[..., lo:hi]
     # (..., nb_samples) -> (..., nb_frames, n_fft): a strided view, no copy
     frames = np.lib.stride_tricks.sliding_window_view(segment, n_fft, axis=-1)[..., ::n_hop, :]
     windowed = frames * hann_window(n_fft)
@@ -180,65 +182,290 @@ def model_layout(spec):
 # audio I/O
 # --------------------------------------------------------------------------------------
 
-def load_audio(path, start=0.0, duration=None):
-    """Read any file soundfile or ffmpeg reads.
-
-    Returns (audio [shape=(nb_timesteps, nb_channels)] float32, rate). A STEMS file gives its
-    first stream (the mixture).
-    """
-    import soundfile as sf
-    if not os.path.isfile(path):
-        raise UmxError("input file not found: %s" % path)
-    try:
-        info = sf.info(path)
-        rate = info.samplerate
-        first = int(round(start * rate))
-        frames = -1 if duration is None else int(round(duration * rate))
-        audio, rate = sf.read(path, start=first, frames=frames, dtype="float32", always_2d=True)
-    except Exception:
-        audio, rate = _load_with_ffmpeg(path, start, duration)
-    if audio.size == 0:
-        raise UmxError("no audio in %s (empty file, or --start beyond its end)" % path)
-    if not np.all(np.isfinite(audio)):
-        raise UmxError("audio in %s holds NaN or infinite samples" % path)
-    return audio, rate
-
-
-def _load_with_ffmpeg(path, start, duration):
-    import shutil
-    if shutil.which("ffmpeg") is None:
-        raise UmxError("cannot read %s: it needs ffmpeg, which is not installed "
-                       "(apt-get install ffmpeg)" % path)
-    import stempeg
-    try:
-        audio, rate = stempeg.read_stems(path, start=start or None, duration=duration,
-                                         stem_id=0, dtype=np.float32)
-    except Exception as exc:
-        raise UmxError("cannot read audio from %s: %s" % (path, str(exc).strip().splitlines()[-1]
-                                                            if str(exc).strip() else type(exc).__name__))
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 1:
-        audio = audio[:, None]
-    return audio, int(rate)
-
-
-def prepare_audio(audio, rate, model_rate, nb_channels=2):
-    """Resample to the model rate and make it stereo (mono duplicated, extra channels dropped).
-
-    audio [shape=(nb_timesteps, nb_channels_in)] → [shape=(nb_timesteps', nb_channels)]
-    """
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 1:
-        audio = audio[:, None]
+def to_stereo(audio, warn=True):
+    """audio [shape=(nb_timesteps, nb_channels_in)] → [shape=(nb_timesteps, 2)]: mono is
+    duplicated, channels beyond two are dropped (with a warning when `warn`)."""
     if audio.shape[1] > 2:
-        warnings.warn("input has %d channels: using the first two" % audio.shape[1])
-        audio = audio[:, :2]
+        if warn:
+            warnings.warn("input has %d channels: using the first two" % audio.shape[1])
+        return audio[:, :2]
     if audio.shape[1] == 1:
-        audio = np.repeat(audio, 2, axis=1)
+        return np.repeat(audio, 2, axis=1)
+    return audio
+
+
+def prepare_audio(audio, rate, model_rate):
+    """Resample to the model rate and make it stereo (see `to_stereo`).
+
+    audio [shape=(nb_timesteps, nb_channels_in)] → [shape=(nb_timesteps', 2)]
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    audio = to_stereo(audio)
     if rate != model_rate:
         import resampy
         audio = resampy.resample(audio, rate, model_rate, axis=0).astype(np.float32)
     return audio
+
+
+class StreamResampler:
+    """`resampy.resample(x, rate_in, rate_out, axis=0)` of a signal handed in block by block
+    [shape=(n, nb_channels)], equal to resampling it whole (up to float rounding).
+
+    Output sample k is a weighted sum of the input samples within `margin` of its time
+    k·rate_in/rate_out. Each `push` resamples the kept input from a start on the output grid (a
+    multiple of rate_in / gcd) and hands out the outputs whose inputs have all arrived; only
+    the input that later outputs still need is kept.
+    """
+
+    def __init__(self, rate_in, rate_out, filter="kaiser_best"):
+        from math import gcd
+        import resampy.filters
+        self.rate_in, self.rate_out = int(rate_in), int(rate_out)
+        common = gcd(self.rate_in, self.rate_out)
+        self.period_in, self.period_out = self.rate_in // common, self.rate_out // common
+        self.filter = filter
+        interp_win, num_table, _ = resampy.filters.get_filter(filter)
+        # resampy's filter wings span len(interp_win) / index_step input samples
+        index_step = int(min(1.0, self.rate_out / self.rate_in) * num_table)
+        self.margin = -(-len(interp_win) // index_step) + 2
+        self.kept = None  # input samples from `origin` on
+        self.origin = 0
+        self.received = 0
+        self.done = 0  # output samples handed out
+
+    def push(self, block, final=False):
+        """block [shape=(n, C)] → the output samples now complete [shape=(m, C)]; `final`
+        marks the last block (the signal's end: resampy pads it with zeros)."""
+        import resampy
+        block = np.asarray(block, np.float32)
+        self.kept = block if self.kept is None else np.concatenate([self.kept, block])
+        self.received += block.shape[0]
+        if final:
+            stop = self.received * self.rate_out // self.rate_in  # resampy's output length
+        else:
+            stop = (self.received - self.margin) * self.rate_out // self.rate_in
+        if stop <= self.done:
+            return np.zeros((0, self.kept.shape[1]), np.float32)
+        first = self.origin // self.period_in * self.period_out  # output index of the kept start
+        out = resampy.resample(self.kept, self.rate_in, self.rate_out, axis=0,
+                               filter=self.filter)[self.done - first: stop - first]
+        self.done = stop
+        # later outputs (times from stop·rate_in/rate_out on) read inputs from `margin` before
+        keep_from = (stop * self.rate_in // self.rate_out - self.margin) // self.period_in
+        keep_from = max(self.origin, keep_from * self.period_in)
+        self.kept = self.kept[keep_from - self.origin:]
+        self.origin = keep_from
+        return out.astype(np.float32, copy=False)
+
+
+class AudioFile:
+    """Decoded audio kept in an unlinked temporary file, so that no track is too long for the
+    memory: float32 [shape=(nb_timesteps, nb_channels)] at `rate`, appended block by block and
+    read back by range with pread (forked processes read it too). `peak`: the largest |sample|.
+    The file lies in tempfile's folder (TMPDIR) and is gone once closed.
+    """
+
+    def __init__(self, nb_channels, rate, folder=None):
+        self.nb_channels, self.rate = int(nb_channels), int(rate)
+        self.nb_timesteps, self.peak = 0, 0.0
+        self.file = tempfile.TemporaryFile(prefix="umx-audio-", dir=folder)
+
+    @property
+    def shape(self):
+        return (self.nb_timesteps, self.nb_channels)
+
+    def append(self, block):
+        """block [shape=(n, nb_channels)]"""
+        data = np.ascontiguousarray(block, np.float32)
+        if data.size:
+            self.peak = max(self.peak, float(np.abs(data).max()))
+            offset = self.nb_timesteps * self.nb_channels * 4
+            if os.pwrite(self.file.fileno(), data, offset) != data.nbytes:
+                raise UmxError("could not write the decoded audio to %s (disk full?)"
+                               % tempfile.gettempdir())
+            self.nb_timesteps += data.shape[0]
+
+    def read(self, start=0, stop=None):
+        """→ float32 [shape=(stop - start, nb_channels)]"""
+        stop = self.nb_timesteps if stop is None else min(stop, self.nb_timesteps)
+        out = np.empty((max(0, stop - start), self.nb_channels), np.float32)
+        view, done = memoryview(out).cast("B"), 0
+        while done < len(view):  # pread hands out at most ~2 GB at a time
+            raw = os.pread(self.file.fileno(), len(view) - done,
+                           start * self.nb_channels * 4 + done)
+            if not raw:
+                raise UmxError("the decoded audio's temporary file was cut short")
+            view[done:done + len(raw)] = raw
+            done += len(raw)
+        return out
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+DECODE_BLOCK_SECONDS = 10
+
+
+def decode_audio(path, start=0.0, duration=None, rate=None, stereo=False):
+    """Decode (part of) any file soundfile or ffmpeg reads into an `AudioFile`, block by block:
+    memory does not grow with the length. A STEMS file gives its first stream (the mixture).
+
+    rate: resample to this rate (`StreamResampler`, equal to resampling whole);
+    stereo: make it stereo (`to_stereo`). Bad input raises UmxError.
+    """
+    if not os.path.isfile(path):
+        raise UmxError("input file not found: %s" % path)
+    source = _soundfile_blocks(path, start, duration) or _ffmpeg_blocks(path, start, duration)
+    source_rate, nb_channels, blocks = source
+    if stereo and nb_channels > 2:
+        warnings.warn("input has %d channels: using the first two" % nb_channels)
+    resampler = StreamResampler(source_rate, rate) if rate and rate != source_rate else None
+    audio = AudioFile(2 if stereo else nb_channels, rate or source_rate)
+    try:
+        for block, last in _with_last(blocks):
+            if not np.all(np.isfinite(block)):
+                raise UmxError("audio in %s holds NaN or infinite samples" % path)
+            if stereo:
+                block = to_stereo(block, warn=False)
+            audio.append(resampler.push(block, final=last) if resampler else block)
+        if audio.nb_timesteps == 0:
+            raise UmxError("no audio in %s (empty file, or --start beyond its end)" % path)
+    except BaseException:
+        audio.close()
+        raise
+    return audio
+
+
+def _with_last(items):
+    """(item, is_last) for each item."""
+    previous = None
+    for item in items:
+        if previous is not None:
+            yield previous, False
+        previous = item
+    if previous is not None:
+        yield previous, True
+
+
+def _soundfile_blocks(path, start, duration):
+    """(rate, nb_channels, blocks [shape=(n, nb_channels)]) read with soundfile, or None when
+    soundfile cannot read the file."""
+    import soundfile as sf
+    try:
+        f = sf.SoundFile(path)
+    except Exception:
+        return None
+    rate = f.samplerate
+    first = int(round(start * rate))
+    remaining = None if duration is None else int(round(duration * rate))
+
+    def blocks():
+        nonlocal remaining
+        with f:
+            if first >= f.frames:
+                return
+            f.seek(first)
+            size = DECODE_BLOCK_SECONDS * rate
+            while remaining is None or remaining > 0:
+                block = f.read(size if remaining is None else min(size, remaining),
+                               dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    return
+                if remaining is not None:
+                    remaining -= block.shape[0]
+                yield block
+    return rate, f.channels, blocks()
+
+
+def _ffmpeg_blocks(path, start, duration):
+    """(rate, nb_channels, blocks [shape=(n, nb_channels)]) of the first audio stream, decoded
+    by an ffmpeg process into a pipe."""
+    import shutil
+    import subprocess
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise UmxError("cannot read %s: it needs ffmpeg, which is not installed "
+                       "(apt-get install ffmpeg)" % path)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                            "stream=sample_rate,channels", "-of", "json", path],
+                           capture_output=True, text=True)
+    try:
+        stream = json.loads(probe.stdout)["streams"][0]
+        rate, nb_channels = int(stream["sample_rate"]), int(stream["channels"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        reason = (probe.stderr.strip().splitlines() or ["no audio stream"])[-1]
+        raise UmxError("cannot read audio from %s: %s" % (path, reason))
+    cmd = ["ffmpeg", "-nostdin", "-v", "error"]
+    if start:
+        cmd += ["-ss", "%.6f" % start]
+    cmd += ["-i", path]
+    if duration is not None:
+        cmd += ["-t", "%.6f" % duration]
+    cmd += ["-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+
+    def blocks():
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+            try:
+                size = DECODE_BLOCK_SECONDS * rate * nb_channels * 4
+                while True:
+                    raw = proc.stdout.read(size)
+                    if not raw:
+                        break
+                    usable = len(raw) // (4 * nb_channels) * 4 * nb_channels
+                    yield np.frombuffer(raw[:usable], np.float32).reshape(-1, nb_channels)
+                if proc.wait():
+                    err.seek(0)
+                    lines = err.read().decode(errors="replace").strip().splitlines()
+                    raise UmxError("cannot read audio from %s: %s"
+                                   % (path, lines[-1] if lines else "ffmpeg failed"))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.stdout.close()
+                proc.wait()
+    return rate, nb_channels, blocks()
+
+
+class PaddedSignal:
+    """A signal [shape=(nb_timesteps, C)] (an array or an `AudioFile`) seen as `pad_for_stft`'s
+    result [shape=(C, nb_timesteps + n_fft)] without a padded copy: `segment` reads a range on
+    demand, reflecting at both ends."""
+
+    def __init__(self, signal, n_fft):
+        if signal.shape[0] <= n_fft // 2:
+            raise UmxError("audio of %d samples is shorter than one STFT window (%d samples)"
+                           % (signal.shape[0], n_fft))
+        self.signal, self.pad = signal, n_fft // 2
+        self.shape = (signal.shape[1], signal.shape[0] + 2 * self.pad)
+
+    def segment(self, lo, hi):
+        """padded positions lo..hi-1 → float32 [shape=(C, hi - lo)]"""
+        nb_timesteps = self.signal.shape[0]
+        first, last = max(0, lo - self.pad), min(nb_timesteps, hi - self.pad)
+        if lo - self.pad < 0 or hi - self.pad > nb_timesteps:
+            # reflection (without repeating the edge sample), as np.pad's 'reflect'
+            index = np.arange(lo, hi) - self.pad
+            index = np.abs(index)
+            index = np.where(index >= nb_timesteps, 2 * (nb_timesteps - 1) - index, index)
+            first, last = int(index.min()), int(index.max()) + 1
+            data = self._read(first, last)[index - first]
+        else:
+            data = self._read(first, last)
+        # (n, C) -> (C, n), each channel contiguous: the STFT's strided frames read it fast
+        return np.ascontiguousarray(data.T)
+
+    def _read(self, start, stop):
+        if hasattr(self.signal, "read"):
+            return self.signal.read(start, stop)
+        return np.asarray(self.signal[start:stop], np.float32)
 
 
 def write_audio_atomic(path, audio, rate, subtype="FLOAT"):
@@ -292,29 +519,25 @@ def staged_folder(folder):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_estimates(estimates, rate, folder, out_rate=None, pcm16=False):
-    """Write {name: (nb_timesteps, nb_channels)} as folder/<name>.wav, all or nothing."""
-    import resampy
-    with staged_folder(folder) as staging:
-        for name, audio in estimates.items():
-            if out_rate and out_rate != rate:
-                audio = resampy.resample(audio, rate, out_rate, axis=0)
-            write_audio_atomic(os.path.join(staging, name + ".wav"), audio, out_rate or rate,
-                               subtype="PCM_16" if pcm16 else "FLOAT")
-
-
-def write_stream(names, rate, blocks, folder, pcm16=False):
+def write_stream(names, rate, blocks, folder, pcm16=False, out_rate=None):
     """Write blocks [shape=(len(names), nb_channels, n)] to folder/<name>.wav as they come
-    (memory stays bounded), all or nothing."""
+    (memory stays bounded), resampled to `out_rate` when given; all or nothing."""
     import soundfile as sf
+    resampler = StreamResampler(rate, out_rate) if out_rate and out_rate != rate else None
     files = []
     with staged_folder(folder) as staging:
         try:
-            for block in blocks:
+            for block, last in _with_last(blocks):
+                nb_stems, nb_channels = block.shape[:2]
                 if not files:
-                    files = [sf.SoundFile(os.path.join(staging, name + ".wav"), "w", rate,
-                                          block.shape[1], "PCM_16" if pcm16 else "FLOAT",
-                                          format="WAV") for name in names]
+                    files = [sf.SoundFile(os.path.join(staging, name + ".wav"), "w",
+                                          out_rate or rate, nb_channels,
+                                          "PCM_16" if pcm16 else "FLOAT", format="WAV")
+                             for name in names]
+                if resampler:
+                    # (J, C, n) -> (n, J * C): all stems through one resampler
+                    flat = resampler.push(block.reshape(nb_stems * nb_channels, -1).T, final=last)
+                    block = flat.T.reshape(nb_stems, nb_channels, -1)
                 for f, part in zip(files, block):
                     f.write(part.T)
         finally:

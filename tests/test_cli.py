@@ -139,23 +139,6 @@ def test_bad_inputs_fail_with_one_line_and_no_output(tmp_path, small_model):
         assert not os.path.exists(out) or os.listdir(out) == [], argv
 
 
-def test_no_half_written_stems_when_writing_fails(tmp_path, monkeypatch):
-    import utils
-    calls = []
-
-    def failing_write(path, audio, rate, subtype):
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        sf.write(path, audio, rate, subtype=subtype)
-    monkeypatch.setattr(utils, "write_audio_atomic", failing_write)
-    estimates = {t: np.zeros((100, 2), np.float32) for t in TARGETS}
-    with pytest.raises(OSError):
-        utils.write_estimates(estimates, 8000, str(tmp_path / "out"))
-    assert not os.path.exists(str(tmp_path / "out"))
-    assert os.listdir(str(tmp_path)) == []
-
-
 def test_load_models_errors_name_the_problem(tmp_path, small_model):
     folder, _ = small_model
     with pytest.raises(UmxError, match="no weights for target 'piano'"):

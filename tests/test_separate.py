@@ -153,6 +153,17 @@ def test_two_processes_equal_one(small_model):
     assert np.array_equal(one, two)
 
 
+@pytest.mark.parametrize("targets,processes", [(TARGETS, 1), (TARGETS, 2), (["bass"], 2)])
+def test_network_stage_finds_the_mixture_peak(small_model, targets, processes):
+    """The Wiener filter's scale comes from the windows' STFTs: it must be the whole track's."""
+    cfg, cfgs, audio, padded, nb_frames = _mixture_and_models(small_model)
+    audio = audio * np.linspace(0.1, 1.0, audio.shape[0])[:, None]  # the loudest frame: the last
+    padded = pad_for_stft(audio.T, cfg.n_fft)
+    with estimate_spectrograms(padded, nb_frames, cfgs, targets, window=20, progress=False,
+                               processes=processes) as store:
+        assert store.mixture_peak == float(np.abs(stft(audio.T, cfg.n_fft, cfg.n_hop)).max())
+
+
 def test_estimate_store_round_trip(tmp_path):
     rng = np.random.RandomState(0)
     data = rng.rand(10, 5, 2, 3).astype(np.float32)
