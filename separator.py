@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from model import InferenceNetwork, OpenUnmix, config_from_shapes, parameter_shapes
 from utils import (OverlapAdd, PaddedSignal, UmxError, nb_stft_frames, prepare_audio,
-                   stft_frames, write_json_atomic)
+                   pread_into, stft_frames, write_json_atomic)
 
 TARGETS = ["vocals", "drums", "bass", "other"]
 # The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
@@ -237,10 +237,10 @@ class EstimateStore:
         nb_frames, nb_bins, nb_channels, nb_targets = self.shape
         stop = nb_frames if stop is None else min(stop, nb_frames)
         out = np.empty((stop - start, nb_bins, nb_channels, nb_targets), np.float32)
-        size = (stop - start) * self._frame_bytes
+        part = np.empty((stop - start, nb_bins, nb_channels), np.float32)
         for j in range(nb_targets):
-            raw = os.pread(self.file.fileno(), size, (j * nb_frames + start) * self._frame_bytes)
-            out[..., j] = np.frombuffer(raw, np.float32).reshape(stop - start, nb_bins, nb_channels)
+            pread_into(self.file, part, (j * nb_frames + start) * self._frame_bytes)
+            out[..., j] = part
         return out
 
     def close(self):

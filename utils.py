@@ -291,14 +291,7 @@ class AudioFile:
         """→ float32 [shape=(stop - start, nb_channels)]"""
         stop = self.nb_timesteps if stop is None else min(stop, self.nb_timesteps)
         out = np.empty((max(0, stop - start), self.nb_channels), np.float32)
-        view, done = memoryview(out).cast("B"), 0
-        while done < len(view):  # pread hands out at most ~2 GB at a time
-            raw = os.pread(self.file.fileno(), len(view) - done,
-                           start * self.nb_channels * 4 + done)
-            if not raw:
-                raise UmxError("the decoded audio's temporary file was cut short")
-            view[done:done + len(raw)] = raw
-            done += len(raw)
+        pread_into(self.file, out, start * self.nb_channels * 4)
         return out
 
     def close(self):
@@ -309,6 +302,17 @@ class AudioFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def pread_into(file, out, offset):
+    """Fill the array `out` with the bytes of the open `file` from `offset` on."""
+    view, done = memoryview(out).cast("B"), 0
+    while done < len(view):  # one pread hands out at most ~2 GB
+        raw = os.pread(file.fileno(), len(view) - done, offset + done)
+        if not raw:
+            raise UmxError("the temporary file %s was cut short" % file.name)
+        view[done:done + len(raw)] = raw
+        done += len(raw)
 
 
 DECODE_BLOCK_SECONDS = 10
@@ -375,8 +379,11 @@ def _soundfile_blocks(path, start, duration):
             f.seek(first)
             size = DECODE_BLOCK_SECONDS * rate
             while remaining is None or remaining > 0:
-                block = f.read(size if remaining is None else min(size, remaining),
-                               dtype="float32", always_2d=True)
+                try:
+                    block = f.read(size if remaining is None else min(size, remaining),
+                                   dtype="float32", always_2d=True)
+                except Exception as exc:  # a file whose header reads but whose data does not
+                    raise UmxError("cannot read audio from %s: %s" % (path, exc))
                 if block.shape[0] == 0:
                     return
                 if remaining is not None:

@@ -104,10 +104,11 @@ def test_separating_a_decoded_file_equals_separating_the_array(small_model, tmp_
         got, _ = separate(audio, cfg.sample_rate, cfgs, progress=False)
     for name in TARGETS:
         assert np.array_equal(got[name], expected[name])
-    with decode_audio(path) as audio:  # the source rate, not the models' 8 kHz stereo
-        audio.rate = 16000
+    mono = str(tmp_path / "mono.wav")
+    sf.write(mono, signal[:, 0], cfg.sample_rate, subtype="FLOAT")
+    with decode_audio(mono) as audio:  # not made stereo: the models cannot take it as it is
         with pytest.raises(UmxError, match="decode_audio"):
-            separate(audio, 16000, cfgs, progress=False)
+            separate(audio, cfg.sample_rate, cfgs, progress=False)
 
 
 def _blocks(nb_stems=3, rate=8000, seconds=2.0, fail_at=None):
