@@ -185,9 +185,36 @@ def training_worker(batch, seconds, steps, comm_name):
         times.append(time.perf_counter() - start)
     per_step = float(np.median(times[1:]))
     nb_procs = comm.size if comm else 1
+    result = {"processes": nb_procs, "step_s": per_step, "samples_per_s": nb_procs * batch / per_step}
+    if not comm:
+        # one more step, its NNabla functions timed by type (hooks: not in the figures above)
+        result["by_function"] = profile_training_step(graph, solver, mix, cfg, batch)
     if not comm or comm.rank == 0:
-        print(json.dumps({"processes": nb_procs, "step_s": per_step,
-                          "samples_per_s": nb_procs * batch / per_step}))
+        print(json.dumps(result))
+
+
+def profile_training_step(graph, solver, mix, cfg, batch):
+    """Seconds per NNabla function type (forward + backward) of one training step, plus
+    'STFT (numpy)', the spectrograms computed outside the graph."""
+    from train import dropout_rngs, magnitudes
+    seconds, started = {}, {}
+
+    def pre(function):
+        started["t"] = time.perf_counter()
+
+    def post(function):
+        name = function.info.type_name
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started["t"]
+
+    start = time.perf_counter()
+    graph.mixture.d = magnitudes(mix, cfg.n_fft, cfg.n_hop, False)
+    graph.target.d = magnitudes(mix * 0.5, cfg.n_fft, cfg.n_hop, False)
+    seconds["STFT (numpy)"] = time.perf_counter() - start
+    graph.model.sample_dropout(dropout_rngs(0, 0, range(batch)))
+    solver.zero_grad()
+    graph.loss.forward(clear_no_need_grad=True, function_pre_hook=pre, function_post_hook=post)
+    graph.loss.backward(clear_buffer=True, function_pre_hook=pre, function_post_hook=post)
+    return seconds
 
 
 def loading_worker(root, is_wav, workers, seq_dur, batches):
@@ -222,6 +249,15 @@ def benchmark_training(steps):
     for r in rows:
         print("| %d process%s | %.2f | %.2f |" % (r["processes"], "es" if r["processes"] > 1 else "",
                                                  r["step_s"], r["samples_per_s"]))
+    by_function = rows[0]["by_function"]
+    total = sum(by_function.values())
+    print("\n| one training step (1 process), by function | s | share |")
+    print("|---|---|---|")
+    for name, value in sorted(by_function.items(), key=lambda kv: -kv[1])[:10]:
+        print("| %s | %.2f | %.0f %% |" % (name, value, 100 * value / total))
+    gemm = by_function.get("Affine", 0.0) + by_function.get("BatchMatmul", 0.0)
+    print("matrix products (Affine + BatchMatmul): %.2f of %.2f s (%.0f %%)"
+          % (gemm, total, 100 * gemm / total))
     import stempeg
     from data import generate_dataset
     with tempfile.TemporaryDirectory() as tmp:

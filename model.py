@@ -155,7 +155,7 @@ def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout_
         # (T, D, B, H) -> (T, B, D*H)
         layer_in = F.reshape(F.transpose(out, (0, 2, 1, 3)), (nb_frames, nb_samples, dirs * hid))
         if dropout_masks and layer < nb_layers - 1:
-            layer_in = layer_in * dropout_masks[layer]
+            layer_in = F.mul_n(layer_in, dropout_masks[layer])  # Mul2 is ~3x slower
     return layer_in
 
 
