@@ -266,7 +266,8 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     `mixture_peak` is the largest STFT magnitude of the mixture (the Wiener filter's scale).
 
     padded [shape=(nb_channels, nb_timesteps + n_fft)]: utils.pad_for_stft's result, or a
-    utils.PaddedSignal; estimates [shape=(nb_frames, bins, nb_model_channels, nb_targets)] (`store.read()`).
+    utils.PaddedSignal; estimates [shape=(nb_frames, bins, nb_model_channels, nb_targets)]
+    (`store.read()`).
     network: the `InferenceNetwork` to run (default: built from the loaded parameters).
     processes > 1: forked worker processes share the work (CPU contexts only: see
     `default_processes`): each takes some of the targets, or of the windows when there are
@@ -509,9 +510,8 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
     samples [shape=(J (+1), nb_channels, n)].
 
     padded [shape=(nb_channels, nb_timesteps + n_fft)] (an array or a `utils.PaddedSignal`),
-    v [shape=(nb_frames, bins, C', J)]: an
-    array or an `EstimateStore`, raised to `v_power` as it is read (norbert's softmask takes
-    v ** alpha). mixture_peak: the mixture STFT's largest magnitude, when known (it saves a
+    v [shape=(nb_frames, bins, C', J)]: an array or an `EstimateStore`, raised to `v_power` as
+    it is read (norbert's softmask takes v ** alpha). mixture_peak: the mixture STFT's largest magnitude, when known (it saves a
     pass over the track).
     """
     nb_frames = v.shape[0]
