@@ -29,8 +29,8 @@ import nnabla as nn
 from tqdm import tqdm
 
 from model import InferenceNetwork, OpenUnmix, config_from_shapes, parameter_shapes
-from utils import (OverlapAdd, PaddedSignal, UmxError, nb_stft_frames, prepare_audio,
-                   pread_into, stft_frames, write_json_atomic)
+from utils import (OverlapAdd, PaddedSignal, TemporaryArrayFile, UmxError, nb_stft_frames,
+                   prepare_audio, stft_frames, write_json_atomic)
 
 TARGETS = ["vocals", "drums", "bass", "other"]
 # The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
@@ -209,28 +209,25 @@ def plan_windows(nb_frames, window=WINDOW_FRAMES, context=CONTEXT_FRAMES):
     return length, plan
 
 
-class EstimateStore:
+class EstimateStore(TemporaryArrayFile):
     """The magnitude estimates of all targets, kept in an unlinked temporary file.
 
     They grow with the track (2.8 MB per second of stereo audio for 4 targets), so they stay
     out of memory: worker processes write their windows with pwrite, the Wiener filter reads
     chunks of frames back with pread. Layout: float32 [shape=(nb_targets, nb_frames, nb_bins,
-    nb_channels)]. The file lies in tempfile's folder (TMPDIR) and is gone once closed.
+    nb_channels)].
     """
 
     def __init__(self, nb_frames, nb_bins, nb_channels, nb_targets, folder=None):
+        super().__init__("umx-estimates-", folder)
         self.shape = (nb_frames, nb_bins, nb_channels, nb_targets)
-        self.file = tempfile.TemporaryFile(prefix="umx-estimates-", dir=folder)
         self._frame_bytes = nb_bins * nb_channels * 4
         self.file.truncate(nb_targets * nb_frames * self._frame_bytes)
         self.mixture_peak = None  # set by estimate_spectrograms
 
     def write(self, target_index, start, block):
         """block [shape=(frames, nb_bins, nb_channels)]: the target's frames from `start` on."""
-        data = np.ascontiguousarray(block, np.float32)
-        offset = (target_index * self.shape[0] + start) * self._frame_bytes
-        if os.pwrite(self.file.fileno(), data, offset) != data.nbytes:
-            raise UmxError("could not write the estimates to %s (disk full?)" % self.file.name)
+        self.write_at(block, (target_index * self.shape[0] + start) * self._frame_bytes)
 
     def read(self, start=0, stop=None):
         """→ float32 [shape=(stop - start, nb_bins, nb_channels, nb_targets)]"""
@@ -239,18 +236,9 @@ class EstimateStore:
         out = np.empty((stop - start, nb_bins, nb_channels, nb_targets), np.float32)
         part = np.empty((stop - start, nb_bins, nb_channels), np.float32)
         for j in range(nb_targets):
-            pread_into(self.file, part, (j * nb_frames + start) * self._frame_bytes)
+            self.read_into(part, (j * nb_frames + start) * self._frame_bytes)
             out[..., j] = part
         return out
-
-    def close(self):
-        self.file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def default_processes():
@@ -511,8 +499,8 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
 
     padded [shape=(nb_channels, nb_timesteps + n_fft)] (an array or a `utils.PaddedSignal`),
     v [shape=(nb_frames, bins, C', J)]: an array or an `EstimateStore`, raised to `v_power` as
-    it is read (norbert's softmask takes v ** alpha). mixture_peak: the mixture STFT's largest magnitude, when known (it saves a
-    pass over the track).
+    it is read (norbert's softmask takes v ** alpha). mixture_peak: the mixture STFT's largest
+    magnitude, when known (it saves a pass over the track).
     """
     nb_frames = v.shape[0]
     nb_channels = padded.shape[0]
@@ -533,7 +521,7 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
     bar = tqdm(total=passes * len(starts), desc="wiener", unit="chunk", disable=not progress,
                leave=False)
     # pass: track-wide peak of the mixture and the residual model's gains
-    max_abs, gain, res_eps = 1.0, None, np.finfo(np.float32).eps
+    gain, res_eps = None, np.finfo(np.float32).eps
     peak = mixture_peak
     if residual or (niter and peak is None):
         find_peak, peak, num, den = peak is None, peak or 0.0, 0.0, 0.0
@@ -557,10 +545,9 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
             vj = np.concatenate([vj * gain[..., None], vr[..., None]], axis=-1)
         return vj
 
-    if niter:
-        max_abs = max(1.0, peak / 10.0)
-    # with EM steps, norbert works on x / max_abs and y / max_abs, and scales the result back
-    scale = 1.0 / max_abs if niter else 1.0
+    # with EM steps, norbert works on x / max_abs and y / max_abs (max_abs = max(1, peak / 10)),
+    # and scales the result back
+    scale = 1.0 / max(1.0, peak / 10.0) if niter else 1.0
 
     def estimates(a, covariances):
         """the chunk's source estimates, times `scale`"""

@@ -204,8 +204,7 @@ def prepare_audio(audio, rate, model_rate):
         audio = audio[:, None]
     audio = to_stereo(audio)
     if rate != model_rate:
-        import resampy
-        audio = resampy.resample(audio, rate, model_rate, axis=0).astype(np.float32)
+        audio = StreamResampler(rate, model_rate).push(audio, final=True)
     return audio
 
 
@@ -260,39 +259,29 @@ class StreamResampler:
         return out.astype(np.float32, copy=False)
 
 
-class AudioFile:
-    """Decoded audio kept in an unlinked temporary file, so that no track is too long for the
-    memory: float32 [shape=(nb_timesteps, nb_channels)] at `rate`, appended block by block and
-    read back by range with pread (forked processes read it too). `peak`: the largest |sample|.
-    The file lies in tempfile's folder (TMPDIR) and is gone once closed.
-    """
+class TemporaryArrayFile:
+    """An unlinked temporary file that arrays are written to (pwrite) and read back from
+    (pread) by byte offset; forked processes share it. It lies in tempfile's folder (TMPDIR,
+    or `folder`) and is gone once closed."""
 
-    def __init__(self, nb_channels, rate, folder=None):
-        self.nb_channels, self.rate = int(nb_channels), int(rate)
-        self.nb_timesteps, self.peak = 0, 0.0
-        self.file = tempfile.TemporaryFile(prefix="umx-audio-", dir=folder)
+    def __init__(self, prefix, folder=None):
+        self.folder = folder or tempfile.gettempdir()
+        self.file = tempfile.TemporaryFile(prefix=prefix, dir=folder)
 
-    @property
-    def shape(self):
-        return (self.nb_timesteps, self.nb_channels)
+    def write_at(self, array, offset):
+        data = np.ascontiguousarray(array, np.float32)
+        if os.pwrite(self.file.fileno(), data, offset) != data.nbytes:
+            raise UmxError("could not write to a temporary file in %s (disk full?)" % self.folder)
 
-    def append(self, block):
-        """block [shape=(n, nb_channels)]"""
-        data = np.ascontiguousarray(block, np.float32)
-        if data.size:
-            self.peak = max(self.peak, float(np.abs(data).max()))
-            offset = self.nb_timesteps * self.nb_channels * 4
-            if os.pwrite(self.file.fileno(), data, offset) != data.nbytes:
-                raise UmxError("could not write the decoded audio to %s (disk full?)"
-                               % tempfile.gettempdir())
-            self.nb_timesteps += data.shape[0]
-
-    def read(self, start=0, stop=None):
-        """→ float32 [shape=(stop - start, nb_channels)]"""
-        stop = self.nb_timesteps if stop is None else min(stop, self.nb_timesteps)
-        out = np.empty((max(0, stop - start), self.nb_channels), np.float32)
-        pread_into(self.file, out, start * self.nb_channels * 4)
-        return out
+    def read_into(self, out, offset):
+        """Fill the array `out` with the file's bytes from `offset` on."""
+        view, done = memoryview(out).cast("B"), 0
+        while done < len(view):  # one pread hands out at most ~2 GB
+            raw = os.pread(self.file.fileno(), len(view) - done, offset + done)
+            if not raw:
+                raise UmxError("a temporary file was cut short")
+            view[done:done + len(raw)] = raw
+            done += len(raw)
 
     def close(self):
         self.file.close()
@@ -304,15 +293,34 @@ class AudioFile:
         self.close()
 
 
-def pread_into(file, out, offset):
-    """Fill the array `out` with the bytes of the open `file` from `offset` on."""
-    view, done = memoryview(out).cast("B"), 0
-    while done < len(view):  # one pread hands out at most ~2 GB
-        raw = os.pread(file.fileno(), len(view) - done, offset + done)
-        if not raw:
-            raise UmxError("the temporary file %s was cut short" % file.name)
-        view[done:done + len(raw)] = raw
-        done += len(raw)
+class AudioFile(TemporaryArrayFile):
+    """Decoded audio kept in an unlinked temporary file, so that no track is too long for the
+    memory: float32 [shape=(nb_timesteps, nb_channels)] at `rate`, appended block by block and
+    read back by range. `peak`: the largest |sample|.
+    """
+
+    def __init__(self, nb_channels, rate, folder=None):
+        super().__init__("umx-audio-", folder)
+        self.nb_channels, self.rate = int(nb_channels), int(rate)
+        self.nb_timesteps, self.peak = 0, 0.0
+
+    @property
+    def shape(self):
+        return (self.nb_timesteps, self.nb_channels)
+
+    def append(self, block):
+        """block [shape=(n, nb_channels)]"""
+        if block.size:
+            self.peak = max(self.peak, float(np.abs(block).max()))
+            self.write_at(block, self.nb_timesteps * self.nb_channels * 4)
+            self.nb_timesteps += block.shape[0]
+
+    def read(self, start=0, stop=None):
+        """→ float32 [shape=(stop - start, nb_channels)]"""
+        stop = self.nb_timesteps if stop is None else min(stop, self.nb_timesteps)
+        out = np.empty((max(0, stop - start), self.nb_channels), np.float32)
+        self.read_into(out, start * self.nb_channels * 4)
+        return out
 
 
 DECODE_BLOCK_SECONDS = 10
@@ -329,16 +337,14 @@ def decode_audio(path, start=0.0, duration=None, rate=None, stereo=False):
         raise UmxError("input file not found: %s" % path)
     source = _soundfile_blocks(path, start, duration) or _ffmpeg_blocks(path, start, duration)
     source_rate, nb_channels, blocks = source
-    if stereo and nb_channels > 2:
-        warnings.warn("input has %d channels: using the first two" % nb_channels)
     resampler = StreamResampler(source_rate, rate) if rate and rate != source_rate else None
     audio = AudioFile(2 if stereo else nb_channels, rate or source_rate)
     try:
-        for block, last in _with_last(blocks):
+        for k, (block, last) in enumerate(_with_last(blocks)):
             if not np.all(np.isfinite(block)):
                 raise UmxError("audio in %s holds NaN or infinite samples" % path)
             if stereo:
-                block = to_stereo(block, warn=False)
+                block = to_stereo(block, warn=k == 0)
             audio.append(resampler.push(block, final=last) if resampler else block)
         if audio.nb_timesteps == 0:
             raise UmxError("no audio in %s (empty file, or --start beyond its end)" % path)
