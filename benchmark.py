@@ -55,9 +55,11 @@ def write_song(path, seconds):
 
 def nnabla_worker(seconds, model_dir, wav):
     """test.py's way: the WAV decoded into a temporary file, stems streamed to WAV files."""
-    from model import InferenceNetwork
-    from separator import TARGETS, load_models, separate_stream
-    from utils import decode_audio, set_context, write_stream
+    from inference import InferenceNetwork
+    from separator import TARGETS, separate_stream
+    from weights import load_models
+    from audio import decode_audio, write_stream
+    from context import set_context
     set_context("cpu", verbose=False)
     start = time.perf_counter()
     cfgs = load_models(model_dir, TARGETS)
@@ -162,7 +164,7 @@ def training_worker(batch, seconds, steps, comm_name):
     import nnabla.solvers as S
     from model import UmxConfig
     from train import build_training_graph, dropout_rngs, train_step
-    from utils import set_context
+    from context import set_context
     comm = None
     if comm_name == "mpi":
         from comm import get_communicator
@@ -310,7 +312,7 @@ def main(argv=None):
         model_dir = args.model
         if model_dir is None:
             from model import UmxConfig
-            from separator import write_random_weights
+            from weights import write_random_weights
             model_dir = os.path.join(tmp, "umxhq-random")
             write_random_weights(model_dir, UmxConfig())
         rows = []

@@ -14,7 +14,8 @@ import os
 import numpy as np
 import nnabla as nn
 
-from utils import UmxError, gpu_available
+from context import gpu_available
+from runtime import UmxError
 
 MPI_HINT = ("apt-get install -y openmpi-bin libopenmpi-dev && pip install mpi4py==4.1.2")
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from utils import UmxError
+from runtime import UmxError
 
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -259,8 +259,8 @@ def find_checkpoints(folder):
 def convert_folder(src, out, targets=None):
     """Convert every (or the named) target of `src` into `out`, all or nothing."""
     import nnabla as nn
-    from separator import save_target
-    from utils import staged_folder, write_json_atomic
+    from weights import save_target
+    from files import staged_folder, write_json_atomic
     checkpoints = find_checkpoints(src)
     targets = targets or list(checkpoints)
     missing = [t for t in targets if t not in checkpoints]

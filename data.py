@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from utils import UmxError
+from runtime import UmxError
 
 SOURCES = ["vocals", "drums", "bass", "other"]
 AUGMENTATIONS = ["gain", "channelswap"]
@@ -284,7 +284,7 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
     44.1 kHz stereo, mixture = sum of the stems). Existing complete tracks are kept."""
     import soundfile as sf
     from tqdm import tqdm
-    from utils import write_audio_atomic
+    from audio import write_audio_atomic
     rng = np.random.RandomState(seed)
     jobs = [("train", "Synth %02d" % i) for i in range(nb_train)] + \
            [("test", "Synth Test %02d" % i) for i in range(nb_test)]

@@ -16,7 +16,10 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from args import get_eval_args
-from utils import UmxError, atomic_path, check_out_dir, exit_on_error, set_context, write_stream
+from audio import write_stream
+from context import set_context
+from files import atomic_path, check_out_dir
+from runtime import UmxError, exit_on_error
 
 METRICS = ["SDR", "SIR", "SAR", "ISR"]
 # The published scores (median over frames, median over tracks) the seed's README lists.
@@ -182,8 +185,8 @@ def evaluate(args, progress=True):
                           log=lambda line: print(line, file=sys.stderr))
     cfgs = network = None
     if args.estimates is None:
-        from model import InferenceNetwork
-        from separator import load_models
+        from inference import InferenceNetwork
+        from weights import load_models
         set_context(args.context)
         cfgs = load_models(args.model, args.targets)
         network = InferenceNetwork.from_parameter_scopes(cfgs)  # once for all tracks

@@ -7,13 +7,16 @@ import os
 import warnings
 
 from args import get_inference_args
-from utils import (UmxError, check_out_dir, decode_audio, exit_on_error, set_context,
-                   write_stream)
+from audio import decode_audio, write_stream
+from context import set_context
+from files import check_out_dir
+from runtime import UmxError, exit_on_error
 
 
 def run(args):
-    from model import InferenceNetwork
-    from separator import WINDOW_FRAMES, load_models, separate_stream
+    from inference import InferenceNetwork
+    from separator import WINDOW_FRAMES, separate_stream
+    from weights import load_models
     inputs = args.inputs
     for path in inputs:
         if not os.path.isfile(path):

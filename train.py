@@ -20,11 +20,14 @@ from tqdm import tqdm
 
 from args import get_train_args
 from data import TrainingSet, epoch_batches, load_tracks, validation_pairs
+from context import set_context
+from files import atomic_path, write_json_atomic
+from inference import InferenceNetwork
 from model import OpenUnmix, UmxConfig, bandwidth_to_max_bin
-from model import InferenceNetwork
-from separator import estimate_spectrograms, save_target
-from utils import (UmxError, atomic_path, model_layout, nb_stft_frames, pad_for_stft,
-                   set_context, stft, write_json_atomic)
+from runtime import UmxError
+from separator import estimate_spectrograms
+from spectral import model_layout, nb_stft_frames, pad_for_stft, stft
+from weights import save_target
 
 TrainGraph = namedtuple("TrainGraph", "mixture target loss model scope")
 

@@ -28,7 +28,7 @@ def main():
     from data import TrainingSet, epoch_batches, load_tracks
     from model import UmxConfig
     from train import build_training_graph, dropout_rngs, train_step
-    from utils import set_context
+    from context import set_context
 
     comm = get_communicator("cpu")
     rank, size = (comm.rank, comm.size) if comm else (0, 1)

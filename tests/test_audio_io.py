@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 
 from conftest import music_like
-from utils import (AudioFile, PaddedSignal, StreamResampler, UmxError, decode_audio, pad_for_stft,
-                   prepare_audio, write_stream)
+from audio import AudioFile, StreamResampler, decode_audio, prepare_audio, write_stream
+from runtime import UmxError
+from spectral import PaddedSignal, pad_for_stft
 
 
 def resample_in_blocks(signal, rate_in, rate_out, sizes):
@@ -93,7 +94,8 @@ def test_padded_signal_equals_pad_for_stft(from_file, tmp_path):
 
 
 def test_separating_a_decoded_file_equals_separating_the_array(small_model, tmp_path):
-    from separator import TARGETS, load_models, separate
+    from separator import TARGETS, separate
+    from weights import load_models
     folder, cfg = small_model
     cfgs = load_models(folder, TARGETS)
     signal = music_like(4.0, cfg.sample_rate)

@@ -8,8 +8,9 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, run_script, SMALL, import_script, make_random_weights, music_like
-from separator import TARGETS, load_models
-from utils import UmxError
+from separator import TARGETS
+from weights import load_models
+from runtime import UmxError
 
 
 def run_cli(*argv):

@@ -15,8 +15,10 @@ import pytest
 
 from conftest import ROOT, import_script
 from model import OpenUnmix
-from separator import load_models, separate
-from utils import UmxError, stft
+from separator import separate
+from weights import load_models
+from runtime import UmxError
+from spectral import stft
 
 convert = import_script("convert")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")

@@ -9,7 +9,7 @@ import soundfile as sf
 import data
 from data import (SOURCES, TrainingSet, augment, epoch_batches, generate_dataset, load_tracks,
                   validation_pairs)
-from utils import UmxError
+from runtime import UmxError
 
 
 @pytest.fixture(scope="session")

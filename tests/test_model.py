@@ -3,9 +3,10 @@ import nnabla as nn
 import nnabla.functions as F
 import pytest
 
-from model import (InferenceNetwork, OpenUnmix, UmxConfig, bandwidth_to_max_bin, config_from_shapes,
+from inference import InferenceNetwork
+from model import (OpenUnmix, UmxConfig, bandwidth_to_max_bin, config_from_shapes,
                    parameter_shapes, unrolled_lstm)
-from utils import stft
+from spectral import stft
 
 
 def V(a, need_grad=False):

@@ -5,9 +5,10 @@ import norbert
 import pytest
 
 from conftest import make_random_weights, music_like
-from separator import (TARGETS, WIENER_EPS, EstimateStore, estimate_spectrograms, load_models,
-                       plan_windows, separate, wiener_separate)
-from utils import istft, nb_stft_frames, pad_for_stft, stft
+from separator import TARGETS, EstimateStore, estimate_spectrograms, plan_windows, separate
+from weights import load_models
+from wiener import WIENER_EPS, wiener_separate
+from spectral import istft, nb_stft_frames, pad_for_stft, stft
 
 
 def estimates(*args, **kw):
@@ -180,7 +181,7 @@ def test_estimate_store_round_trip(tmp_path):
 def test_streamed_stems_equal_separate(small_model, tmp_path):
     import soundfile as sf
     from separator import separate_stream
-    from utils import write_stream
+    from audio import write_stream
     folder, cfg = small_model
     cfgs = load_models(folder, TARGETS)
     audio = music_like(6.0, cfg.sample_rate)

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, run_script, import_script
 from data import TrainingSet, epoch_batches, generate_dataset, load_tracks
 from model import UmxConfig
-from utils import stft
+from spectral import stft
 
 train_module = import_script("train")
 
@@ -80,7 +80,7 @@ def test_training_writes_loadable_outputs(root, tmp_path):
     assert all(np.isfinite(h["train_loss"]) and h["lr"] > 0 for h in summary["history"])
     assert os.listdir(os.path.join(out, "bass_monitor"))
     # the weights load in test.py's loader with the official layout
-    from separator import load_models
+    from weights import load_models
     cfgs = load_models(out, ["bass"])
     assert cfgs["bass"] == UmxConfig(hidden_size=16, max_bin=186, nb_output_bins=257, n_fft=512,
                                      n_hop=128)

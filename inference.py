@@ -1,0 +1,283 @@
+"""UMX inference, run piecewise for speed: the same parameters and NNabla functions as the
+training graph (`model.OpenUnmix(test=True)`), with the batch norms folded into the dense
+layers and the LSTM recurrences of all targets stepping together."""
+import numpy as np
+import nnabla as nn
+import nnabla.functions as F
+
+BN_EPS = 1e-5
+# gate order of the inference LSTM: the three sigmoid gates, then the tanh gate
+_GATES_FOR_INFERENCE = [0, 1, 3, 2]  # NNabla's (i, f, g, o) -> (i, f, o, g)
+
+
+def fold_for_inference(params, cfg):
+    """One target's parameters rewritten for inference: {name: float32 ndarray}.
+
+    params: {name: ndarray} in the layout of `parameter_shapes(cfg)`. In inference the batch
+    norms are fixed affine maps, so the input standardization, each batch norm and the output
+    scaling fold into their dense layer's weights and a bias (computed in float64):
+
+        fc1_W, fc1_b  (nb_channels * max_bin, hidden), (hidden,)
+        fc2_W, fc2_b  (2 * hidden, hidden), (hidden,)
+        fc3_W, fc3_b  (hidden, nb_channels * nb_output_bins), (...)
+        lstm{l}_W_in (I, D * 4H), lstm{l}_b (D * 4H,), lstm{l}_W_rec (D, 4H, H)  per layer l
+    with the LSTM gates reordered to (i, f, o, g) and g's rows doubled (see below).
+    """
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    dirs, hid = cfg.nb_directions, cfg.lstm_hidden_size
+
+    def bn(layer):
+        scale = p[layer + "/bn/gamma"].ravel() / np.sqrt(p[layer + "/bn/var"].ravel() + BN_EPS)
+        return scale, p[layer + "/bn/beta"].ravel() - p[layer + "/bn/mean"].ravel() * scale
+
+    folded = {}
+    in_scale = np.tile(p["input_scale"], cfg.nb_channels)
+    in_shift = np.tile(p["input_mean"], cfg.nb_channels) * in_scale
+    scale, shift = bn("fc1")
+    w = p["fc1/affine/W"]
+    folded["fc1_W"] = in_scale[:, None] * w * scale
+    folded["fc1_b"] = (in_shift @ w) * scale + shift
+    scale, shift = bn("fc2")
+    folded["fc2_W"], folded["fc2_b"] = p["fc2/affine/W"] * scale, shift
+    scale, shift = bn("fc3")
+    out_scale = np.tile(p["output_scale"], cfg.nb_channels)
+    out_mean = np.tile(p["output_mean"], cfg.nb_channels)
+    folded["fc3_W"] = p["fc3/affine/W"] * (scale * out_scale)
+    folded["fc3_b"] = shift * out_scale + out_mean
+    for layer in range(cfg.nb_layers):
+        w = p["lstm/lstm/weight_l0"] if layer == 0 else p["lstm/lstm/weight"][layer - 1]
+        w = w[:, _GATES_FOR_INFERENCE]  # (D, 4, H, I + H)
+        nb_in = w.shape[-1] - hid
+        b = p["lstm/lstm/bias"][layer][:, _GATES_FOR_INFERENCE]  # (D, 4, H)
+        # tanh(g) = 2 sigmoid(2 g) - 1: the g gate's rows doubled (exact), all four gates take
+        # one sigmoid (NNabla's CPU tanh costs 2.5 sigmoids)
+        w[:, 3] *= 2
+        b[:, 3] *= 2
+        # [x | h] weights -> input part (I, D * 4H) and recurrent part (D, 4H, H)
+        folded["lstm%d_W_in" % layer] = w[..., :nb_in].reshape(dirs * 4 * hid, nb_in).T
+        folded["lstm%d_b" % layer] = b.reshape(-1)
+        folded["lstm%d_W_rec" % layer] = w[..., nb_in:].reshape(dirs, 4 * hid, hid)
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in folded.items()}
+
+
+def _twice_minus_one(x):
+    """2 x - 1: with x = sigmoid(2 y), tanh(y)"""
+    return F.add_scalar(F.mul_scalar(x, 2.0), -1.0)
+
+
+class InferenceNetwork:
+    """UMX inference for several targets at once, with NNabla functions, in pieces.
+
+    Equal (to float rounding) to `OpenUnmix(cfg)(x, test=True)` with the same parameters, but
+    organized for speed and bounded memory on any length:
+    - every per-frame layer (fc1, the LSTMs' input projections, fc2, fc3) runs as one large
+      matrix product over blocks of `block_rows` frames, with the batch norms folded into it
+      (`fold_for_inference`);
+    - the LSTM recurrences of all targets (of one architecture) and both directions step
+      together, as one batched product per step, in a graph of `chunk_steps` steps that
+      carries its state from call to call.
+    Graphs have fixed shapes (partial blocks and chunks are padded), so they are built once
+    per block size and batch size, not per length.
+
+    models: {target: (UmxConfig, {name: ndarray})}.
+    """
+
+    def __init__(self, models, chunk_steps=32, block_rows=1000):
+        self.cfgs = {t: cfg for t, (cfg, _) in models.items()}
+        self.weights = {}
+        ctx = nn.get_current_context()
+        for target, (cfg, params) in models.items():
+            self.weights[target] = {}
+            for name, value in fold_for_inference(params, cfg).items():
+                var = self.weights[target][name] = nn.Variable.from_numpy_array(value)
+                # move it to the array class the functions read (a cast drops the numpy-side
+                # copy; reading it there would keep both)
+                var.data.cast(np.float32, ctx)
+        self.chunk_steps = chunk_steps
+        self.block_rows = block_rows
+        self.graphs = {}
+
+    @classmethod
+    def from_parameter_scopes(cls, cfgs, **kw):
+        """Build from the parameters in nn.parameter_scope(target) for each target of cfgs."""
+        models = {}
+        for target, cfg in cfgs.items():
+            with nn.parameter_scope(target):
+                params = {k: v.d for k, v in nn.get_parameters(grad_only=False).items()}
+            models[target] = (cfg, params)
+        return cls(models, **kw)
+
+    def _per_frame(self, layer, weights, inputs, nb_out, write=None):
+        """Apply a per-frame layer to row arrays, in blocks of equal size (at most block_rows).
+
+        layer(variables, weights) builds the layer's graph on input Variables [shape=(size,
+        ...)] and weight Variables; weights: the target's weight Variables, bound to the graph
+        before it runs (graphs are shared by targets of one shape, so that their buffers exist
+        once); inputs: arrays [shape=(rows, ...)] → float32 [shape=(rows, nb_out)], or, with
+        write, None after write(first_row, block [shape=(n, nb_out)]) for each block.
+        """
+        rows = inputs[0].shape[0]
+        size = -(-rows // -(-rows // self.block_rows))
+        key = (layer.__name__, size) + tuple(a.shape[1:] for a in inputs) + \
+            tuple(w.shape for w in weights)
+        if key not in self.graphs:
+            # one graph per layer kind: a new block size or shape replaces the old one
+            for old in [k for k in self.graphs if k[0] == key[0]]:
+                del self.graphs[old]
+            variables = [nn.Variable((size,) + a.shape[1:]) for a in inputs]
+            params = [nn.Variable(w.shape) for w in weights]
+            self.graphs[key] = (variables, params, layer(variables, params))
+        variables, params, output = self.graphs[key]
+        for param, weight in zip(params, weights):
+            param.data = weight.data  # no copy
+        out = np.empty((rows, nb_out), np.float32) if write is None else None
+        for start in range(0, rows, size):
+            stop = min(start + size, rows)
+            for var, array in zip(variables, inputs):
+                if stop - start < size:  # the last block, padded with zeros
+                    var.data.zero()
+                var.d[:stop - start] = array[start:stop]
+            output.forward(clear_buffer=True)
+            if write is None:
+                out[start:stop] = output.d[:stop - start]
+            else:
+                write(start, output.d[:stop - start])
+        return out
+
+    @staticmethod
+    def _fc1_layer(variables, params):
+        """mixture (size, C, max_bin) -> tanh(bn(fc1(standardized x))) (size, hidden)"""
+        (x,), (w, b) = variables, params
+        return F.tanh(F.affine(x, w, b))
+
+    @staticmethod
+    def _projection_layer(variables, params):
+        """(size, I) -> an LSTM layer's input projections (size, D * 4H)"""
+        (x,), (w, b) = variables, params
+        return F.affine(x, w, b)
+
+    @staticmethod
+    def _output_layer(variables, params):
+        """fc1 output, LSTM output (size, hidden), mixture (size, C, bins) -> the estimate
+        relu(bn(fc3(relu(bn(fc2([skip | lstm])))))) * mix [shape=(size, C * bins)]"""
+        (skip, lstm, mix), (w2, b2, w3, b3) = variables, params
+        x = F.relu(F.affine(F.concatenate(skip, lstm, axis=1), w2, b2))
+        x = F.relu(F.affine(x, w3, b3))
+        return F.mul_n(x, F.reshape(mix, x.shape))
+
+    def _recurrent_graph(self, nb_groups, nb_samples, hid):
+        """`chunk_steps` LSTM steps of nb_groups independent recurrences (targets x directions).
+
+        gates_in [shape=(K, G, B, 4H)] (input projections, gates (i, f, o, g)), h0, c0
+        [shape=(G, B, H)], w_rec [shape=(G, 4H, H)] -> hs [shape=(K, G, B, H)], hK, cK.
+        """
+        key = ("rec", nb_groups, nb_samples, hid)
+        if key in self.graphs:
+            return self.graphs[key]
+        steps = self.chunk_steps
+        gates_in = nn.Variable((steps, nb_groups, nb_samples, 4 * hid))
+        h0 = nn.Variable((nb_groups, nb_samples, hid))
+        c0 = nn.Variable((nb_groups, nb_samples, hid))
+        w_rec = nn.Variable((nb_groups, 4 * hid, hid))
+        h, c = h0, c0
+        outputs = []
+        for x in (F.split(gates_in, axis=0) if steps > 1
+                  else [F.reshape(gates_in, gates_in.shape[1:])]):
+            gates = F.sigmoid(x + F.batch_matmul(h, w_rec, transpose_b=True))
+            i, f, o, g = F.split(F.reshape(gates, (nb_groups, nb_samples, 4, hid)), axis=2)
+            c = F.mul_n(f, c) + F.mul_n(i, _twice_minus_one(g))
+            h = F.mul_n(o, _twice_minus_one(F.sigmoid(F.mul_scalar(c, 2.0))))
+            outputs.append(h)
+        hs = F.stack(*outputs, axis=0)
+        for v in (hs, h, c):
+            v.persistent = True  # read after the forward pass
+        self.graphs[key] = (gates_in, h0, c0, w_rec, hs, h, c, F.sink(hs, h, c))
+        return self.graphs[key]
+
+    def _recurrence(self, gates, w_rec):
+        """LSTM recurrences from zero states: gates [shape=(T, G, B, 4H)] (each group in its
+        own time order), w_rec [shape=(G, 4H, H)] → hs [shape=(T, G, B, H)]."""
+        nb_frames, nb_groups, nb_samples, _ = gates.shape
+        hid = w_rec.shape[-1]
+        steps = self.chunk_steps
+        gates_in, h0, c0, w_var, hs, h_last, c_last, sink = \
+            self._recurrent_graph(nb_groups, nb_samples, hid)
+        w_var.d = w_rec
+        h0.data.zero()
+        c0.data.zero()
+        out = np.empty((nb_frames, nb_groups, nb_samples, hid), np.float32)
+        for start in range(0, nb_frames, steps):
+            stop = min(start + steps, nb_frames)
+            if stop - start == steps:
+                gates_in.d = gates[start:stop]
+            else:  # the last chunk: the steps past the end run on zeros and are dropped
+                gates_in.data.zero()
+                gates_in.d[:stop - start] = gates[start:stop]
+            sink.forward(clear_buffer=True)
+            out[start:stop] = hs.d[:stop - start]
+            h0.d, c0.d = h_last.d, c_last.d
+        return out
+
+    def run(self, spec, targets=None, write=None):
+        """Estimates for a batch of sequences.
+
+        spec: mixture magnitude [shape=(nb_samples, nb_frames, 2, nb_bins)] (sample-major, so
+        that each sequence's frames are contiguous rows)
+        → {target: float32 [shape=(nb_samples, nb_frames, nb_channels, nb_bins)]}, or, with
+        write, None after write(target, first_row, block [shape=(n, nb_channels, nb_bins)])
+        for consecutive blocks of rows (row = sample * nb_frames + frame): the estimates then
+        never exist whole.
+        """
+        targets = list(targets or self.cfgs)
+        nb_samples, nb_frames, _, nb_bins = spec.shape
+        rows = nb_samples * nb_frames
+        mixes = {2: np.ascontiguousarray(spec, np.float32).reshape(rows, 2, nb_bins)}
+        results = {}
+        # targets whose LSTMs have one shape step together
+        groups = {}
+        for target in targets:
+            cfg = self.cfgs[target]
+            key = (cfg.lstm_hidden_size, cfg.nb_directions, cfg.nb_layers)
+            groups.setdefault(key, []).append(target)
+            if cfg.nb_channels == 1 and 1 not in mixes:  # mono models read the downmix
+                mixes[1] = mixes[2].mean(axis=1, keepdims=True)
+        for (hid, dirs, nb_layers), members in groups.items():
+            skip, layer_out = {}, {}
+            for target in members:
+                cfg, w = self.cfgs[target], self.weights[target]
+                skip[target] = layer_out[target] = self._per_frame(
+                    self._fc1_layer, [w["fc1_W"], w["fc1_b"]],
+                    [mixes[cfg.nb_channels][:, :, :cfg.max_bin]], cfg.hidden_size)
+            for layer in range(nb_layers):
+                # (B * T, D * 4H) per target -> (T, targets * D, B, 4H), backward ones reversed
+                gates = np.empty((nb_frames, len(members) * dirs, nb_samples, 4 * hid), np.float32)
+                w_rec = np.empty((len(members) * dirs, 4 * hid, hid), np.float32)
+                for k, target in enumerate(members):
+                    w = self.weights[target]
+                    proj = self._per_frame(self._projection_layer,
+                                           [w["lstm%d_W_in" % layer], w["lstm%d_b" % layer]],
+                                           [layer_out[target]], dirs * 4 * hid)
+                    proj = proj.reshape(nb_samples, nb_frames, dirs, 4 * hid).transpose(1, 2, 0, 3)
+                    gates[:, k * dirs] = proj[:, 0]
+                    if dirs == 2:
+                        gates[:, k * dirs + 1] = proj[::-1, 1]
+                    w_rec[k * dirs:(k + 1) * dirs] = w["lstm%d_W_rec" % layer].d
+                hs = self._recurrence(gates, w_rec)  # (T, targets * D, B, H)
+                del gates
+                for k, target in enumerate(members):
+                    out = np.empty((nb_samples, nb_frames, dirs, hid), np.float32)
+                    out[:, :, 0] = hs[:, k * dirs].transpose(1, 0, 2)
+                    if dirs == 2:
+                        out[:, :, 1] = hs[::-1, k * dirs + 1].transpose(1, 0, 2)
+                    layer_out[target] = out.reshape(rows, dirs * hid)
+            for target in members:
+                cfg, w = self.cfgs[target], self.weights[target]
+                shape = (cfg.nb_channels, nb_bins)
+                est = self._per_frame(
+                    self._output_layer, [w["fc2_W"], w["fc2_b"], w["fc3_W"], w["fc3_b"]],
+                    [skip.pop(target), layer_out.pop(target), mixes[cfg.nb_channels]],
+                    cfg.nb_channels * nb_bins,
+                    write and (lambda row, block, t=target: write(t, row, block.reshape((-1,) + shape))))
+                if write is None:
+                    results[target] = est.reshape((nb_samples, nb_frames) + shape)
+        return None if write else results

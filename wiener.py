@@ -1,0 +1,252 @@
+"""The multichannel Wiener filter (norbert's EM), streamed over chunks of frames.
+
+Its only track-wide quantities (the mixture's peak, the residual model's gains and the sources'
+spatial covariance matrices) are sums over frames, accumulated in one pass and used in the
+next, so `wiener_blocks` equals norbert's whole-track EM and no chunk border exists; the ISTFT
+is an in-order overlap-add that hands out finished samples chunk by chunk.
+"""
+import numpy as np
+from tqdm import tqdm
+
+from runtime import timed
+from spectral import OverlapAdd, stft_frames
+
+# The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
+# the machine epsilon of the STFT's dtype).
+WIENER_EPS = 1e-10
+WIENER_CHUNK_FRAMES = 256
+
+
+def _initial_estimates(v, x, softmask, eps, scale=1.0):
+    """norbert's start, times `scale`: softmask(v, x) or v with the mixture's phase.
+
+    v [shape=(f, bins, {1, nb_channels}, nb_sources)], x [shape=(f, bins, nb_channels)]
+    → complex64 [shape=(f, bins, nb_channels, nb_sources)] (compiled: numpy's complex
+    temporaries made this a slow, memory-bound step)
+    """
+    out = np.empty(x.shape + (v.shape[-1],), np.complex64)
+    # x may be a transposed view: the kernel reads it in place
+    _kernels()["initial"](np.ascontiguousarray(v, np.float32), x.astype(np.complex64, copy=False),
+                          bool(softmask), np.float32(eps), np.float32(scale), out)
+    return out
+
+
+def _covariance_sums(y):
+    """This chunk's part of norbert's spatial covariance: (Σ_t y yᴴ [shape=(bins, C, C, J)],
+    Σ_t mean_c |y_c|² [shape=(bins, J)]) for y [shape=(f, bins, C, J)], summed in float64."""
+    _, nb_bins, nb_channels, nb_sources = y.shape
+    num = np.zeros((nb_bins, nb_channels, nb_channels, nb_sources), np.complex128)
+    weight = np.zeros((nb_bins, nb_sources), np.float64)
+    _kernels()["covariance"](np.ascontiguousarray(y, np.complex64), num, weight)
+    return num, weight
+
+
+def _wiener_step(y, x, R, eps):
+    """One EM filtering step (norbert's), given spatial covariances R [shape=(bins, C, C, J)].
+
+    y [shape=(f, bins, C, J)], x [shape=(f, bins, C)] → new y. Mono and stereo run in a
+    compiled kernel, one time-frequency bin at a time (numpy's temporaries made this stage
+    memory-bound); other channel counts in numpy.
+    """
+    nb_channels = x.shape[-1]
+    if nb_channels <= 2:
+        out = np.empty(y.shape, np.complex64)
+        _kernels()["step"](np.ascontiguousarray(y, np.complex64), x.astype(np.complex64, copy=False),
+                           np.ascontiguousarray(R, np.complex64), np.float32(eps), out)
+        return out
+    v = np.mean(np.abs(y) ** 2, axis=2)  # (f, bins, J)
+    cxx = np.einsum("fbj,bcdj->fbcd", v.astype(np.complex64), R)
+    cxx += np.sqrt(eps) * np.eye(nb_channels, dtype=np.complex64)
+    rx = np.einsum("fbde,fbe->fbd", np.linalg.pinv(cxx, eps), x)  # Cxx^-1 x
+    return np.einsum("fbj,bcdj,fbd->fbcj", v.astype(np.complex64), R, rx)  # v_j R_j Cxx^-1 x
+
+
+_KERNELS = {}
+
+
+def _kernels():
+    """Compile (once, cached on disk) the Wiener filter's per-bin loops."""
+    if _KERNELS:
+        return _KERNELS
+    import numba
+
+    @numba.njit(parallel=True, cache=True)
+    def initial(v, x, softmask, eps, scale, out):
+        nb_frames, nb_bins, nb_channels, nb_sources = out.shape
+        mono_models = v.shape[2] == 1
+        for t in numba.prange(nb_frames):
+            for b in range(nb_bins):
+                for c in range(nb_channels):
+                    cv = 0 if mono_models else c
+                    xc = x[t, b, c]
+                    if softmask:
+                        total = eps
+                        for j in range(nb_sources):
+                            total += v[t, b, cv, j]
+                        factor = xc * (scale / total)
+                    else:
+                        magnitude = abs(xc)
+                        factor = (xc / magnitude if magnitude > 0 else np.complex64(1)) * scale
+                    for j in range(nb_sources):
+                        out[t, b, c, j] = v[t, b, cv, j] * factor
+
+    @numba.njit(parallel=True, cache=True)
+    def covariance(y, num, weight):
+        nb_frames, nb_bins, nb_channels, nb_sources = y.shape
+        for b in numba.prange(nb_bins):
+            for t in range(nb_frames):
+                for j in range(nb_sources):
+                    power = 0.0
+                    for c in range(nb_channels):
+                        yc = np.complex128(y[t, b, c, j])
+                        power += yc.real * yc.real + yc.imag * yc.imag
+                        for d in range(nb_channels):
+                            num[b, c, d, j] += yc * np.conj(np.complex128(y[t, b, d, j]))
+                    weight[b, j] += power / nb_channels
+
+    @numba.njit(parallel=True, cache=True, fastmath=False)
+    def step(y, x, R, eps, out):
+        nb_frames, nb_bins, nb_channels, nb_sources = y.shape
+        reg = np.float32(np.sqrt(eps))
+        for t in numba.prange(nb_frames):
+            v = np.empty(nb_sources, np.float32)
+            for b in range(nb_bins):
+                for j in range(nb_sources):
+                    acc = np.float32(0.0)
+                    for c in range(nb_channels):
+                        z = y[t, b, c, j]
+                        acc += z.real * z.real + z.imag * z.imag
+                    v[j] = acc / nb_channels
+                # mixture covariance and Cxx^-1 x
+                c00 = np.complex64(reg)
+                for j in range(nb_sources):
+                    c00 += v[j] * R[b, 0, 0, j]
+                if nb_channels == 1:
+                    r0 = x[t, b, 0] / (c00 + eps)
+                    r1 = np.complex64(0)
+                else:
+                    c01 = np.complex64(0)
+                    c10 = np.complex64(0)
+                    c11 = np.complex64(reg)
+                    for j in range(nb_sources):
+                        c01 += v[j] * R[b, 0, 1, j]
+                        c10 += v[j] * R[b, 1, 0, j]
+                        c11 += v[j] * R[b, 1, 1, j]
+                    det = c00 * c11 - c01 * c10
+                    x0 = x[t, b, 0] / det
+                    x1 = x[t, b, 1] / det
+                    r0 = c11 * x0 - c01 * x1
+                    r1 = c00 * x1 - c10 * x0
+                for j in range(nb_sources):
+                    if nb_channels == 1:
+                        out[t, b, 0, j] = v[j] * R[b, 0, 0, j] * r0
+                    else:
+                        out[t, b, 0, j] = v[j] * (R[b, 0, 0, j] * r0 + R[b, 0, 1, j] * r1)
+                        out[t, b, 1, j] = v[j] * (R[b, 1, 0, j] * r0 + R[b, 1, 1, j] * r1)
+
+    _KERNELS.update(initial=initial, covariance=covariance, step=step)
+    return _KERNELS
+
+
+def wiener_separate(*args, **kw):
+    """`wiener_blocks`' waveforms in one array [shape=(J (+1), nb_channels, nb_timesteps)]."""
+    return np.concatenate(list(wiener_blocks(*args, **kw)), axis=-1)
+
+
+def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
+                  alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
+                  progress=True, timings=None, v_power=1.0, mixture_peak=None):
+    """Source waveforms from magnitude estimates, equal to norbert's whole-track
+
+        norbert.wiener(norbert.residual_model(v, x, alpha) if residual else v, x, niter,
+                       use_softmask=softmask, eps=eps)
+
+    followed by an ISTFT, computed in chunks of frames and yielded as consecutive blocks of
+    samples [shape=(J (+1), nb_channels, n)].
+
+    padded [shape=(nb_channels, nb_timesteps + n_fft)] (an array or a `spectral.PaddedSignal`),
+    v [shape=(nb_frames, bins, C', J)]: an array or an `EstimateStore`, raised to `v_power` as
+    it is read (norbert's softmask takes v ** alpha). mixture_peak: the mixture STFT's largest
+    magnitude, when known (it saves a pass over the track).
+    """
+    nb_frames = v.shape[0]
+    nb_channels = padded.shape[0]
+
+    def models_of(a):
+        # (f, bins, C', J) for the chunk at frame a, from an array or an EstimateStore
+        vj = v.read(a, a + chunk) if hasattr(v, "read") else v[a:a + chunk]
+        return vj ** v_power if v_power != 1.0 else vj
+
+    starts = list(range(0, nb_frames, chunk))
+
+    def mixture(a):
+        # (C, f, bins) -> (f, bins, C)
+        with timed(timings, "stft"):
+            return stft_frames(padded, a, min(a + chunk, nb_frames), n_fft, n_hop).transpose(1, 2, 0)
+
+    passes = (1 if (residual or (niter and mixture_peak is None)) else 0) + niter + 1
+    bar = tqdm(total=passes * len(starts), desc="wiener", unit="chunk", disable=not progress,
+               leave=False)
+    # pass: track-wide peak of the mixture and the residual model's gains
+    gain, res_eps = None, np.finfo(np.float32).eps
+    peak = mixture_peak
+    if residual or (niter and peak is None):
+        find_peak, peak, num, den = peak is None, peak or 0.0, 0.0, 0.0
+        for a in starts:
+            x = mixture(a)
+            if find_peak:
+                peak = max(peak, float(np.abs(x).max()))
+            if residual:
+                vx = np.maximum(res_eps, np.abs(x) ** alpha)
+                total = models_of(a).sum(axis=-1)
+                num = num + np.sum(vx * total, axis=0)
+                den = den + np.sum(total ** 2, axis=0)
+            bar.update()
+        if residual:
+            gain = (num / (res_eps + den)).astype(np.float32)
+
+    def source_models(a, x):
+        vj = models_of(a)
+        if residual:
+            vr = np.maximum(0, np.maximum(res_eps, np.abs(x) ** alpha) - vj.sum(axis=-1))
+            vj = np.concatenate([vj * gain[..., None], vr[..., None]], axis=-1)
+        return vj
+
+    # with EM steps, norbert works on x / max_abs and y / max_abs (max_abs = max(1, peak / 10)),
+    # and scales the result back
+    scale = 1.0 / max(1.0, peak / 10.0) if niter else 1.0
+
+    def estimates(a, covariances):
+        """the chunk's source estimates, times `scale`"""
+        x = mixture(a)
+        with timed(timings, "wiener"):
+            y = _initial_estimates(source_models(a, x), x, softmask, eps, scale)
+            if covariances:
+                x = x * np.float32(scale)
+                for R in covariances:
+                    y = _wiener_step(y, x, R, eps)
+        return y
+
+    covariances = []
+    for _ in range(niter):
+        num, weight = 0.0, eps
+        for a in starts:
+            y = estimates(a, covariances)
+            with timed(timings, "wiener"):
+                n, w = _covariance_sums(y)
+            num, weight = num + n, weight + w
+            bar.update()
+        covariances.append((num / weight[:, None, None, :]).astype(np.complex64))
+
+    nb_sources = v.shape[-1] + (1 if residual else 0)
+    ola = OverlapAdd((nb_sources, nb_channels), nb_timesteps, n_fft, n_hop)
+    for a in starts:
+        # (f, bins, C, J) -> (J, C, f, bins)
+        y = estimates(a, covariances)
+        with timed(timings, "istft"):
+            block = ola.add(y.transpose(3, 2, 0, 1), a)
+            if scale != 1.0:
+                block *= np.float32(1.0 / scale)
+        bar.update()
+        yield block
+    bar.close()
