@@ -1,34 +1,25 @@
 # make demo  — train a small UMX on a generated MUSDB-format dataset, separate, score (offline)
 # make test  — the test suite
 # make bench — speed and memory of separation on this machine
+# Each first runs scripts/setup.sh: missing system packages (ffmpeg, Open MPI; apt-get when
+# root, else the exact command), the Python 3.10 venv with the pinned packages, mpi4py.
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv test demo bench check-ffmpeg clean
+.PHONY: setup venv test demo bench gpu-check clean
 
-venv: $(STAMP)
+setup:
+	@scripts/setup.sh
 
-$(STAMP): requirements.txt requirements-mpi.txt
-	@py=$$(scripts/find-python310.sh) || exit 1; \
-	if [ ! -x $(PY) ]; then echo "creating $(VENV) with $$py"; "$$py" -m venv $(VENV) || exit 1; fi
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	@# mpi4py builds against the system's MPI: only where Open MPI (mpicc) is installed
-	@if command -v mpicc >/dev/null 2>&1; then \
-	  $(PY) -m pip install -q --disable-pip-version-check -r requirements-mpi.txt || exit 1; \
-	else echo "note: no MPI found: multi-process training and its tests need 'apt-get install -y openmpi-bin libopenmpi-dev'"; fi
-	@rm -f $(VENV)/.installed-*; touch $@
+venv: setup
 
-check-ffmpeg:
-	@command -v ffmpeg >/dev/null 2>&1 || { echo "ffmpeg is missing: run 'apt-get update && apt-get install -y ffmpeg' (needed for STEMS and compressed audio)"; exit 1; }
-
-test: venv check-ffmpeg
+test: setup
 	$(PY) -m pytest -q tests
 
-demo: venv check-ffmpeg
+demo: setup
 	$(PY) demo.py
 
-bench: venv check-ffmpeg
+bench: setup
 	$(PY) benchmark.py --seconds 60 180 600 --plot bench.png \
 		$(if $(OPENUNMIX_PYTHON),--vs-openunmix $(OPENUNMIX_PYTHON))
 
