@@ -1,23 +1,116 @@
-"""Command-line parsers of train.py, test.py and eval.py (every flag registered before parsing)."""
+"""Command-line parsers of the CLIs (every flag registered before one strict parse).
+
+Every value is checked where it is parsed: a bad one gives one line naming the flag and what
+it takes (`error: argument --start: must be >= 0, got -1`) and exit code 2, before any work.
+"""
 import argparse
+import logging
+import os
+
+# the CLIs parse here before importing NNabla: its import-time INFO line ("Initializing CPU
+# extension") would otherwise precede every one-line error
+logging.getLogger("nnabla").setLevel(logging.WARNING)
 
 TARGET_NAMES = ["vocals", "drums", "bass", "other"]
 
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'error: ...' and exit 2 (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, "error: %s (see %s --help)\n" % (message, self.prog))
+
+
+# --------------------------------------------------------------------------------------
+# value types: each raises ArgumentTypeError, which argparse reports with the flag's name
+# --------------------------------------------------------------------------------------
+
+def _number(kind, low=None, high=None, low_open=False):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("expected %s, got %r"
+                                             % ("an integer" if kind is int else "a number", text))
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError("expected a finite number, got %r" % text)
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError("must be %s %s, got %s"
+                                             % (">" if low_open else ">=", low, text))
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError("must be <= %s, got %s" % (high, text))
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 0, low_open=True)
+nonnegative_int = _number(int, 0)
+positive_float = _number(float, 0.0, low_open=True)
+nonnegative_float = _number(float, 0.0)
+any_float = _number(float)
+fraction = _number(float, 0.0, 1.0, low_open=True)
+seed_int = _number(int, 0, 2 ** 32 - 1)
+sample_rate = _number(int, 1000, 384000)
+
+
+def existing_file(text):
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError("%s is a folder, not a file" % text)
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError("%s not found" % text)
+    return text
+
+
+def existing_dir(text):
+    if os.path.isfile(text):
+        raise argparse.ArgumentTypeError("%s is a file, not a folder" % text)
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError("%s not found" % text)
+    return text
+
+
+def existing_path(text):
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError("%s not found" % text)
+    return text
+
+
+def folder_to_write(text):
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError("%s is a file, not a folder" % text)
+    return text
+
+
+def _refuse_repeats(parser, args, *names, same=lambda value: value):
+    """A value given twice to a list flag is an error (same: what makes two values one)."""
+    for name in names:
+        values = getattr(args, name) or []
+        keys = [same(v) for v in values]
+        repeated = [v for v, key in zip(values, keys) if keys.count(key) > 1]
+        if repeated:
+            parser.error("argument --%s: %r is given more than once"
+                         % (name.replace("_", "-"), repeated[0]))
+
+
+# --------------------------------------------------------------------------------------
+# the CLIs
+# --------------------------------------------------------------------------------------
 
 def add_separation_args(parser, model_required=True):
     """Flags shared by test.py and eval.py: which model, which targets, the Wiener filter."""
     parser.add_argument("--umx-infer", action="store_true",
                         help="run UMX inference (kept for the seed's command line)")
-    parser.add_argument("--model", required=model_required,
+    parser.add_argument("--model", required=model_required, type=existing_path,
                         help="folder (or official .zip) with one <target>.h5 per target")
     parser.add_argument("--targets", nargs="+", default=TARGET_NAMES,
                         help="targets to separate (default: %(default)s)")
-    parser.add_argument("--niter", type=int, default=1,
+    parser.add_argument("--niter", type=nonnegative_int, default=1,
                         help="Wiener filter EM iterations; 0 keeps the network's masks")
     parser.add_argument("--softmask", action="store_true",
                         help="start the Wiener filter from a soft mask of the mixture instead "
                              "of the estimated magnitudes with the mixture's phase")
-    parser.add_argument("--alpha", type=float, default=1.0,
+    parser.add_argument("--alpha", type=positive_float, default=1.0,
                         help="exponent of the magnitude estimates when --softmask")
     parser.add_argument("--residual-model", action="store_true",
                         help="add a 'residual' source for what the targets leave")
@@ -27,102 +120,125 @@ def add_separation_args(parser, model_required=True):
 
 
 def get_inference_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Separate songs into stems with Open-Unmix (NNabla)")
-    parser.add_argument("--inputs", nargs="+", required=True, help="audio files to separate")
-    parser.add_argument("--out-dir", required=True, help="where the stems are written")
+    parser = Parser(prog="test.py", description="Separate songs into stems with Open-Unmix (NNabla)")
+    parser.add_argument("--inputs", nargs="+", required=True, type=existing_file,
+                        help="audio files to separate")
+    parser.add_argument("--out-dir", required=True, type=folder_to_write,
+                        help="where the stems are written")
     add_separation_args(parser)
-    parser.add_argument("--start", type=float, default=0.0, help="start of the excerpt (s)")
-    parser.add_argument("--duration", type=float, default=None,
+    parser.add_argument("--start", type=nonnegative_float, default=0.0,
+                        help="start of the excerpt (s)")
+    parser.add_argument("--duration", type=positive_float, default=None,
                         help="length of the excerpt (s); default: to the end")
-    parser.add_argument("--sample-rate", type=int, default=None,
+    parser.add_argument("--sample-rate", type=sample_rate, default=None,
                         help="rate of the written stems (default: the model's, 44100)")
-    parser.add_argument("--chunk-dur", type=float, default=None,
+    parser.add_argument("--chunk-dur", type=positive_float, default=None,
                         help="seconds of audio per network window (default: about 24 s); "
                              "windows overlap by 1.5 s of LSTM context on each side, so the "
                              "result stays within 40 dB of one-piece processing")
     parser.add_argument("--pcm16", action="store_true",
                         help="write 16-bit PCM WAV instead of 32-bit float")
     args = parser.parse_args(argv)
-    if args.niter < 0:
-        parser.error("--niter must be >= 0")
-    if args.chunk_dur is not None and args.chunk_dur <= 0:
-        parser.error("--chunk-dur must be > 0")
+    _refuse_repeats(parser, args, "targets")
+    _refuse_repeats(parser, args, "inputs", same=os.path.realpath)
     return args
 
 
 def get_train_args(argv=None):
     """The seed's training flags, with the seed's defaults."""
-    parser = argparse.ArgumentParser(description="Train an Open-Unmix target model (NNabla)")
+    parser = Parser(prog="train.py", description="Train an Open-Unmix target model (NNabla)")
     parser.add_argument("--umx-train", action="store_true",
                         help="train UMX (kept for the seed's command line)")
-    parser.add_argument("--root", default=None,
+    parser.add_argument("--root", default=None, type=existing_dir,
                         help="MUSDB18 root; omitted: musdb's 7-second previews (downloaded)")
     parser.add_argument("--is-wav", action="store_true",
                         help="the dataset is decoded WAV (musdb's WAV layout), not STEMS .mp4")
     parser.add_argument("--source", default="vocals",
                         help="target source to train (%s)" % ", ".join(TARGET_NAMES))
-    parser.add_argument("--output", default="open-unmix",
+    parser.add_argument("--output", default="open-unmix", type=folder_to_write,
                         help="folder for <source>.h5, <source>.json, logs and checkpoints")
-    parser.add_argument("--checkpoint", default=None,
+    parser.add_argument("--checkpoint", default=None, type=existing_dir,
                         help="checkpoint folder to resume from (default: the one in --output)")
-    parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--patience", type=int, default=140,
+    parser.add_argument("--epochs", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--patience", type=positive_int, default=140,
                         help="epochs without validation improvement before stopping")
-    parser.add_argument("--seq-dur", type=float, default=6.0,
+    parser.add_argument("--seq-dur", type=any_float, default=6.0,
                         help="seconds per training chunk; <= 0: whole tracks")
     parser.add_argument("--unidirectional", action="store_true",
                         help="one LSTM direction of the full hidden size (causal model)")
-    parser.add_argument("--hidden-size", type=int, default=512)
-    parser.add_argument("--nfft", type=int, default=4096)
-    parser.add_argument("--nhop", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=0.001)
-    parser.add_argument("--lr-decay-patience", type=int, default=80)
-    parser.add_argument("--lr-decay-gamma", type=float, default=0.3)
-    parser.add_argument("--weight-decay", type=float, default=0.00001)
-    parser.add_argument("--bandwidth", type=float, default=16000,
+    parser.add_argument("--hidden-size", type=positive_int, default=512)
+    parser.add_argument("--nfft", type=positive_int, default=4096)
+    parser.add_argument("--nhop", type=positive_int, default=1024)
+    parser.add_argument("--lr", type=positive_float, default=0.001)
+    parser.add_argument("--lr-decay-patience", type=nonnegative_int, default=80)
+    parser.add_argument("--lr-decay-gamma", type=fraction, default=0.3)
+    parser.add_argument("--weight-decay", type=nonnegative_float, default=0.00001)
+    parser.add_argument("--bandwidth", type=positive_float, default=16000,
                         help="highest frequency (Hz) the network sees")
     parser.add_argument("--nb-channels", type=int, default=2, choices=[1, 2])
-    parser.add_argument("--nb-workers", type=int, default=0,
+    parser.add_argument("--nb-workers", type=nonnegative_int, default=0,
                         help="threads loading training samples (0: the main thread)")
     parser.add_argument("--context", default="cudnn", choices=["cpu", "cuda", "cudnn"],
                         help="NNabla context (falls back to cpu without a GPU)")
-    parser.add_argument("--device-id", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--samples-per-track", type=int, default=64)
+    parser.add_argument("--device-id", type=nonnegative_int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=42)
+    parser.add_argument("--samples-per-track", type=positive_int, default=64)
     parser.add_argument("--source-augmentations", nargs="*", default=["gain", "channelswap"],
                         choices=["gain", "channelswap"])
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "hidden_size", "nfft", "nhop", "samples_per_track"):
-        if getattr(args, name) <= 0:
-            parser.error("--%s must be > 0" % name.replace("_", "-"))
-    if args.nb_workers < 0:
-        parser.error("--nb-workers must be >= 0")
+    _refuse_repeats(parser, args, "source_augmentations")
+    if args.nfft < 16 or args.nfft % 2:
+        parser.error("argument --nfft: must be an even number >= 16, got %d" % args.nfft)
     if args.nhop > args.nfft:
-        parser.error("--nhop must not exceed --nfft")
+        parser.error("argument --nhop: must not exceed --nfft (%d), got %d" % (args.nfft, args.nhop))
     if not args.unidirectional and args.hidden_size % 2:
-        parser.error("--hidden-size must be even for the bidirectional LSTM")
+        parser.error("argument --hidden-size: must be even for the bidirectional LSTM, got %d"
+                     % args.hidden_size)
     return args
 
 
 def get_eval_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Separate MUSDB18 tracks and score them with museval (BSSEval v4)")
-    parser.add_argument("--root", default=None, help="MUSDB18 root folder")
+    parser = Parser(prog="eval.py",
+                    description="Separate MUSDB18 tracks and score them with museval (BSSEval v4)")
+    parser.add_argument("--root", default=None, type=existing_dir, help="MUSDB18 root folder")
     parser.add_argument("--is-wav", action="store_true", help="the dataset is decoded WAV")
     parser.add_argument("--subset", default="test", choices=["train", "test"])
     parser.add_argument("--tracks", nargs="+", default=None, help="only these track names")
-    parser.add_argument("--out-dir", required=True,
+    parser.add_argument("--out-dir", required=True, type=folder_to_write,
                         help="estimates (<subset>/<track>/<target>.wav), museval JSON, tables, plot")
-    parser.add_argument("--estimates", default=None,
+    parser.add_argument("--estimates", default=None, type=existing_dir,
                         help="score estimates already on disk (<dir>/<subset>/<track>/<target>.wav) "
                              "instead of separating with --model")
-    parser.add_argument("--cores", type=int, default=1, help="processes scoring tracks")
+    parser.add_argument("--cores", type=positive_int, default=1, help="processes scoring tracks")
     add_separation_args(parser, model_required=False)
     args = parser.parse_args(argv)
-    if args.cores < 1:
-        parser.error("--cores must be >= 1")
+    _refuse_repeats(parser, args, "targets", "tracks")
     if args.model is None and args.estimates is None:
         parser.error("one of --model or --estimates is required")
+    if args.model is not None and args.estimates is not None:
+        parser.error("--model and --estimates exclude each other: separate, or score what is there")
     return args
+
+
+def get_convert_args(argv=None):
+    parser = Parser(prog="convert.py", description="Convert open-unmix-pytorch weights to NNabla")
+    parser.add_argument("--from-pytorch", required=True, metavar="DIR", type=existing_dir,
+                        help="folder of <target>[-<hash>].pth files (and <target>.json)")
+    parser.add_argument("--out", required=True, type=folder_to_write,
+                        help="folder for <target>.h5 and <target>.json")
+    parser.add_argument("--targets", nargs="+", default=None, help="default: every .pth found")
+    args = parser.parse_args(argv)
+    _refuse_repeats(parser, args, "targets")
+    return args
+
+
+def get_data_args(argv=None):
+    parser = Parser(prog="data.py", description="Generate a small MUSDB-format dataset")
+    parser.add_argument("--generate", required=True, metavar="ROOT", type=folder_to_write)
+    parser.add_argument("--nb-train", type=positive_int, default=8)
+    parser.add_argument("--nb-test", type=nonnegative_int, default=2)
+    parser.add_argument("--duration", type=_number(float, 0.5, 3600.0), default=12.0,
+                        help="seconds per track (0.5 to 3600)")
+    parser.add_argument("--seed", type=seed_int, default=0)
+    return parser.parse_args(argv)

@@ -13,8 +13,8 @@ import warnings
 
 import numpy as np
 
-from files import TemporaryArrayFile, atomic_path, staged_folder
-from runtime import UmxError
+from files import TemporaryArrayFile, atomic_path, staged_folder, writing_into
+from runtime import UmxError, die_with_parent
 
 
 def to_stereo(audio, warn=True):
@@ -226,7 +226,8 @@ def _ffmpeg_blocks(path, start, duration):
 
     def blocks():
         with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
+                                    preexec_fn=die_with_parent)
             try:
                 size = DECODE_BLOCK_SECONDS * rate * nb_channels * 4
                 while True:
@@ -255,27 +256,53 @@ def write_audio_atomic(path, audio, rate, subtype="FLOAT"):
         sf.write(tmp, audio, rate, subtype=subtype, format="WAV")
 
 
-def write_stream(names, rate, blocks, folder, pcm16=False, out_rate=None):
+def write_stream(names, rate, blocks, folder, pcm16=False, out_rate=None, staging_root=None,
+                 length=None):
     """Write blocks [shape=(len(names), nb_channels, n)] to folder/<name>.wav as they come
-    (memory stays bounded), resampled to `out_rate` when given; all or nothing."""
+    (memory stays bounded), resampled to `out_rate` when given; all or nothing (a staging
+    folder in `staging_root`, default `folder`, published when every block is written).
+
+    length: the stems' exact length in samples at the written rate. Only for resampled stems
+    (`out_rate`), whose two resamplings (to the model's rate and back) may round the length
+    by a sample or two: those samples are trimmed, or zeros added. Any larger difference is an
+    error, never padded.
+    """
     import soundfile as sf
     resampler = StreamResampler(rate, out_rate) if out_rate and out_rate != rate else None
-    files = []
-    with staged_folder(folder) as staging:
+    if length is not None and resampler is None:
+        raise ValueError("write_stream: length is only for resampled stems")
+    files, written = [], 0
+    with staged_folder(folder, staging_root) as staging:
         try:
             for block, last in _with_last(blocks):
                 nb_stems, nb_channels = block.shape[:2]
                 if not files:
-                    files = [sf.SoundFile(os.path.join(staging, name + ".wav"), "w",
-                                          out_rate or rate, nb_channels,
-                                          "PCM_16" if pcm16 else "FLOAT", format="WAV")
-                             for name in names]
+                    with writing_into(staging):
+                        files = [sf.SoundFile(os.path.join(staging, name + ".wav"), "w",
+                                              out_rate or rate, nb_channels,
+                                              "PCM_16" if pcm16 else "FLOAT", format="WAV")
+                                 for name in names]
                 if resampler:
                     # (J, C, n) -> (n, J * C): all stems through one resampler
                     flat = resampler.push(block.reshape(nb_stems * nb_channels, -1).T, final=last)
                     block = flat.T.reshape(nb_stems, nb_channels, -1)
-                for f, part in zip(files, block):
-                    f.write(part.T)
+                if length is not None:
+                    block = block[..., :length - written]
+                    if last and written + block.shape[-1] < length:
+                        missing = length - written - block.shape[-1]
+                        if missing > RESAMPLING_ROUNDING:
+                            raise UmxError("resampled stems are %d samples short of %d"
+                                           % (missing, length))
+                        block = np.pad(block, ((0, 0), (0, 0), (0, missing)))
+                with writing_into(staging):
+                    for f, part in zip(files, block):
+                        f.write(part.T)
+                written += block.shape[-1]
         finally:
-            for f in files:
-                f.close()
+            with writing_into(staging):
+                for f in files:
+                    f.close()
+
+
+# samples by which resampling to another rate and back may change a length
+RESAMPLING_ROUNDING = 2

@@ -10,18 +10,16 @@ or `<target>.pth` with the `<target>.json` that open-unmix-pytorch's training wr
 `.pth` files are read here with `pickle` and `zipfile` alone: both PyTorch serializations (the
 zip archive of PyTorch >= 1.6 and the legacy format of the 2019 umx/umxhq checkpoints).
 """
-import argparse
-import json
 import os
 import pickle
 import struct
-import sys
 import zipfile
 from collections import OrderedDict
 
 import numpy as np
 
-from runtime import UmxError
+from args import get_convert_args
+from runtime import UmxError, run_cli
 
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -260,21 +258,22 @@ def convert_folder(src, out, targets=None):
     """Convert every (or the named) target of `src` into `out`, all or nothing."""
     import nnabla as nn
     from weights import save_target
-    from files import staged_folder, write_json_atomic
+    from files import output_folder, read_json, refuse_overlaps, staged_folder, write_json_atomic
     checkpoints = find_checkpoints(src)
     targets = targets or list(checkpoints)
     missing = [t for t in targets if t not in checkpoints]
     if missing:
         raise UmxError("no checkpoint for target '%s' in %s" % (missing[0], src))
+    refuse_overlaps([(path, "the checkpoint file") for t in targets
+                     for path in checkpoints[t] if path],
+                    [(os.path.join(out, t + ext), "--out") for t in targets
+                     for ext in (".h5", ".json")])
     converted = {}
     for target in targets:
         pth, meta_path = checkpoints[target]
-        meta = None
-        if meta_path:
-            with open(meta_path) as f:
-                meta = json.load(f)
+        meta = read_json(meta_path, "open-unmix model description") if meta_path else None
         converted[target] = convert_state(read_pth(pth), pth, meta)
-    with staged_folder(out) as staging:
+    with output_folder(out, "--out"), staged_folder(out) as staging:
         for target, (params, cfg) in converted.items():
             with nn.parameter_scope("_convert"):
                 nn.clear_parameters()
@@ -289,23 +288,17 @@ def convert_folder(src, out, targets=None):
     return {t: c for t, (_, c) in converted.items()}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Convert open-unmix-pytorch weights to NNabla")
-    parser.add_argument("--from-pytorch", required=True, metavar="DIR",
-                        help="folder of <target>[-<hash>].pth files (and <target>.json)")
-    parser.add_argument("--out", required=True, help="folder for <target>.h5 and <target>.json")
-    parser.add_argument("--targets", nargs="+", default=None, help="default: every .pth found")
-    args = parser.parse_args(argv)
-    try:
-        cfgs = convert_folder(args.from_pytorch, args.out, args.targets)
-    except UmxError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        sys.exit(1)
+def run(args):
+    cfgs = convert_folder(args.from_pytorch, args.out, args.targets)
     for target, cfg in cfgs.items():
         print("%s: hidden %d, %d channels, max_bin %d, %s -> %s"
               % (target, cfg.hidden_size, cfg.nb_channels, cfg.max_bin,
                  "unidirectional" if cfg.unidirectional else "bidirectional",
                  os.path.join(args.out, target + ".h5")))
+
+
+def main(argv=None):
+    run_cli(run, get_convert_args(argv))
 
 
 if __name__ == "__main__":

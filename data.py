@@ -10,7 +10,6 @@ on the order or the worker that loads them. Validation uses whole tracks, unaugm
 
 `python data.py --generate ROOT` writes a small MUSDB-format WAV dataset of synthetic music.
 """
-import argparse
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,36 +26,141 @@ RATE = 44100
 # tracks
 # --------------------------------------------------------------------------------------
 
-class Track:
-    """One track's files: reads chunks of any source without shared mutable state (thread-safe)."""
+# STEMS excerpts: the AAC decoder may deliver a few samples more or fewer than asked at an
+# excerpt's end; those are trimmed or zero-extended (any larger shortfall is an error)
+STEMS_READ_TOLERANCE = 64
 
-    def __init__(self, mus_track, is_wav):
-        self.name = mus_track.name
-        self.is_wav = is_wav
-        self.path = mus_track.path
-        self.rate = int(mus_track.rate)
-        self.duration = float(mus_track.duration)
-        self.sources = {name: (src.path, src.stem_id) for name, src in mus_track.sources.items()}
+
+class Source:
+    """One stream of audio in a dataset file (a WAV/FLAC/OGG file, or stream `stem_id` of a
+    STEMS .mp4), probed once: rate, channels, frames. Reads are thread-safe."""
+
+    def __init__(self, path, stem_id=None):
+        self.path, self.stem_id = path, stem_id
+        try:
+            if stem_id is None:
+                import soundfile as sf
+                info = sf.info(path)
+                self.rate, self.channels, self.frames = info.samplerate, info.channels, info.frames
+            else:
+                import stempeg
+                info = stempeg.Info(path)
+                self.rate, self.channels = int(info.rate(stem_id)), int(info.channels(stem_id))
+                self.frames = int(info.samples(stem_id))
+        except Exception as exc:
+            raise UmxError("cannot read %s: %s" % (self.describe(), _reason(exc)))
+
+    def describe(self):
+        return self.path if self.stem_id is None else "%s (stream %d)" % (self.path, self.stem_id)
+
+    def read(self, start=0, frames=None):
+        """frames start..start+frames-1 (all by default) → float32 [shape=(n, 2)]: mono is
+        duplicated (stereo models), as `check_sources` documents."""
+        frames = self.frames - start if frames is None else frames
+        if start < 0 or start + frames > self.frames:
+            raise UmxError("%s: frames %d..%d asked of %d" % (self.describe(), start,
+                                                             start + frames, self.frames))
+        try:
+            if self.stem_id is None:
+                import soundfile as sf
+                audio, _ = sf.read(self.path, start=start, frames=frames, dtype="float32",
+                                   always_2d=True)
+            else:
+                import stempeg
+                audio, _ = stempeg.read_stems(self.path, start=start / self.rate or None,
+                                              duration=frames / self.rate, stem_id=self.stem_id,
+                                              dtype=np.float32)
+        except Exception as exc:
+            raise UmxError("cannot read %s: %s" % (self.describe(), _reason(exc)))
+        if audio.shape[0] != frames:
+            if self.stem_id is None or frames - audio.shape[0] > STEMS_READ_TOLERANCE:
+                raise UmxError("%s gave %d samples where %d were asked"
+                               % (self.describe(), audio.shape[0], frames))
+            audio = audio[:frames] if audio.shape[0] > frames else \
+                np.pad(audio, ((0, frames - audio.shape[0]), (0, 0)))
+        if audio.shape[1] == 1:
+            audio = np.repeat(audio, 2, axis=1)
+        return np.ascontiguousarray(audio, np.float32)
+
+    def fingerprint(self):
+        """What identifies this file's content for the check cache: path, size, mtime."""
+        stat = os.stat(self.path)
+        return "%s|%s|%d|%d" % (os.path.realpath(self.path), self.stem_id, stat.st_size,
+                                stat.st_mtime_ns)
+
+
+def _reason(exc):
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+class Track:
+    """One track: named sources (and the mixture, when the dataset has one) of one length."""
+
+    def __init__(self, name, sources, mixture=None):
+        self.name, self.sources, self.mixture = name, dict(sources), mixture
+        first = mixture or next(iter(self.sources.values()))
+        self.rate, self.frames = first.rate, first.frames
+        self.duration = self.frames / float(self.rate)
+
+    def files(self):
+        return ([self.mixture] if self.mixture else []) + list(self.sources.values())
 
     def read(self, source, start=0.0, duration=None):
-        """source 'mixture' or a stem → float32 [shape=(nb_timesteps, 2)]"""
-        if source == "mixture":
-            path, stem_id = self.path, 0
-        else:
-            path, stem_id = self.sources[source]
-        if self.is_wav:
-            import soundfile as sf
-            first = int(round(start * self.rate))
-            frames = -1 if duration is None else int(round(duration * self.rate))
-            audio, _ = sf.read(path, start=first, frames=frames, dtype="float32", always_2d=True)
-        else:
-            import stempeg
-            audio, _ = stempeg.read_stems(path, start=start or None, duration=duration,
-                                          stem_id=stem_id, dtype=np.float32)
-        if duration is not None:  # decoders may give a sample more or less
-            n = int(round(duration * self.rate))
-            audio = audio[:n] if audio.shape[0] >= n else np.pad(audio, ((0, n - audio.shape[0]), (0, 0)))
-        return np.asarray(audio, np.float32)
+        """source 'mixture' or a source name → float32 [shape=(nb_timesteps, 2)]"""
+        item = self.mixture if source == "mixture" else self.sources[source]
+        first = int(round(start * self.rate))
+        frames = None if duration is None else int(round(duration * self.rate))
+        return item.read(first, frames)
+
+
+def check_sources(tracks, cache_path=None, progress=True, log=print):
+    """Check the dataset before training; one UmxError naming the file otherwise.
+
+    - every file has 1 or 2 channels (mono is duplicated for stereo models: logged);
+    - every file has the dataset's one rate (that of the first file): no silent resampling;
+    - the files of a track have one length (that of its mixture);
+    - every file decodes to its end and holds finite samples. This reads all of the data
+      once; files already checked (same path, size and time, in `cache_path`) are skipped.
+    """
+    import json
+    from tqdm import tqdm
+    reference = tracks[0].files()[0]
+    mono = []
+    for track in tracks:
+        for item in track.files():
+            if item.channels not in (1, 2):
+                raise UmxError("%s has %d channels: only mono and stereo files can be used"
+                               % (item.describe(), item.channels))
+            if item.rate != reference.rate:
+                raise UmxError("%s is at %d Hz, but %s at %d Hz: all files of a dataset need "
+                               "one rate (resample the dataset first)"
+                               % (item.describe(), item.rate, reference.describe(), reference.rate))
+            if item.frames != track.frames:
+                first = track.files()[0]
+                raise UmxError("%s has %d samples, but %s %d: the files of a track need one "
+                               "length" % (item.describe(), item.frames, first.describe(),
+                                           track.frames))
+            if item.channels == 1:
+                mono.append(item.describe())
+    if mono:
+        log("%d mono files are used as stereo (both channels alike), e.g. %s" % (len(mono), mono[0]))
+    checked = {}
+    if cache_path and os.path.isfile(cache_path):
+        try:
+            with open(cache_path) as f:
+                checked = dict(json.load(f))
+        except (OSError, ValueError, TypeError):
+            checked = {}
+    todo = [item for track in tracks for item in track.files() if item.fingerprint() not in checked]
+    for item in tqdm(todo, desc="checking the data", disable=not progress or not todo, leave=False):
+        audio = item.read()
+        if not np.all(np.isfinite(audio)):
+            raise UmxError("%s holds NaN or infinite samples" % item.describe())
+        checked[item.fingerprint()] = True
+    if cache_path and todo:
+        from files import write_json_atomic
+        write_json_atomic(cache_path, checked)
 
 
 def check_root(root, subset):
@@ -67,15 +171,49 @@ def check_root(root, subset):
         raise UmxError("%s has no '%s' folder: not a MUSDB18 root" % (root, subset))
 
 
+def musdb_setup():
+    """musdb's description of MUSDB18 (file names, STEMS stream ids, validation tracks)."""
+    import musdb
+    import yaml
+    with open(os.path.join(os.path.dirname(musdb.__file__), "configs", "mus.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def list_musdb(root, subset, is_wav):
+    """The tracks of root/subset in musdb's layout (WAV folders, or STEMS files), each file
+    probed: a missing or unreadable one is named."""
+    setup = musdb_setup()
+    folder = os.path.join(root, subset)
+    tracks = []
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if is_wav and os.path.isdir(path):
+            files = {s: os.path.join(path, setup["sources"][s]) for s in SOURCES}
+            missing = [s for s in SOURCES if not os.path.isfile(files[s])]
+            if missing:
+                raise UmxError("track '%s' is missing the '%s' stem (%s)"
+                               % (entry, missing[0], files[missing[0]]))
+            mixture = os.path.join(path, setup["mixture"])
+            if not os.path.isfile(mixture):
+                raise UmxError("track '%s' has no %s" % (entry, mixture))
+            tracks.append(Track(entry, {s: Source(files[s]) for s in SOURCES}, Source(mixture)))
+        elif not is_wav and entry.endswith(".stem.mp4") and os.path.isfile(path):
+            ids = setup["stem_ids"]
+            tracks.append(Track(entry[:-len(".stem.mp4")],
+                                {s: Source(path, ids[s]) for s in SOURCES},
+                                Source(path, ids["mixture"])))
+    return tracks
+
+
 def load_tracks(root=None, is_wav=False, subset="train", split=None, log=print):
-    """Tracks of a MUSDB18 folder (musdb's layout), checked to hold every source.
+    """Tracks of a MUSDB18 folder (musdb's layout), every file probed.
 
     subset 'train' with split 'train'/'valid' applies musdb's fixed 14-track validation split;
     a dataset without any of those names holds out every 5th track (at least one) instead.
     root None → musdb's 7-second previews (downloaded once).
     """
-    import musdb
     if root is None:
+        import musdb
         try:
             db = musdb.DB(download=True, subsets=subset)
         except Exception as exc:
@@ -83,22 +221,13 @@ def load_tracks(root=None, is_wav=False, subset="train", split=None, log=print):
                            "local MUSDB18 folder" % type(exc).__name__)
         root = db.root
     check_root(root, subset)
-    try:
-        mus_tracks = musdb.DB(root=root, is_wav=is_wav, subsets=subset).tracks
-    except Exception as exc:
-        raise UmxError("cannot read the dataset in %s: %s" % (root, exc))
-    if not mus_tracks:
+    tracks = list_musdb(root, subset, is_wav)
+    if not tracks:
         raise UmxError("no tracks in %s/%s%s" % (root, subset, "" if is_wav else
                                                   " (for decoded WAV folders pass --is-wav)"))
-    tracks = []
-    for t in mus_tracks:
-        missing = [s for s in SOURCES if s not in t.sources]
-        if missing:
-            raise UmxError("track '%s' is missing the '%s' stem" % (t.name, missing[0]))
-        tracks.append(Track(t, is_wav))
     if split is None:
         return tracks
-    valid_names = set(musdb.DB(root=root, is_wav=is_wav, subsets=subset).setup["validation_tracks"])
+    valid_names = set(musdb_setup()["validation_tracks"])
     if not any(t.name in valid_names for t in tracks):
         held = [t.name for t in tracks[::5]] if len(tracks) > 1 else []
         log("no MUSDB18 validation track in %s: holding out %d of %d tracks for validation (%s)"
@@ -132,7 +261,7 @@ class TrainingSet:
     """Random-mix training samples: len = nb_tracks * samples_per_track each epoch."""
 
     def __init__(self, tracks, target, seq_dur=6.0, samples_per_track=64,
-                 augmentations=AUGMENTATIONS, seed=42):
+                 augmentations=AUGMENTATIONS, seed=42, log=None):
         if target not in SOURCES:
             raise UmxError("unknown --source '%s' (choose from %s)" % (target, ", ".join(SOURCES)))
         self.tracks, self.target = tracks, target
@@ -144,15 +273,20 @@ class TrainingSet:
         if not self.long_enough:
             raise UmxError("--seq-dur %.2f s is longer than every training track (longest: %.2f s)"
                            % (self.seq_dur, max(t.duration for t in tracks)))
+        short = [t.name for t in tracks if t not in self.long_enough]
+        if short and log:
+            log("%d tracks shorter than --seq-dur %g s are not drawn from: %s"
+                % (len(short), self.seq_dur, ", ".join(short)))
 
     def __len__(self):
         return len(self.tracks) * self.samples_per_track
 
-    def sample(self, epoch, index):
-        """→ (mixture, target) float32 [shape=(nb_timesteps, 2)] each"""
+    def draws(self, epoch, index):
+        """What sample `index` of `epoch` is made of: [(source, track, first frame, frames)]
+        (frames None: the whole track), and the random state for its augmentations."""
         rng = sample_rng(self.seed, epoch, index)
         target_track = self.tracks[index // self.samples_per_track]
-        stems = {}
+        parts = []
         for source in SOURCES:
             # the target comes from the balanced track, the others from random tracks;
             # tracks shorter than the chunk are skipped
@@ -161,11 +295,23 @@ class TrainingSet:
             else:
                 track = self.long_enough[rng.randint(len(self.long_enough))]
             if self.seq_dur:
-                start = rng.uniform(0, track.duration - self.seq_dur)
-                audio = track.read(source, start, self.seq_dur)
+                frames = int(round(self.seq_dur * track.rate))
+                parts.append((source, track, rng.randint(track.frames - frames + 1), frames))
             else:
-                audio = track.read(source)
-            stems[source] = augment(audio, rng, self.augmentations)
+                parts.append((source, track, 0, None))
+        return parts, rng
+
+    def describe(self, epoch, index):
+        """Where sample `index` of `epoch` comes from, in words (for error messages)."""
+        return ", ".join("%s of '%s' from %.2f s" % (source, track.name, first / track.rate)
+                         for source, track, first, _ in self.draws(epoch, index)[0])
+
+    def sample(self, epoch, index):
+        """→ (mixture, target) float32 [shape=(nb_timesteps, 2)] each"""
+        parts, rng = self.draws(epoch, index)
+        stems = {source: augment(track.sources[source].read(first, frames), rng,
+                                 self.augmentations)
+                 for source, track, first, frames in parts}
         if not self.seq_dur:  # whole tracks of different lengths: cut to the shortest
             n = min(a.shape[0] for a in stems.values())
             stems = {k: a[:n] for k, a in stems.items()}
@@ -281,10 +427,28 @@ def synth_track(duration, rng, rate=RATE):
 
 def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progress=True):
     """Write <root>/{train,test}/<track>/{mixture,drums,bass,other,vocals}.wav (float WAV,
-    44.1 kHz stereo, mixture = sum of the stems). Existing complete tracks are kept."""
+    44.1 kHz stereo, mixture = sum of the stems).
+
+    Resumable: complete tracks (the mixture is written last) are kept. `root/generated.json`
+    records the settings; a root that holds other data, or a dataset generated with other
+    settings, is refused rather than mixed with.
+    """
     import soundfile as sf
     from tqdm import tqdm
     from audio import write_audio_atomic
+    from files import read_json, write_json_atomic, writing_into
+    settings = dict(nb_train=nb_train, nb_test=nb_test, duration=duration, seed=seed)
+    record = os.path.join(root, "generated.json")
+    if os.path.isfile(record):
+        if read_json(record, "record of a generated dataset") != settings:
+            raise UmxError("%s holds a dataset generated with other settings (%s): choose "
+                           "another folder" % (root, record))
+    elif os.path.isdir(root) and os.listdir(root):
+        raise UmxError("%s is not empty and holds no generated dataset: choose another folder"
+                       % root)
+    with writing_into(os.path.dirname(os.path.abspath(root))):
+        os.makedirs(root, exist_ok=True)
+    write_json_atomic(record, settings)
     rng = np.random.RandomState(seed)
     jobs = [("train", "Synth %02d" % i) for i in range(nb_train)] + \
            [("test", "Synth Test %02d" % i) for i in range(nb_test)]
@@ -293,7 +457,8 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
         folder = os.path.join(root, subset, name)
         if all(os.path.isfile(os.path.join(folder, s + ".wav")) for s in SOURCES + ["mixture"]):
             continue
-        os.makedirs(folder, exist_ok=True)
+        with writing_into(root):
+            os.makedirs(folder, exist_ok=True)
         stems = synth_track(duration, track_rng)
         mixture = sum(stems.values())
         peak = np.abs(mixture).max()
@@ -307,14 +472,10 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Generate a small MUSDB-format dataset")
-    parser.add_argument("--generate", required=True, metavar="ROOT")
-    parser.add_argument("--nb-train", type=int, default=8)
-    parser.add_argument("--nb-test", type=int, default=2)
-    parser.add_argument("--duration", type=float, default=12.0)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    generate_dataset(args.generate, args.nb_train, args.nb_test, args.duration, args.seed)
+    from args import get_data_args
+    from runtime import run_cli
+    args = get_data_args(argv)
+    run_cli(generate_dataset, args.generate, args.nb_train, args.nb_test, args.duration, args.seed)
 
 
 if __name__ == "__main__":

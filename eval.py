@@ -11,15 +11,15 @@ import os
 import shutil
 import sys
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 
 import numpy as np
 
 from args import get_eval_args
 from audio import write_stream
 from context import set_context
-from files import atomic_path, check_out_dir
-from runtime import UmxError, exit_on_error
+from files import WriteError, atomic_path, output_folder, refuse_overlaps, writing_into
+from runtime import UmxError, run_cli, worker_pool
 
 METRICS = ["SDR", "SIR", "SAR", "ISR"]
 # The published scores (median over frames, median over tracks) the seed's README lists.
@@ -31,10 +31,10 @@ PAPER_SCORES = {
 }
 
 
-def musdb_tracks(root, is_wav, subset, names=None, log=None):
+def musdb_tracks(root, is_wav, subset, names=None, unreadable=None):
     """The musdb Track objects of `subset`, optionally only `names` (in that order).
 
-    A track that cannot be decoded is reported through `log` and left out.
+    A track that cannot be decoded is left out; unreadable: a dict that gets its name → why.
     """
     import musdb
     from data import check_root
@@ -50,8 +50,8 @@ def musdb_tracks(root, is_wav, subset, names=None, log=None):
             try:
                 tracks += _single_track(root, is_wav, subset, entry)
             except Exception as exc:
-                if log:
-                    log("track '%s' skipped: cannot read it (%s)" % (_track_name(entry), _reason(exc)))
+                if unreadable is not None:
+                    unreadable[_track_name(entry)] = "cannot read it (%s)" % _reason(exc)
     if not tracks:
         raise UmxError("no tracks in %s/%s%s" % (root, subset, "" if is_wav else
                                                   " (for decoded WAV folders pass --is-wav)"))
@@ -80,17 +80,33 @@ def _single_track(root, is_wav, subset, entry):
     return musdb.DB(root=private, is_wav=is_wav, subsets=subset).tracks
 
 
-def read_estimates(folder):
-    """{target: audio [shape=(nb_timesteps, 2)]} of the WAV files in `folder`."""
+def read_estimates(folder, reference, rate, targets):
+    """{target: audio [shape=(nb_timesteps, nb_channels)]} of folder/<target>.wav for the
+    `targets` that are there, each checked against the reference [shape=(nb_timesteps,
+    nb_channels)] at `rate`: another rate, channel count or length, or a NaN or infinite
+    sample is an error naming the file (nothing is padded, cut or resampled)."""
     import soundfile as sf
     if not os.path.isdir(folder):
         raise UmxError("no estimates in %s" % folder)
     out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".wav"):
-            out[name[:-4]] = sf.read(os.path.join(folder, name), dtype="float64", always_2d=True)[0]
+    for target in targets:
+        path = os.path.join(folder, target + ".wav")
+        if not os.path.isfile(path):
+            continue
+        try:
+            audio, file_rate = sf.read(path, dtype="float64", always_2d=True)
+        except Exception as exc:
+            raise UmxError("%s cannot be read: %s" % (path, str(exc).strip().splitlines()[0]))
+        if file_rate != rate:
+            raise UmxError("%s is at %d Hz, the reference at %d Hz" % (path, file_rate, rate))
+        if audio.shape != reference.shape:
+            raise UmxError("%s has %d samples x %d channels, the reference %d x %d"
+                           % ((path,) + audio.shape + reference.shape))
+        if not np.all(np.isfinite(audio)):
+            raise UmxError("%s holds NaN or infinite samples" % path)
+        out[target] = audio
     if not out:
-        raise UmxError("no .wav estimates in %s" % folder)
+        raise UmxError("no estimate of a MUSDB target (%s) in %s" % (", ".join(targets), folder))
     return out
 
 
@@ -99,17 +115,11 @@ def score_track(root, is_wav, subset, name, estimates_dir, json_path):
     import museval
     entry = name if is_wav else name + ".stem.mp4"
     track = _single_track(root, is_wav, subset, entry)[0]
-    estimates = read_estimates(estimates_dir)
-    n = track.audio.shape[0]
-    # museval needs equal lengths: decoders can differ by a few samples
-    estimates = {k: np.pad(v[:n], ((0, max(0, n - v.shape[0])), (0, 0))) for k, v in estimates.items()
-                 if k in track.targets}
-    if not estimates:
-        raise UmxError("no estimate of a MUSDB target (%s) in %s"
-                       % (", ".join(track.targets), estimates_dir))
+    estimates = read_estimates(estimates_dir, track.audio, track.rate, list(track.targets))
     scores = museval.eval_mus_track(track, estimates)
     scores.validate()
-    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    with writing_into(os.path.dirname(os.path.dirname(json_path))):
+        os.makedirs(os.path.dirname(json_path), exist_ok=True)
     with atomic_path(json_path) as tmp:
         with open(tmp, "w") as f:
             f.write(scores.json)
@@ -117,21 +127,33 @@ def score_track(root, is_wav, subset, name, estimates_dir, json_path):
 
 
 def aggregate(json_paths):
-    """museval's EvalStore over the JSON files: (table DataFrame targets x metrics, per-track SDR).
+    """museval's EvalStore over the JSON files → (table, per-track SDR, unscored frames).
 
-    The table holds the median over frames, then the median over tracks.
+    table [targets x metrics]: the median over frames, then the median over tracks, as
+    museval aggregates (frames without a score, NaN where the reference is silent, are left
+    out of the medians: `unscored` counts them, so that the table can say so).
+    per_track [tracks x targets]: the median SDR over frames.
+    unscored: {target: (frames without an SDR, frames)}.
     """
     import museval
     import simplejson
     from museval.aggregate import json2df
     store = museval.EvalStore(frames_agg="median", tracks_agg="median")
     for path in json_paths:
-        with open(path) as f:
-            store.add_track(json2df(simplejson.loads(f.read(), allow_nan=True),
-                                    os.path.basename(path)[:-5]))
+        try:
+            with open(path) as f:
+                scores = simplejson.loads(f.read(), allow_nan=True)
+            frame = json2df(scores, os.path.basename(path)[:-5])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UmxError("%s is not a museval score file (%s): delete it to score the track "
+                           "again" % (path, _reason(exc)))
+        store.add_track(frame)
     table = store.agg_frames_tracks_scores().unstack("metric")[METRICS]
     per_track = store.agg_frames_scores().unstack("metric")["SDR"].unstack("target")
-    return table, per_track
+    sdr = store.df[store.df["metric"] == "SDR"]
+    unscored = {target: (int(group["score"].isna().sum()), len(group))
+                for target, group in sdr.groupby("target")}
+    return table, per_track, unscored
 
 
 def paper_model(model):
@@ -143,11 +165,13 @@ def paper_model(model):
     return name if name in PAPER_SCORES else None
 
 
-def format_table(table, paper=None):
-    """The seed's table in Markdown (Paper columns beside ours when `paper` names a model)."""
+def format_table(table, unscored, paper=None):
+    """The seed's table in Markdown (paper columns beside ours when `paper` names a model),
+    with the number of frames that have no score (left out of the medians) per target."""
     ours = "NNabla"
     header = ["target"] + [m if not paper else "%s (%s)" % (m, who)
                            for m in METRICS for who in ((ours, "paper") if paper else (ours,))]
+    header.append("frames without score")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for target in table.index:
         cells = []
@@ -156,6 +180,7 @@ def format_table(table, paper=None):
             if paper:
                 ref = PAPER_SCORES[paper].get(target)
                 cells.append("%.2f" % ref[i] if ref else "-")
+        cells.append("%d of %d" % unscored.get(target, (0, 0)))
         lines.append("| %s | %s |" % (target, " | ".join(cells)))
     return "\n".join(lines)
 
@@ -177,75 +202,114 @@ def boxplot(per_track, path):
     plt.close(fig)
 
 
+def planned_files(args, tracks):
+    """(inputs, outputs) of this run, for `files.refuse_overlaps`: the dataset's and the
+    estimates' files read, the estimates, scores and tables written."""
+    from separator import stem_names
+    inputs, outputs = [], []
+    for track in tracks:
+        inputs.append((track.path, "the dataset's"))
+        inputs += [(source.path, "the dataset's") for source in track.sources.values()]
+        subset_dir = os.path.join(args.out_dir, args.subset)
+        outputs.append((os.path.join(subset_dir, track.name + ".json"), "track " + track.name))
+        if args.estimates:
+            folder = os.path.join(args.estimates, args.subset, track.name)
+            inputs += [(os.path.join(folder, t + ".wav"), "the estimate (--estimates)")
+                       for t in track.targets]
+        else:
+            outputs += [(os.path.join(subset_dir, track.name, name + ".wav"), "track " + track.name)
+                        for name in stem_names(args.targets, args.residual_model)]
+    outputs += [(os.path.join(args.out_dir, name), "the table")
+                for name in ("results.md", "results.csv", "sdr_boxplot.png")]
+    return inputs, outputs
+
+
 def evaluate(args, progress=True):
     """Separate (unless --estimates), score and aggregate; returns the results table."""
     from tqdm import tqdm
-    check_out_dir(args.out_dir)
-    tracks = musdb_tracks(args.root, args.is_wav, args.subset, args.tracks,
-                          log=lambda line: print(line, file=sys.stderr))
-    cfgs = network = None
-    if args.estimates is None:
-        from inference import InferenceNetwork
-        from weights import load_models
-        set_context(args.context)
-        cfgs = load_models(args.model, args.targets)
-        network = InferenceNetwork.from_parameter_scopes(cfgs)  # once for all tracks
-    subset_dir = os.path.join(args.out_dir, args.subset)
-    json_paths = {t.name: os.path.join(subset_dir, t.name + ".json") for t in tracks}
-    todo = [t for t in tracks if not os.path.isfile(json_paths[t.name])]
-    if len(todo) < len(tracks):
-        print("%d of %d tracks already scored in %s: skipped" % (len(tracks) - len(todo),
-                                                                 len(tracks), subset_dir))
-    failed = {}
-    pool = ProcessPoolExecutor(args.cores) if args.cores > 1 else None
-    futures = {}
-    for track in tqdm(todo, desc="tracks", disable=not progress):
-        try:
-            if args.estimates:
-                est_dir = os.path.join(args.estimates, args.subset, track.name)
-            else:
-                est_dir = os.path.join(subset_dir, track.name)
-                expected = set(args.targets) | ({"accompaniment"} if len(args.targets) == 1 else set())
-                if not expected <= {f[:-4] for f in (os.listdir(est_dir) if os.path.isdir(est_dir) else [])}:
-                    from separator import separate_stream
-                    names, rate, blocks = separate_stream(
-                        track.audio, track.rate, cfgs, args.targets, niter=args.niter,
-                        softmask=args.softmask, alpha=args.alpha,
-                        residual_model=args.residual_model, progress=progress,
-                        network=network)
-                    write_stream(names, rate, blocks, est_dir, out_rate=int(track.rate))
-            job = (args.root, args.is_wav, args.subset, track.name, est_dir, json_paths[track.name])
-            if pool:
-                futures[track.name] = pool.submit(score_track, *job)
-            else:
-                score_track(*job)
-        except Exception as exc:  # one bad track must not stop the others
-            failed[track.name] = _reason(exc)
-            print("track '%s' skipped: %s" % (track.name, failed[track.name]), file=sys.stderr)
-    for name, future in futures.items():
-        try:
-            future.result()
-        except Exception as exc:
-            failed[name] = _reason(exc)
-            print("track '%s' skipped: %s" % (name, failed[name]), file=sys.stderr)
-    if pool:
-        pool.shutdown()
-    scored = [p for p in json_paths.values() if os.path.isfile(p)]
-    if not scored:
-        raise UmxError("no track could be scored (%d failed)" % len(failed))
-    table, per_track = aggregate(scored)
-    paper = paper_model(args.model)
-    markdown = format_table(table, paper)
-    header = "Scores of %d tracks (%s, median over frames, median over tracks)\n\n" % (
-        len(scored), args.subset)
-    print("\n" + header + markdown)
-    with atomic_path(os.path.join(args.out_dir, "results.md")) as tmp:
-        with open(tmp, "w") as f:
-            f.write(header + markdown + "\n")
-    with atomic_path(os.path.join(args.out_dir, "results.csv")) as tmp:
-        table.to_csv(tmp)
-    boxplot(per_track, os.path.join(args.out_dir, "sdr_boxplot.png"))
+    failed = {}  # track name → why it was not scored
+    tracks = musdb_tracks(args.root, args.is_wav, args.subset, args.tracks, failed)
+    for name, reason in failed.items():
+        print("track '%s' skipped: %s" % (name, reason), file=sys.stderr)
+    refuse_overlaps(*planned_files(args, tracks))
+    with output_folder(args.out_dir, "--out-dir"), ExitStack() as stack:
+        cfgs = network = None
+        if args.estimates is None:
+            from inference import InferenceNetwork
+            from weights import load_models
+            set_context(args.context)
+            cfgs = load_models(args.model, args.targets)
+            network = InferenceNetwork.from_parameter_scopes(cfgs)  # once for all tracks
+        subset_dir = os.path.join(args.out_dir, args.subset)
+        json_paths = {t.name: os.path.join(subset_dir, t.name + ".json") for t in tracks}
+        todo = [t for t in tracks if not os.path.isfile(json_paths[t.name])]
+        if len(todo) < len(tracks):
+            print("%d of %d tracks already scored in %s: skipped" % (len(tracks) - len(todo),
+                                                                     len(tracks), subset_dir))
+        pool = stack.enter_context(worker_pool(args.cores)) if args.cores > 1 else None
+        futures = {}
+        for track in tqdm(todo, desc="tracks", disable=not progress):
+            try:
+                est_dir = separated_track(args, track, cfgs, network, progress)
+                job = (args.root, args.is_wav, args.subset, track.name, est_dir,
+                       json_paths[track.name])
+                if pool:
+                    futures[track.name] = pool.submit(score_track, *job)
+                else:
+                    score_track(*job)
+            except WriteError:
+                raise  # a full disk is no problem of one track
+            except Exception as exc:  # one bad track must not stop the others
+                failed[track.name] = _reason(exc)
+                print("track '%s' not scored: %s" % (track.name, failed[track.name]),
+                      file=sys.stderr)
+        for name, future in futures.items():
+            try:
+                future.result()
+            except WriteError:
+                raise
+            except Exception as exc:
+                failed[name] = _reason(exc)
+                print("track '%s' not scored: %s" % (name, failed[name]), file=sys.stderr)
+        scored = [p for p in json_paths.values() if os.path.isfile(p)]
+        if not scored:
+            raise UmxError("no track could be scored (%d failed)" % len(failed))
+        table, per_track, unscored = aggregate(scored)
+        markdown = format_table(table, unscored, paper_model(args.model))
+        header = "Scores of %d tracks (%s, median over frames, median over tracks)\n" % (
+            len(scored), args.subset)
+        if failed:
+            header += "Not scored (%d): %s\n" % (len(failed), ", ".join(sorted(failed)))
+        print("\n" + header + "\n" + markdown)
+        with atomic_path(os.path.join(args.out_dir, "results.md")) as tmp:
+            with open(tmp, "w") as f:
+                f.write(header + "\n" + markdown + "\n")
+        with atomic_path(os.path.join(args.out_dir, "results.csv")) as tmp:
+            table.to_csv(tmp)
+        boxplot(per_track, os.path.join(args.out_dir, "sdr_boxplot.png"))
+    if failed:
+        raise UmxError("%d of %d tracks could not be scored (listed above); the table holds "
+                       "the other %d" % (len(failed), len(set(json_paths) | set(failed)), len(scored)))
     return table
+
+
+def separated_track(args, track, cfgs, network, progress):
+    """The folder of the track's estimates: --estimates', or the one this run separates
+    into (unless a previous run left all its stems there)."""
+    from separator import separate_stream, stem_names
+    if args.estimates:
+        return os.path.join(args.estimates, args.subset, track.name)
+    folder = os.path.join(args.out_dir, args.subset, track.name)
+    names = stem_names(args.targets, args.residual_model)
+    if all(os.path.isfile(os.path.join(folder, n + ".wav")) for n in names):
+        return folder
+    names, rate, blocks = separate_stream(
+        track.audio, track.rate, cfgs, args.targets, niter=args.niter, softmask=args.softmask,
+        alpha=args.alpha, residual_model=args.residual_model, progress=progress, network=network)
+    resampled = rate != track.rate
+    write_stream(names, rate, blocks, folder, out_rate=int(track.rate),
+                 length=track.audio.shape[0] if resampled else None)
+    return folder
 
 
 def _reason(exc):
@@ -256,7 +320,7 @@ def _reason(exc):
 
 
 def main(argv=None):
-    exit_on_error(evaluate, get_eval_args(argv))
+    run_cli(evaluate, get_eval_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,157 @@
-"""How the project's processes run: errors reported as one line by the CLIs, stage timings."""
+"""How the project's processes run and end.
+
+- `run_cli(work, ...)`: the one way every CLI runs its work. A problem becomes one line on
+  stderr and a non-zero exit, never a traceback: `UmxError` (a problem with the user's input,
+  exit 1), Ctrl-C, SIGTERM or SIGHUP (exit 130/143/129, after the `finally` blocks that remove
+  staging folders and temporary files have run), running out of memory, and any unexpected
+  exception (named, with `UMX_TRACEBACK=1` to see where it came from).
+- `worker_pool(n)`: forked worker processes that die with their parent, even when the parent
+  is killed with SIGKILL (Linux `PR_SET_PDEATHSIG`), ignore Ctrl-C (the parent handles it and
+  ends them), and are killed at once when the parent's work fails or is interrupted.
+- `die_with_parent`: the same guarantee for other child processes (the ffmpeg decoder).
+- `timed`: stage timings.
+"""
+import os
+import signal
+import sys
 import time
 from contextlib import contextmanager
 
 
 class UmxError(Exception):
-    """A problem with the user's input, reported as one line by the CLIs."""
+    """A problem with the user's input or environment, reported as one line by the CLIs."""
 
 
-def exit_on_error(function, *args):
-    """Run a CLI's work; a UmxError becomes one 'error: ...' line on stderr and exit code 1."""
-    import sys
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP: raised in the main thread so that cleanups run, as for Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def run_cli(work, *args, on_error=None):
+    """Run a CLI's work(*args) under the project's failure contract (see the module's doc).
+
+    on_error(code): called before exiting on a failure (train.py aborts the other MPI ranks).
+    """
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
     try:
-        return function(*args)
+        return work(*args)
     except UmxError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        sys.exit(1)
+        line, code = "error: %s" % exc, 1
+    except KeyboardInterrupt:
+        line, code = "interrupted (Ctrl-C): stopped, nothing half-written was left", 130
+    except Interrupted as exc:
+        line, code = ("interrupted (%s): stopped, nothing half-written was left" % exc,
+                      128 + exc.signum)
+    except MemoryError:
+        line, code = "error: out of memory", 1
+    except Exception as exc:  # a bug, or a failure nothing above anticipated: still one line
+        if os.environ.get("UMX_TRACEBACK"):
+            raise
+        where = _origin(exc.__traceback__)
+        line, code = ("error: unexpected %s%s: %s (set UMX_TRACEBACK=1 to see the traceback)"
+                      % (type(exc).__name__, where, _first_line(exc)), 1)
+    # a progress bar (possibly a killed worker's) may have left its line unfinished
+    start = "\r\033[K" if sys.stderr.isatty() else "\n"
+    print(start + line, file=sys.stderr, flush=True)
+    if on_error is not None:
+        on_error(code)
+    sys.exit(code)
 
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _origin(tb):
+    """' in <file>:<line>' of the innermost frame of this project's code, or ''."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    where = ""
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename
+        if os.path.dirname(os.path.abspath(path)) == here:
+            where = " in %s:%d" % (os.path.basename(path), tb.tb_lineno)
+        tb = tb.tb_next
+    return where
+
+
+# --------------------------------------------------------------------------------------
+# child processes that never outlive their parent
+# --------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid=None):
+    """In a child process: be killed (SIGKILL) when the parent ends, however it ends.
+
+    Linux only (prctl); elsewhere the parent's own cleanup ends its children. The signal comes
+    when the parent *thread* that forked ends: fork from the main thread. If the parent is
+    already gone (it died between the fork and this call), exit at once.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _init_worker(parent_pid):
+    die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group: the parent alone handles it and ends the
+    # workers; the parent's SIGTERM handler must not run in a worker either
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@contextmanager
+def worker_pool(processes):
+    """A ProcessPoolExecutor of `processes` forked workers that die with this process.
+
+    Workers inherit the parent's memory (fork). If the block fails or is interrupted, the
+    workers are killed at once instead of finishing their jobs; a worker that dies (killed,
+    out of memory) becomes one UmxError.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BrokenProcessPool:
+        _kill_workers(pool)
+        raise UmxError("a worker process died (killed, or out of memory)") from None
+    except BaseException:
+        _kill_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _kill_workers(pool):
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except (OSError, ValueError):
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------
+# timings
+# --------------------------------------------------------------------------------------
 
 @contextmanager
 def timed(timings, stage):

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from audio import prepare_audio
 from data import SOURCES as TARGETS  # noqa: F401 (the default targets)
-from files import TemporaryArrayFile
+from files import TemporaryArrayFile, writing_into
 from inference import InferenceNetwork
-from runtime import UmxError, timed
+from runtime import UmxError, timed, worker_pool
 from spectral import PaddedSignal, nb_stft_frames, stft_frames
 from wiener import wiener_blocks
 
@@ -67,7 +67,8 @@ class EstimateStore(TemporaryArrayFile):
         super().__init__("umx-estimates-", folder)
         self.shape = (nb_frames, nb_bins, nb_channels, nb_targets)
         self._frame_bytes = nb_bins * nb_channels * 4
-        self.file.truncate(nb_targets * nb_frames * self._frame_bytes)
+        with writing_into(self.folder):
+            self.file.truncate(nb_targets * nb_frames * self._frame_bytes)
         self.mixture_peak = None  # set by estimate_spectrograms
 
     def write(self, target_index, start, block):
@@ -121,16 +122,13 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
             results = [_estimate_windows(store, padded, network, targets, targets, plan,
                                          length, batch, progress)]
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
             # forked workers inherit the network's weights, the audio and the store's open
             # file (through this global: the pool pickles its arguments)
             _FORKED[:] = [store, padded, network]
             gc.collect()
             gc.freeze()  # the workers' collections then leave the inherited objects' pages shared
             try:
-                with ProcessPoolExecutor(processes,
-                                         mp_context=multiprocessing.get_context("fork")) as pool:
+                with worker_pool(processes) as pool:
                     jobs = [pool.submit(_estimate_windows, None, None, None, targets, mine,
                                         windows, length, batch, progress and p == 0)
                             for p, (mine, windows) in enumerate(shares)]
@@ -203,6 +201,14 @@ def separate(audio, rate, cfgs, targets=None, **kw):
     return {name: np.ascontiguousarray(waves[j].T) for j, name in enumerate(names)}, model_rate
 
 
+def stem_names(targets, residual_model=False):
+    """The stems a separation writes: the targets, then what they leave of the mixture,
+    'residual' with `residual_model` or 'accompaniment' when there is a single target."""
+    if len(targets) == 1:
+        return list(targets) + ["accompaniment"]
+    return list(targets) + (["residual"] if residual_model else [])
+
+
 def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, alpha=1.0,
                     residual_model=False, window=WINDOW_FRAMES, context=CONTEXT_FRAMES,
                     progress=True, timings=None, processes=None, network=None):
@@ -244,8 +250,8 @@ def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, al
     nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
     if processes is None:
         processes = default_processes()
-    residual = residual_model or len(targets) == 1
-    names = targets + (["accompaniment" if len(targets) == 1 else "residual"] if residual else [])
+    names = stem_names(targets, residual_model)
+    residual = len(names) > len(targets)
 
     def blocks():
         with estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,

@@ -5,12 +5,11 @@ it), `<source>.json` (arguments, architecture, per-epoch history), `<source>_los
 NNabla Monitor series, and `<source>.checkpoint/` (the last completed epoch: parameters,
 solver state, scheduler and early stopping). Re-running the same command resumes from it.
 """
-import json
 import os
-import shutil
-import sys
 import time
 from collections import namedtuple
+
+from args import get_train_args  # first: it quiets NNabla's import-time log line
 
 import numpy as np
 import nnabla as nn
@@ -18,13 +17,14 @@ import nnabla.functions as F
 import nnabla.solvers as S
 from tqdm import tqdm
 
-from args import get_train_args
-from data import TrainingSet, epoch_batches, load_tracks, validation_pairs
+from checkpoint import save_checkpoint
+from data import TrainingSet, check_sources, epoch_batches, load_tracks, validation_pairs
 from context import set_context
-from files import atomic_path, write_json_atomic
+from files import (atomic_path, output_folder, read_json, refuse_overlaps, write_json_atomic,
+                   writing_into)
 from inference import InferenceNetwork
 from model import OpenUnmix, UmxConfig, bandwidth_to_max_bin
-from runtime import UmxError
+from runtime import UmxError, run_cli
 from separator import estimate_spectrograms
 from spectral import model_layout, nb_stft_frames, pad_for_stft, stft
 from weights import save_target
@@ -184,64 +184,8 @@ def validation_loss(tracks, source, cfg, progress=True, comm=None):
 
 
 # --------------------------------------------------------------------------------------
-# checkpoints
+# outputs
 # --------------------------------------------------------------------------------------
-
-def save_checkpoint(folder, source, solver, state):
-    """Write parameters, solver state and `state` as `folder`, replacing it atomically."""
-    staging = folder + ".tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    with nn.parameter_scope(source):
-        nn.save_parameters(os.path.join(staging, "parameters.h5"), nn.get_parameters(grad_only=False))
-    save_solver_states(solver, os.path.join(staging, "solver.npz"))
-    with open(os.path.join(staging, "state.json"), "w") as f:
-        json.dump(state, f)
-    old = folder + ".old"
-    if os.path.isdir(folder):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(staging, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_solver_states(solver, path):
-    """Solver states by exact parameter name (nnabla 1.39's `load_states` mixes up names that
-    are prefixes of others, such as lstm/lstm/weight and lstm/lstm/weight_l0)."""
-    arrays = {}
-    for name, state in solver.get_states().items():
-        arrays[name + "/t"] = np.asarray(state.t)
-        for key, var in state.pstate.items():
-            arrays[name + "/" + key] = var.d
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def load_solver_states(solver, path):
-    arrays = np.load(path)
-    states = solver.get_states()
-    for name, state in states.items():
-        state.t = int(arrays[name + "/t"])
-        for key, var in state.pstate.items():
-            var.d = arrays[name + "/" + key]
-    solver.set_states(states)
-
-
-def find_checkpoint(folder):
-    """The checkpoint to resume from: `folder`, or its `.old` copy if a kill hit mid-replace."""
-    for candidate in (folder, folder + ".old"):
-        if os.path.isfile(os.path.join(candidate, "state.json")):
-            return candidate
-    return None
-
-
-def load_checkpoint(folder, source, solver):
-    with nn.parameter_scope(source):
-        nn.load_parameters(os.path.join(folder, "parameters.h5"))
-    load_solver_states(solver, os.path.join(folder, "solver.npz"))
-    with open(os.path.join(folder, "state.json")) as f:
-        return json.load(f)
-
 
 def plot_losses(history, path, source):
     import matplotlib
@@ -266,52 +210,94 @@ def plot_losses(history, path, source):
 # the run
 # --------------------------------------------------------------------------------------
 
-def check_output(folder):
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".write-test")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as exc:
-        raise UmxError("cannot write to --output %s: %s" % (folder, exc.strerror or exc))
-
-
-def train(args, comm=None, progress=True):
-    """Train (or resume) `args.source`; returns the run's summary dict."""
-    rank = comm.rank if comm else 0
-    is_main = rank == 0
-    log = print if is_main else (lambda *a, **k: None)
-    progress = progress and is_main
-    if is_main:
-        check_output(args.output)
-    set_context(args.context, args.device_id if comm is None else comm.local_rank, verbose=is_main)
-
+def prepare_data(args, output, log, check=True, progress=True):
+    """Training and validation tracks and the sample set, checked before any step
+    (`data.check_sources`; the check's cache goes to `output`)."""
     train_tracks = load_tracks(args.root, args.is_wav, "train", "train", log=log)
     valid_tracks = load_tracks(args.root, args.is_wav, "train", "valid", log=lambda *a: None)
+    if check:
+        check_sources(train_tracks + valid_tracks, os.path.join(output, DATA_CHECK), progress,
+                      log=log)
     seq_dur = args.seq_dur
     if seq_dur <= 0:
         # whole tracks: one graph needs one length, that of the shortest track
         seq_dur = min(t.duration for t in train_tracks)
         log("--seq-dur %g: training on whole tracks (%.2f s, the shortest)" % (args.seq_dur, seq_dur))
     dataset = TrainingSet(train_tracks, args.source, seq_dur, args.samples_per_track,
-                          args.source_augmentations, args.seed)
+                          args.source_augmentations, args.seed, log=log)
+    return train_tracks, valid_tracks, dataset
+
+
+DATA_CHECK = "data-check.json"
+
+
+def output_files(output, source):
+    """What a run writes into --output, by name."""
+    return {"weights": os.path.join(output, source + ".h5"),
+            "summary": os.path.join(output, source + ".json"),
+            "plot": os.path.join(output, source + "_loss.png"),
+            "checkpoint": os.path.join(output, source + ".checkpoint")}
+
+
+def resume_point(args, paths, cfg):
+    """The verified checkpoint to resume from, or None for a new run; refuses to start over
+    where a finished run's weights would be replaced, or where another model was trained."""
+    from checkpoint import check_same_config, find_checkpoint
+    found = find_checkpoint(args.checkpoint or paths["checkpoint"])
+    if args.checkpoint and found is None:
+        raise UmxError("no checkpoint in %s" % args.checkpoint)
+    if os.path.isfile(paths["summary"]):
+        summary = read_json(paths["summary"], "training summary")
+        if isinstance(summary, dict) and isinstance(summary.get("config"), dict):
+            check_same_config(summary["config"], cfg.to_dict(), args.output)
+    if found is None and os.path.isfile(paths["weights"]):
+        raise UmxError("%s holds %s but no checkpoint to resume from: use another --output, or "
+                       "move the weights away to train anew" % (args.output, paths["weights"]))
+    return found
+
+
+def nan_message(what, value, epoch, dataset, indices, weights_path):
+    """One line for a non-finite loss: the epoch, the batch's tracks, where good weights are."""
+    where = ""
+    if indices is not None:
+        names = sorted({track.name for i in indices for _, track, _, _ in
+                        dataset.draws(epoch, int(i))[0]})
+        where = " (batch from tracks %s)" % ", ".join("'%s'" % n for n in names)
+    kept = ("the best weights so far are in %s" % weights_path if os.path.isfile(weights_path)
+            else "no weights were saved yet")
+    return "%s loss is %s at epoch %d%s: stopped; %s" % (what, value, epoch, where, kept)
+
+
+def train(args, comm=None, progress=True):
+    """Train (or resume) `args.source`; returns the run's summary dict."""
+    rank = comm.rank if comm else 0
+    nb_procs = comm.size if comm else 1
+    is_main = rank == 0
+    log = print if is_main else (lambda *a, **k: None)
+    progress = progress and is_main
+    paths = output_files(args.output, args.source)
+    log("training UMX for '%s' on %d process%s" % (args.source, nb_procs,
+                                                    "es (mpirun)" if nb_procs > 1 else ""))
+    train_tracks, valid_tracks, dataset = prepare_data(args, args.output, log, check=is_main,
+                                                       progress=progress)
+    refuse_overlaps([(f.path, "the dataset's file") for t in train_tracks + valid_tracks
+                     for f in t.files()],
+                    [(path, "--output") for key, path in paths.items() if key != "checkpoint"])
     rate = train_tracks[0].rate
     cfg = UmxConfig(nb_channels=args.nb_channels, hidden_size=args.hidden_size,
                     max_bin=bandwidth_to_max_bin(rate, args.nfft, args.bandwidth),
                     nb_output_bins=args.nfft // 2 + 1, unidirectional=args.unidirectional,
                     n_fft=args.nfft, n_hop=args.nhop, sample_rate=rate)
+    resume_from = resume_point(args, paths, cfg)
+    if comm is not None:
+        comm.barrier()  # rank 0 has checked the data
+    set_context(args.context, args.device_id if comm is None else comm.local_rank, verbose=is_main)
 
-    source = args.source
-    checkpoint_dir = os.path.join(args.output, source + ".checkpoint")
-    resume_from = find_checkpoint(args.checkpoint or checkpoint_dir)
-    if args.checkpoint and resume_from is None:
-        raise UmxError("no checkpoint in %s" % args.checkpoint)
-
-    nb_procs = comm.size if comm else 1
     # the seed's scaling of learning rate and weight decay with the global batch
     scale = nb_procs * args.batch_size / 16.0 if nb_procs > 1 else 1.0
     lr, weight_decay = args.lr * scale, args.weight_decay * scale
 
+    source = args.source
     nn.clear_parameters()
     if resume_from or not is_main:
         # the checkpoint holds the (trained) standardization; other ranks get rank 0's
@@ -328,7 +314,8 @@ def train(args, comm=None, progress=True):
     stopper = EarlyStopping(args.patience)
     history, first_epoch = [], 1
     if resume_from:
-        state = load_checkpoint(resume_from, source, solver)
+        from checkpoint import load_checkpoint
+        state = load_checkpoint(resume_from, source, solver, cfg.to_dict())
         scheduler.load_state_dict(state["scheduler"])
         stopper.load_state_dict(state["stopper"])
         history, first_epoch = state["history"], state["epoch"] + 1
@@ -338,7 +325,6 @@ def train(args, comm=None, progress=True):
         comm.broadcast_parameters(source)
 
     monitors = make_monitors(args.output, source) if is_main else None
-    summary_path = os.path.join(args.output, source + ".json")
     epochs = tqdm(range(first_epoch, args.epochs + 1), desc="epochs", initial=first_epoch - 1,
                   total=args.epochs, disable=not progress)
     stopped_early = stopper.stop
@@ -357,8 +343,8 @@ def train(args, comm=None, progress=True):
             if comm is not None:  # every rank takes the same decision
                 loss = comm.mean(loss)
             if not np.isfinite(loss):
-                raise UmxError("training loss is %s at epoch %d: stopped; the last good weights "
-                               "are in %s" % (loss, epoch, args.output))
+                raise UmxError(nan_message("training", loss, epoch, dataset, indices,
+                                           paths["weights"]))
             losses.append(loss)
             bar.set_postfix(loss="%.4g" % loss)
         if not losses:
@@ -367,8 +353,8 @@ def train(args, comm=None, progress=True):
         train_loss = float(np.mean(losses))
         valid_loss = validation_loss(valid_tracks, source, cfg, progress, comm)
         if not np.isfinite(valid_loss):
-            raise UmxError("validation loss is %s at epoch %d: stopped; the last good weights "
-                           "are in %s" % (valid_loss, epoch, args.output))
+            raise UmxError(nan_message("validation", valid_loss, epoch, dataset, None,
+                                       paths["weights"]))
         improved = stopper.step(valid_loss)
         solver.set_learning_rate(scheduler.step(valid_loss))
         history.append(dict(epoch=epoch, train_loss=train_loss, valid_loss=valid_loss,
@@ -377,17 +363,17 @@ def train(args, comm=None, progress=True):
         stopped_early = stopper.stop
         if is_main:
             if improved:
-                save_target(os.path.join(args.output, source + ".h5"), source)
-            write_json_atomic(summary_path, dict(
+                save_target(paths["weights"], source)
+            write_json_atomic(paths["summary"], dict(
                 args=vars(args), config=cfg.to_dict(), history=history, best_epoch=best["epoch"],
                 best_valid_loss=best["valid_loss"], epochs_trained=epoch,
                 stopped_early=stopped_early, nb_processes=nb_procs))
-            save_checkpoint(checkpoint_dir, source, solver, dict(
+            save_checkpoint(paths["checkpoint"], source, solver, dict(
                 epoch=epoch, history=history, scheduler=scheduler.state_dict(),
-                stopper=stopper.state_dict()))
+                stopper=stopper.state_dict(), config=cfg.to_dict()))
             for name, value in (("train", train_loss), ("valid", valid_loss), ("lr", solver.learning_rate())):
                 monitors[name].add(epoch, value)
-            plot_losses(history, os.path.join(args.output, source + "_loss.png"), source)
+            plot_losses(history, paths["plot"], source)
         if comm is not None:
             comm.barrier()
         epochs.set_postfix(train="%.4g" % train_loss, valid="%.4g" % valid_loss)
@@ -398,24 +384,25 @@ def train(args, comm=None, progress=True):
 
 def make_monitors(folder, source):
     from nnabla.monitor import Monitor, MonitorSeries
-    monitor = Monitor(os.path.join(folder, source + "_monitor"))
+    with writing_into(folder):
+        monitor = Monitor(os.path.join(folder, source + "_monitor"))
     return {"train": MonitorSeries("Training loss", monitor, interval=1, verbose=False),
             "valid": MonitorSeries("Validation loss", monitor, interval=1, verbose=False),
             "lr": MonitorSeries("Learning rate", monitor, interval=1, verbose=False)}
 
 
+def run(args, comm):
+    if comm is None or comm.rank == 0:
+        with output_folder(args.output, "--output"):
+            return train(args, comm)
+    return train(args, comm)
+
+
 def main(argv=None):
     args = get_train_args(argv)
-    comm = None
-    try:
-        from comm import get_communicator
-        comm = get_communicator(args.context)
-        train(args, comm)
-    except UmxError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        if comm is not None:
-            comm.abort(1)  # no rank may wait for one that stopped
-        sys.exit(1)
+    from comm import get_communicator
+    comm = run_cli(get_communicator, args.context)
+    run_cli(run, args, comm, on_error=comm.abort if comm is not None else None)
 
 
 if __name__ == "__main__":

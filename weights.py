@@ -16,23 +16,28 @@ from runtime import UmxError
 
 
 def read_parameter_file(path):
-    """The parameters of one NNabla .h5 file: {name: ndarray} (names as stored)."""
+    """The parameters of one NNabla .h5 file: {name: ndarray} (names as stored), all finite."""
     import h5py
     try:
         with h5py.File(path, "r") as f:
             params = {}
             f.visititems(lambda name, obj: params.__setitem__(name, obj[()])
                          if isinstance(obj, h5py.Dataset) else None)
-    except OSError:
-        raise UmxError("%s is not an NNabla weight file (.h5)" % path)
+    except (OSError, RuntimeError, ValueError, KeyError):
+        raise UmxError("%s is not an NNabla weight file (.h5), or it is damaged" % path) from None
     if not params:
         raise UmxError("%s holds no parameters" % path)
+    for name, value in params.items():
+        if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+            raise UmxError("%s: parameter %s holds %s values" % (
+                path, name, "non-float" if not np.issubdtype(value.dtype, np.floating)
+                else "NaN or infinite"))
     return params
 
 
-def check_parameters(params, cfg, path):
-    """Raise UmxError naming the first parameter whose name or shape differs from the layout."""
-    expected = parameter_shapes(cfg)
+def check_parameters(params, expected, path):
+    """Raise UmxError naming the first parameter whose name or shape differs from `expected`
+    ({name: shape}); NNabla's own loader would silently skip or re-initialize it."""
     for name, shape in expected.items():
         if name not in params:
             raise UmxError("%s: missing parameter %s" % (path, name))
@@ -42,6 +47,17 @@ def check_parameters(params, cfg, path):
     extra = sorted(set(params) - set(expected))
     if extra:
         raise UmxError("%s: unexpected parameter %s" % (path, extra[0]))
+
+
+def restore_parameters(path, scope):
+    """Set the parameters that exist in nn.parameter_scope(scope) from `path`, which must hold
+    exactly those names and shapes."""
+    with nn.parameter_scope(scope):
+        current = nn.get_parameters(grad_only=False)
+    params = read_parameter_file(path)
+    check_parameters(params, {k: v.shape for k, v in current.items()}, path)
+    for name, var in current.items():
+        var.d = params[name]
 
 
 def load_target(path, target, n_hop=1024, sample_rate=44100):
@@ -65,12 +81,44 @@ def load_target(path, target, n_hop=1024, sample_rate=44100):
         raise UmxError("%s: missing parameter %s" % (path, exc.args[0]))
     except ValueError as exc:
         raise UmxError("%s: %s" % (path, exc))
-    check_parameters(params, cfg, path)
+    check_parameters(params, parameter_shapes(cfg), path)
     with nn.parameter_scope(target):
         for name, value in params.items():
             var = nn.parameter.get_parameter_or_create(name, value.shape, need_grad=False)
             var.d = value
     return cfg
+
+
+def h5_bytes(fill):
+    """An HDF5 file built in memory by fill(h5py.File) → its bytes. Written to disk with a
+    plain write, a full disk is one clean error (HDF5 writing a file of its own prints
+    tracebacks from its destructors and can crash the process)."""
+    import io
+    import h5py
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        fill(f)
+    return buffer.getvalue()
+
+
+def parameter_bytes(params):
+    """{name: Variable} as NNabla's .h5 parameter file (`nn.save_parameters`' format)."""
+    import io
+    buffer = io.BytesIO()
+    nn.save_parameters(buffer, params, extension=".h5")
+    return buffer.getvalue()
+
+
+def write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def save_parameters_atomic(path, params):
+    """Write {name: Variable} as an NNabla .h5 file `path`, atomically."""
+    data = parameter_bytes(params)
+    with atomic_path(path) as tmp:
+        write_bytes(tmp, data)
 
 
 def save_target(path, target):
@@ -79,8 +127,7 @@ def save_target(path, target):
         params = nn.get_parameters(grad_only=False)
     if not params:
         raise UmxError("no parameters in scope '%s' to save" % target)
-    with atomic_path(path) as tmp:
-        nn.save_parameters(tmp, params)
+    save_parameters_atomic(path, params)
 
 
 def write_random_weights(folder, cfg, targets=TARGETS, seed=0):

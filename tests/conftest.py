@@ -26,11 +26,13 @@ def import_script(name):
     return sys.modules[key]
 
 
-def run_script(name, *argv):
-    """Run the project's `<name>.py` in a subprocess: (exit code, stdout, stderr)."""
+def run_script(name, *argv, env=None):
+    """Run the project's `<name>.py` in a subprocess: (exit code, stdout, stderr); env: more
+    environment variables."""
     import subprocess
     proc = subprocess.run([sys.executable, os.path.join(ROOT, name + ".py"), *argv],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, **(env or {})))
     return proc.returncode, proc.stdout, proc.stderr
 
 

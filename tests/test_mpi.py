@@ -91,7 +91,8 @@ def test_train_py_under_mpirun_writes_once(root, tmp_path):
     assert code == 0, log
     summary = json.load(open(os.path.join(out, "drums.json")))
     assert summary["nb_processes"] == 2 and len(summary["history"]) == 2
-    assert sorted(os.listdir(out)) == ["drums.checkpoint", "drums.h5", "drums.json",
+    assert "training UMX for 'drums' on 2 processes (mpirun)" in log
+    assert sorted(os.listdir(out)) == ["data-check.json", "drums.checkpoint", "drums.h5", "drums.json",
                                        "drums_loss.png", "drums_monitor"]
     # resuming a multi-process run
     code, log = mpirun(2, "train.py", "--root", root, "--is-wav", "--source", "drums", "--output",

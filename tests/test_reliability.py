@@ -1,0 +1,618 @@
+"""Hard to break: every class of failure, several cases each, through the CLIs.
+
+Each case asserts the exit code, the one line that names the problem (no traceback), and that
+nothing was left behind or overwritten (file listings and checksums before and after).
+Classes: 1 processes, 2 clobbering, 3 arguments, 4 training data, 5 checkpoints,
+6 evaluation, 7 full disks (tmpfs, as root), 8 convert.py and data.py (in 3 and 7).
+"""
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ROOT, SMALL, make_random_weights, music_like, run_script
+from data import SOURCES, generate_dataset
+
+TINY_TRAIN = ["--is-wav", "--source", "bass", "--batch-size", "2", "--hidden-size", "16",
+              "--nfft", "512", "--nhop", "128", "--samples-per-track", "2", "--seq-dur", "0.5",
+              "--context", "cpu", "--epochs", "1"]
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+def snapshot(folder):
+    """{relative path: sha256} of every file below `folder` (hidden ones too)."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def the_error(stderr, start="error: "):
+    """The one line that reports the failure: no traceback, exactly one such line, last."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    reports = [line for line in lines if line.startswith(start)]
+    assert len(reports) == 1 and lines[-1] == reports[0], stderr
+    return reports[0]
+
+
+def staging_left(folder):
+    return [os.path.join(b, n) for b, dirs, files in os.walk(folder) for n in dirs + files
+            if n.startswith(".tmp-umx-")]
+
+
+def children(pid):
+    """pids of the live processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start(script, *argv, env=None):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, script + ".py"), *argv],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
+
+
+def wait_for(condition, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """3 training and 2 test tracks of generated music (2 s)."""
+    return generate_dataset(str(tmp_path_factory.mktemp("synth")), nb_train=3, nb_test=2,
+                            duration=2.0, seed=7, progress=False)
+
+
+@pytest.fixture(scope="module")
+def full_model(tmp_path_factory):
+    """Two full-size targets (umxhq's shapes): the network runs long enough to be killed."""
+    folder = str(tmp_path_factory.mktemp("full"))
+    make_random_weights(folder, targets=("vocals", "drums"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def long_song(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("song") / "song.wav")
+    sf.write(path, music_like(40.0, 44100), 44100, subtype="FLOAT")
+    return path
+
+
+def copy_dataset(dataset, tmp_path, name="data"):
+    root = str(tmp_path / name)
+    shutil.copytree(dataset, root)
+    return root
+
+
+# --------------------------------------------------------------------------------------
+# 1. processes never outlive their parent
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_workers_end_with_the_separation(tmp_path, full_model, long_song, signum):
+    out = str(tmp_path / "out")
+    proc = start("test", "--inputs", long_song, "--model", full_model, "--out-dir", out,
+                 "--targets", "vocals", "drums", "--context", "cpu")
+    workers = wait_for(lambda: len(children(proc.pid)) >= 2 and children(proc.pid))
+    time.sleep(0.3)  # the workers compute
+    os.kill(proc.pid, signum)
+    _, stderr = proc.communicate(timeout=60)
+    time.sleep(1.0)
+    assert not [w for w in workers if alive(w)], "a worker outlived test.py"
+    if signum == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        return
+    line = the_error(stderr, "interrupted")
+    assert proc.returncode == 128 + signum and ("Ctrl-C" in line or "SIGTERM" in line), stderr
+    assert not os.path.exists(out)  # created by the run, removed again: nothing left behind
+
+
+@pytest.mark.slow
+def test_scoring_workers_end_with_eval(tmp_path):
+    root = generate_dataset(str(tmp_path / "data"), nb_train=0, nb_test=4, duration=12.0,
+                            seed=1, progress=False)
+    proc = start("eval", "--estimates", root, "--root", root, "--is-wav", "--out-dir",
+                 str(tmp_path / "out"), "--cores", "2", "--targets", "vocals")
+    # --estimates = the dataset's own folders: every stem is a perfect estimate
+    workers = wait_for(lambda: len(children(proc.pid)) >= 2 and children(proc.pid))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    time.sleep(1.0)
+    assert not [w for w in workers if alive(w)], "a scoring worker outlived eval.py"
+
+
+def test_decoder_ends_with_its_parent(tmp_path):
+    """The ffmpeg process that decodes a compressed input dies with test.py."""
+    mp3 = str(tmp_path / "long.mp3")
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1800",
+                    "-ac", "2", mp3], check=True)
+    folder = str(tmp_path / "model")
+    make_random_weights(folder, **SMALL)
+    proc = start("test", "--inputs", mp3, "--model", folder, "--out-dir", str(tmp_path / "out"),
+                 "--context", "cpu")
+    decoder = wait_for(lambda: children(proc.pid))[0]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    time.sleep(1.0)
+    assert not alive(decoder), "ffmpeg outlived test.py"
+
+
+@pytest.mark.slow
+def test_staging_of_a_killed_run_is_removed_by_the_next(tmp_path, full_model, long_song):
+    out = str(tmp_path / "out")
+    proc = start("test", "--inputs", long_song, "--model", full_model, "--out-dir", out,
+                 "--targets", "vocals", "--context", "cpu")
+    stale = wait_for(lambda: staging_left(out))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert all(os.path.exists(p) for p in stale)  # a SIGKILL cannot clean up ...
+    # ... a live run's staging is left alone, the dead one's removed by the next run
+    live = os.path.join(out, ".tmp-umx-live")  # another run's, locked while it lives
+    os.makedirs(live)
+    lock = os.open(live, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    short = str(tmp_path / "short.wav")
+    sf.write(short, music_like(1.0, 44100), 44100)
+    code, _, err = run_script("test", "--inputs", short, "--model", full_model, "--out-dir", out,
+                              "--targets", "vocals", "--niter", "0", "--context", "cpu")
+    assert code == 0, err
+    assert staging_left(out) == [live]
+    os.close(lock)
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == \
+        ["accompaniment.wav", "vocals.wav"]
+
+
+# --------------------------------------------------------------------------------------
+# 2. outputs never clobber inputs or each other
+# --------------------------------------------------------------------------------------
+
+def test_outputs_never_replace_inputs_or_each_other(tmp_path):
+    folder = str(tmp_path / "model")
+    make_random_weights(folder, **SMALL)
+    songs = {}
+    for sub in ("a", "b"):
+        os.makedirs(str(tmp_path / sub))
+        songs[sub] = str(tmp_path / sub / "song.wav")
+        sf.write(songs[sub], music_like(0.5, 8000, seed=len(sub)), 8000)
+    vocals = str(tmp_path / "a" / "vocals.wav")  # an input named like a stem
+    sf.write(vocals, music_like(0.5, 8000), 8000)
+    other = str(tmp_path / "b" / "song.flac")
+    sf.write(other, music_like(0.5, 8000), 8000)
+    cases = [
+        (["--inputs", songs["a"], songs["b"], "--out-dir", str(tmp_path / "out")],
+         "would both write"),
+        (["--inputs", songs["a"], other, "--out-dir", str(tmp_path / "out")], "would both write"),
+        (["--inputs", songs["a"], songs["a"], "--out-dir", str(tmp_path / "out")],
+         "argument --inputs: %r is given more than once" % songs["a"]),
+        (["--inputs", vocals, "--out-dir", str(tmp_path / "a")], "would replace the input"),
+        (["--inputs", vocals, "--out-dir", str(tmp_path / "a"), "--targets", "vocals", "vocals"],
+         "argument --targets: 'vocals' is given more than once"),
+    ]
+    before = snapshot(str(tmp_path))
+    for argv, message in cases:
+        code, _, err = run_script("test", *argv, "--model", folder)
+        assert code == (2 if "argument" in message else 1), (argv, err)
+        assert message in the_error(err), (argv, err)
+        assert snapshot(str(tmp_path)) == before, argv
+        assert not os.path.exists(str(tmp_path / "out"))
+
+
+def test_eval_and_convert_never_write_over_their_inputs(tmp_path, dataset):
+    root = copy_dataset(dataset, tmp_path)
+    folder = str(tmp_path / "model")
+    make_random_weights(folder, **SMALL)
+    before = snapshot(root)
+    code, _, err = run_script("eval", "--model", folder, "--root", root, "--is-wav",
+                              "--out-dir", root)
+    assert code == 1 and "would replace the dataset's" in the_error(err), err
+    assert snapshot(root) == before
+    fixture = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
+    src = str(tmp_path / "pth")
+    shutil.copytree(fixture, src)
+    before = snapshot(src)
+    code, _, err = run_script("convert", "--from-pytorch", src, "--out", src)
+    assert code == 1 and "would replace the checkpoint file" in the_error(err), err
+    assert snapshot(src) == before
+
+
+def test_overlap_rules():
+    from files import refuse_overlaps
+    from runtime import UmxError
+    refuse_overlaps([("/x/in.wav", "in")], [("/x/out/a.wav", "one"), ("/x/out/b.wav", "one")])
+    with pytest.raises(UmxError, match="would replace in /x/in.wav"):
+        refuse_overlaps([("/x/in.wav", "in")], [("/x/../x/in.wav", "one")])
+    with pytest.raises(UmxError, match="one and two would both write"):
+        refuse_overlaps([], [("/x/a.wav", "one"), ("/x/a.wav", "two")])
+
+
+# --------------------------------------------------------------------------------------
+# 3. every argument checked before work (8: convert.py and data.py too)
+# --------------------------------------------------------------------------------------
+
+def test_arguments_are_checked_before_any_work(tmp_path, dataset):
+    wav = str(tmp_path / "in.wav")
+    sf.write(wav, music_like(0.5, 8000), 8000)
+    blocker = str(tmp_path / "a_file")
+    open(blocker, "w").close()
+    model = str(tmp_path / "model")
+    make_random_weights(model, **SMALL)
+    out = str(tmp_path / "out")
+    sep = ["--inputs", wav, "--model", model, "--out-dir", out]
+    tr = ["--root", dataset, "--output", out] + TINY_TRAIN
+    ev = ["--model", model, "--root", dataset, "--is-wav", "--out-dir", out]
+    cases = [
+        ("test", sep + ["--start", "-1"], "--start: must be >= 0"),
+        ("test", sep + ["--duration", "0"], "--duration: must be > 0"),
+        ("test", sep + ["--sample-rate", "0"], "--sample-rate: must be >= 1000"),
+        ("test", sep + ["--sample-rate", "-44100"], "--sample-rate: must be >= 1000"),
+        ("test", sep + ["--niter", "-1"], "--niter: must be >= 0"),
+        ("test", sep + ["--alpha", "0"], "--alpha: must be > 0"),
+        ("test", sep + ["--alpha", "nan"], "--alpha: expected a finite number"),
+        ("test", sep + ["--chunk-dur", "-2"], "--chunk-dur: must be > 0"),
+        ("test", ["--inputs", str(tmp_path), "--model", model, "--out-dir", out],
+         "--inputs: %s is a folder, not a file" % tmp_path),
+        ("test", sep[:-1] + [blocker], "--out-dir: %s is a file, not a folder" % blocker),
+        ("train", tr + ["--batch-size", "0"], "--batch-size: must be > 0"),
+        ("train", tr + ["--epochs", "-3"], "--epochs: must be > 0"),
+        ("train", tr + ["--hidden-size", "0"], "--hidden-size: must be > 0"),
+        ("train", tr + ["--hidden-size", "15"], "--hidden-size: must be even"),
+        ("train", tr + ["--lr", "0"], "--lr: must be > 0"),
+        ("train", tr + ["--lr-decay-gamma", "1.5"], "--lr-decay-gamma: must be <= 1.0"),
+        ("train", tr + ["--nhop", "1024"], "--nhop: must not exceed --nfft"),
+        ("train", tr + ["--seed", "-1"], "--seed: must be >= 0"),
+        ("train", tr + ["--nb-workers", "x"], "--nb-workers: expected an integer"),
+        ("train", ["--root", blocker, "--output", out], "--root: %s is a file" % blocker),
+        ("eval", ev + ["--cores", "0"], "--cores: must be > 0"),
+        ("eval", ev + ["--tracks", "A", "A"], "--tracks: 'A' is given more than once"),
+        ("eval", ev + ["--estimates", dataset], "--model and --estimates exclude each other"),
+        ("convert", ["--from-pytorch", blocker, "--out", out], "--from-pytorch: %s is a file"
+         % blocker),
+        ("convert", ["--from-pytorch", str(tmp_path), "--out", blocker], "--out: %s is a file"
+         % blocker),
+        ("data", ["--generate", blocker], "--generate: %s is a file, not a folder" % blocker),
+        ("data", ["--generate", out, "--duration", "0"], "--duration: must be >= 0.5"),
+        ("data", ["--generate", out, "--nb-train", "0"], "--nb-train: must be > 0"),
+    ]
+    before = snapshot(str(tmp_path))
+    for script, argv, message in cases:
+        code, _, err = run_script(script, *argv)
+        assert code == 2, (script, argv, err)
+        line = the_error(err)
+        assert message in line and "(see %s.py --help)" % script in line, (script, argv, err)
+        assert snapshot(str(tmp_path)) == before and not os.path.exists(out), (script, argv)
+
+
+# --------------------------------------------------------------------------------------
+# 4. training data validated before the first step
+# --------------------------------------------------------------------------------------
+
+def _rewrite(path, transform, rate=None):
+    audio, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    sf.write(path, transform(audio), rate or file_rate, subtype="FLOAT")
+
+
+def test_bad_training_data_is_named_before_training(tmp_path, dataset):
+    track = os.path.join("train", "Synth 01")
+    cases = [
+        ("vocals.wav", lambda a: a[::2], 22050, "is at 22050 Hz, but"),
+        ("bass.wav", lambda a: a[:-100], None, "has 88100 samples, but"),
+        ("drums.wav", lambda a: np.concatenate([a, a[:, :1]], axis=1), None, "has 3 channels"),
+        ("other.wav", lambda a: np.where(np.arange(len(a))[:, None] == 500, np.nan, a), None,
+         "holds NaN or infinite samples"),
+        ("mixture.wav", None, None, "cannot read"),
+    ]
+    for k, (name, transform, rate, message) in enumerate(cases):
+        root = copy_dataset(dataset, tmp_path, "data%d" % k)
+        path = os.path.join(root, track, name)
+        if transform is None:
+            with open(path, "r+b") as f:
+                f.write(b"garbage!" * 8)
+        else:
+            _rewrite(path, transform, rate)
+        out = str(tmp_path / ("out%d" % k))
+        code, _, err = run_script("train", "--root", root, "--output", out, *TINY_TRAIN)
+        assert code == 1, (name, err)
+        line = the_error(err)
+        assert message in line and os.path.join(track, name) in line, (name, err)
+        assert not os.path.exists(out), name  # nothing written before the checks pass
+
+
+def test_a_track_at_another_rate_is_named(tmp_path, dataset):
+    root = copy_dataset(dataset, tmp_path)
+    folder = os.path.join(root, "train", "Synth 02")
+    for name in SOURCES + ["mixture"]:
+        _rewrite(os.path.join(folder, name + ".wav"), lambda a: a[::2], 22050)
+    code, _, err = run_script("train", "--root", root, "--output", str(tmp_path / "o"),
+                              *TINY_TRAIN)
+    assert code == 1 and "Synth 02" in the_error(err) and "22050 Hz" in the_error(err), err
+
+
+def test_mono_stems_are_duplicated_and_said_so(tmp_path, dataset):
+    """The one documented conversion of training data: a mono file feeds both channels."""
+    root = copy_dataset(dataset, tmp_path)
+    path = os.path.join(root, "train", "Synth 00", "vocals.wav")
+    _rewrite(path, lambda a: a[:, :1])
+    from data import load_tracks
+    track = [t for t in load_tracks(root, True) if t.name == "Synth 00"][0]
+    stereo = track.read("vocals")
+    assert stereo.shape[1] == 2 and np.array_equal(stereo[:, 0], stereo[:, 1])
+    code, out, err = run_script("train", "--root", root, "--output", str(tmp_path / "o"),
+                                *TINY_TRAIN)
+    assert code == 0, err
+    assert "1 mono files are used as stereo" in out
+
+
+def test_a_nan_loss_names_the_tracks_and_the_weights(tmp_path, dataset):
+    train_module = __import__("conftest").import_script("train")
+    from data import TrainingSet, load_tracks
+    tracks = load_tracks(dataset, True, "train")
+    ds = TrainingSet(tracks, "bass", seq_dur=0.5, samples_per_track=2, seed=1)
+    weights = str(tmp_path / "bass.h5")
+    line = train_module.nan_message("training", float("nan"), 3, ds, [0, 5], weights)
+    names = {t.name for i in (0, 5) for _, t, _, _ in ds.draws(3, i)[0]}
+    assert line.startswith("training loss is nan at epoch 3 (batch from tracks ")
+    assert all("'%s'" % n in line for n in names) and "no weights were saved yet" in line
+    open(weights, "w").close()
+    line = train_module.nan_message("training", float("inf"), 3, ds, [0], weights)
+    assert "the best weights so far are in %s" % weights in line
+
+
+# --------------------------------------------------------------------------------------
+# 5. checkpoints verified before they are trusted
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("trained") / "out")
+    code, _, err = run_script("train", "--root", dataset, "--output", out, *TINY_TRAIN)
+    assert code == 0, err
+    return out
+
+
+def _flip_byte(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _garble(path):
+    with open(path, "w") as f:
+        f.write("{not json")
+
+
+@pytest.mark.parametrize("damage,file,message", [
+    (_flip_byte, "parameters.h5", "is damaged (parameters.h5 does not match its checksum)"),
+    (_truncate, "solver.h5", "is damaged (solver.h5 does not match its checksum)"),
+    (_garble, "state.json", "is damaged (state.json does not match its checksum)"),
+    (os.remove, "MANIFEST.json", "is incomplete (no MANIFEST.json"),
+    (os.remove, "solver.h5", "is incomplete (solver.h5 is missing)"),
+    (_garble, "MANIFEST.json", "is damaged (unreadable MANIFEST.json)"),
+])
+def test_damaged_checkpoints_are_refused(trained, tmp_path, dataset, damage, file, message):
+    out = str(tmp_path / "out")
+    shutil.copytree(trained, out)
+    damage(os.path.join(out, "bass.checkpoint", file))
+    before = snapshot(out)
+    code, _, err = run_script("train", "--root", dataset, "--output", out,
+                              *TINY_TRAIN[:-1], "2")
+    assert code == 1, err
+    line = the_error(err)
+    assert message in line and "delete it to start over" in line, err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--hidden-size", "8"], "hidden_size = 16 (--hidden-size), this run asks for 8"),
+    (["--nfft", "256"], "n_fft = 512 (--nfft), this run asks for 256"),
+    (["--nb-channels", "1"], "nb_channels = 2 (--nb-channels), this run asks for 1"),
+    (["--unidirectional"], "unidirectional = False (--unidirectional)"),
+])
+def test_resuming_another_model_is_refused(trained, tmp_path, dataset, flags, message):
+    out = str(tmp_path / "out")
+    shutil.copytree(trained, out)
+    before = snapshot(out)
+    args = [a for a in TINY_TRAIN]
+    for flag in flags[::2]:
+        if flag in args:
+            i = args.index(flag)
+            del args[i:i + 2]
+    code, _, err = run_script("train", "--root", dataset, "--output", out, *args, *flags)
+    assert code == 1 and message in the_error(err), err
+    assert snapshot(out) == before
+
+
+def test_finished_weights_without_checkpoint_are_kept(trained, tmp_path, dataset):
+    out = str(tmp_path / "out")
+    shutil.copytree(trained, out)
+    shutil.rmtree(os.path.join(out, "bass.checkpoint"))
+    before = snapshot(out)
+    code, _, err = run_script("train", "--root", dataset, "--output", out, *TINY_TRAIN)
+    assert code == 1 and "holds %s but no checkpoint" % os.path.join(out, "bass.h5") in \
+        the_error(err), err
+    assert snapshot(out) == before
+
+
+# --------------------------------------------------------------------------------------
+# 6. evaluation scores only what it was given
+# --------------------------------------------------------------------------------------
+
+def test_mismatched_estimates_are_not_scored(tmp_path, dataset):
+    cases = [
+        (lambda a: a[:-100], None, "has 88100 samples x 2 channels, the reference 88200 x 2"),
+        (lambda a: a[::2], 22050, "is at 22050 Hz, the reference at 44100 Hz"),
+        (lambda a: a[:, :1], None, "has 88200 samples x 1 channels"),
+        (lambda a: np.where(np.arange(len(a))[:, None] == 9, np.inf, a), None,
+         "holds NaN or infinite samples"),
+    ]
+    for k, (transform, rate, message) in enumerate(cases):
+        estimates = copy_dataset(dataset, tmp_path, "est%d" % k)
+        bad = os.path.join(estimates, "test", "Synth Test 01", "drums.wav")
+        _rewrite(bad, transform, rate)
+        out = str(tmp_path / ("out%d" % k))
+        code, stdout, err = run_script("eval", "--estimates", estimates, "--root", dataset,
+                                       "--is-wav", "--out-dir", out)
+        assert code == 1, err
+        assert "track 'Synth Test 01' not scored: %s %s" % (bad, message) in err, err
+        assert "1 of 2 tracks could not be scored" in the_error(err)
+        assert os.listdir(os.path.join(out, "test")) == ["Synth Test 00.json"]
+        assert "Not scored (1): Synth Test 01" in open(os.path.join(out, "results.md")).read()
+
+
+def test_unscored_frames_are_counted_in_the_table(tmp_path, dataset):
+    root = copy_dataset(dataset, tmp_path)
+    for track in os.listdir(os.path.join(root, "test")):
+        folder = os.path.join(root, "test", track)
+        _rewrite(os.path.join(folder, "vocals.wav"), lambda a: np.where(
+            np.arange(len(a))[:, None] < 44100 + 22050, 0, a))  # silent vocals for 1.5 s
+        stems = [sf.read(os.path.join(folder, s + ".wav"), dtype="float32")[0] for s in SOURCES]
+        sf.write(os.path.join(folder, "mixture.wav"), sum(stems), 44100, subtype="FLOAT")
+    out = str(tmp_path / "out")
+    code, stdout, err = run_script("eval", "--estimates", root, "--root", root, "--is-wav",
+                                   "--out-dir", out)
+    assert code == 0, err
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip()
+            for line in stdout.splitlines() if line.startswith("| ") and "target" not in line}
+    import json
+    counts = {}
+    for name in os.listdir(os.path.join(out, "test")):
+        with open(os.path.join(out, "test", name)) as f:
+            for target in json.load(f)["targets"]:
+                sdr = [frame["metrics"]["SDR"] for frame in target["frames"]]
+                nan, total = counts.get(target["name"], (0, 0))
+                counts[target["name"]] = (nan + sum(v is None or v != v for v in sdr),
+                                          total + len(sdr))
+    assert counts["vocals"][0] > 0  # the silent vocals give frames without a score
+    for target in SOURCES:
+        assert rows[target] == "%d of %d" % counts[target]
+
+
+# --------------------------------------------------------------------------------------
+# 7. a full disk anywhere: one line naming the folder, nothing half-written
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """mount(size) → a folder on a tmpfs of `size` bytes (root only), unmounted afterwards."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    mounted = []
+
+    def mount(size):
+        folder = str(tmp_path / ("disk%d" % len(mounted)))
+        os.makedirs(folder)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", folder],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            pytest.skip("cannot mount a tmpfs here: %s" % proc.stderr.strip())
+        mounted.append(folder)
+        return folder
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", folder])
+
+
+def _twice(script, *argv, env=None):
+    """Run twice: the same one-line error both times (deterministic)."""
+    lines = []
+    for _ in range(2):
+        code, _, err = run_script(script, *argv, env=env)
+        assert code == 1, err
+        lines.append(the_error(err))
+    assert lines[0] == lines[1]
+    return lines[0]
+
+
+def test_full_out_dir(tiny_disk, tmp_path):
+    disk = tiny_disk(1 << 20)
+    folder = str(tmp_path / "model")
+    make_random_weights(folder, **SMALL)
+    wav = str(tmp_path / "in.wav")
+    sf.write(wav, music_like(12.0, 8000), 8000)  # 4 stems x 12 s: 1.5 MB of float WAV
+    out = os.path.join(disk, "out")
+    line = _twice("test", "--inputs", wav, "--model", folder, "--out-dir", out)
+    assert line == "error: no space left on the device of %s" % out
+    assert os.listdir(disk) == []  # no stems, no staging, no out-dir
+
+
+def test_full_tmpdir(tiny_disk, tmp_path):
+    disk = tiny_disk(256 << 10)
+    folder = str(tmp_path / "model")
+    make_random_weights(folder, **SMALL)
+    wav = str(tmp_path / "in.wav")
+    sf.write(wav, music_like(12.0, 8000), 8000)  # decoded: 0.77 MB in TMPDIR
+    line = _twice("test", "--inputs", wav, "--model", folder, "--out-dir", str(tmp_path / "out"),
+                  env={"TMPDIR": disk})
+    assert line == "error: no space left on the device of %s" % disk
+    assert os.listdir(disk) == [] and not os.path.exists(str(tmp_path / "out"))
+
+
+def test_full_training_output(tiny_disk, dataset):
+    disk = tiny_disk(64 << 10)
+    out = os.path.join(disk, "out")
+    line = _twice("train", "--root", dataset, "--output", out, *TINY_TRAIN)
+    assert line == "error: no space left on the device of %s" % out
+    assert not staging_left(disk)
+
+
+def test_full_convert_eval_and_generate_outputs(tiny_disk, tmp_path, dataset):
+    disk = tiny_disk(32 << 10)
+    fixture = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
+    out = os.path.join(disk, "converted")
+    assert _twice("convert", "--from-pytorch", fixture, "--out", out) == \
+        "error: no space left on the device of %s" % out
+    assert os.listdir(disk) == []
+    out = os.path.join(disk, "scores")
+    line = _twice("eval", "--estimates", dataset, "--root", dataset, "--is-wav", "--out-dir", out)
+    assert line.startswith("error: no space left on the device of %s" % out)
+    assert not staging_left(disk)
+    out = os.path.join(disk, "generated")
+    line = _twice("data", "--generate", out, "--nb-train", "2", "--nb-test", "0",
+                  "--duration", "2")
+    assert line.startswith("error: no space left on the device of %s" % out)
+    assert not staging_left(disk)
