@@ -148,13 +148,15 @@ def get_train_args(argv=None):
     """The seed's training flags, with the seed's defaults."""
     parser = Parser(prog="train.py", description="Train an Open-Unmix target model (NNabla)")
     parser.add_argument("--umx-train", action="store_true",
-                        help="train UMX (kept for the seed's command line)")
+                        help="train one UMX target (--source); without it, X-UMX (all four "
+                             "targets in one bridged network, as Sony's repository)")
     parser.add_argument("--root", default=None, type=existing_dir,
                         help="MUSDB18 root; omitted: musdb's 7-second previews (downloaded)")
     parser.add_argument("--is-wav", action="store_true",
                         help="the dataset is decoded WAV (musdb's WAV layout), not STEMS .mp4")
-    parser.add_argument("--source", default="vocals",
-                        help="target source to train (%s)" % ", ".join(TARGET_NAMES))
+    parser.add_argument("--source", default=None,
+                        help="UMX's target source (%s; default vocals); X-UMX trains all four"
+                        % ", ".join(TARGET_NAMES))
     parser.add_argument("--output", default="open-unmix", type=folder_to_write,
                         help="folder for <source>.h5, <source>.json, logs and checkpoints")
     parser.add_argument("--checkpoint", default=None, type=existing_dir,
@@ -186,7 +188,25 @@ def get_train_args(argv=None):
     parser.add_argument("--samples-per-track", type=positive_int, default=64)
     parser.add_argument("--source-augmentations", nargs="*", default=["gain", "channelswap"],
                         choices=["gain", "channelswap"])
+    parser.add_argument("--mcoef", type=nonnegative_float, default=None,
+                        help="X-UMX: weight of the time-domain loss (loss = mcoef * L_t + L_f; "
+                             "default 10)")
+    parser.add_argument("--valid-dur", type=positive_float, default=None,
+                        help="X-UMX: seconds per segment of the validation's time-domain loss "
+                             "(default 10)")
     args = parser.parse_args(argv)
+    if args.umx_train:
+        args.source = args.source or "vocals"
+        for flag in ("mcoef", "valid_dur"):
+            if getattr(args, flag) is not None:
+                parser.error("argument --%s: only X-UMX takes it (drop --umx-train)"
+                             % flag.replace("_", "-"))
+    elif args.source is not None:
+        parser.error("argument --source: X-UMX trains all four targets; add --umx-train to "
+                     "train one UMX target")
+    else:
+        args.mcoef = 10.0 if args.mcoef is None else args.mcoef
+        args.valid_dur = 10.0 if args.valid_dur is None else args.valid_dur
     _refuse_repeats(parser, args, "source_augmentations")
     if args.nfft < 16 or args.nfft % 2:
         parser.error("argument --nfft: must be an even number >= 16, got %d" % args.nfft)

@@ -5,7 +5,9 @@
 DIR holds one state dict per target: `<target>-<hash>.pth` as published (umxhq, umx, umxl),
 or `<target>.pth` with the `<target>.json` that open-unmix-pytorch's training writes. OUT gets
 `<target>.h5` (official NNabla layout) and `<target>.json` (STFT hop and sample rate), which
-`test.py --model OUT` and `eval.py --model OUT` load unchanged.
+`test.py --model OUT` and `eval.py --model OUT` load unchanged. An asteroid X-UMX model
+package (`XUMX`/`BrokenXUMX`: state_dict and model_args) in DIR becomes `x-umx.h5` in Sony's
+layout (`test.py --model OUT/x-umx.h5`).
 
 `.pth` files are read here with `pickle` and `zipfile` alone: both PyTorch serializations (the
 zip archive of PyTorch >= 1.6 and the legacy format of the 2019 umx/umxhq checkpoints).
@@ -85,6 +87,13 @@ class _Unpickler(pickle.Unpickler):
 
 def read_pth(path):
     """A PyTorch state dict as {name: ndarray}, from either serialization."""
+    return read_package(path)[0]
+
+
+def read_package(path):
+    """(state dict {name: ndarray}, model_args dict or None) of a .pth: a bare state dict, a
+    training checkpoint ({'state_dict': ...}), or an asteroid model package (with
+    'model_args')."""
     try:
         if zipfile.is_zipfile(path):
             return _read_zip_pth(path)
@@ -139,11 +148,14 @@ def _read_legacy_pth(path):
 
 
 def _state_dict(obj, path):
+    args = None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]  # a training checkpoint of open-unmix-pytorch
+        # a training checkpoint of open-unmix-pytorch, or an asteroid model package
+        args = obj.get("model_args") if isinstance(obj.get("model_args"), dict) else None
+        obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
         raise UmxError("%s does not hold a state dict of tensors" % path)
-    return dict(obj)
+    return dict(obj), args
 
 
 # --------------------------------------------------------------------------------------
@@ -167,62 +179,63 @@ def _need(state, key, path):
     return state[key]
 
 
-def convert_state(state, path, meta=None):
-    """open-unmix-pytorch state dict → ({NNabla name: array}, UmxConfig)."""
+# Where one UMX branch's tensors are in a PyTorch state dict: open-unmix-pytorch's names, and
+# asteroid's X-UMX names for branch {t}
+UMX_KEYS = {"fc1": ("fc1.weight", "bn1."), "fc2": ("fc2.weight", "bn2."),
+            "fc3": ("fc3.weight", "bn3."), "lstm": "lstm.", "input_mean": "input_mean",
+            "input_scale": "input_scale", "output_scale": "output_scale",
+            "output_mean": "output_mean"}
+ASTEROID_XUMX_KEYS = {"fc1": ("layer_enc.{t}.enc.0.weight", "layer_enc.{t}.enc.1."),
+                      "fc2": ("layer_dec.{t}.dec.0.weight", "layer_dec.{t}.dec.1."),
+                      "fc3": ("layer_dec.{t}.dec.3.weight", "layer_dec.{t}.dec.4."),
+                      "lstm": "layer_lstm.{t}.", "input_mean": "mean_scale.input_mean_{t}",
+                      "input_scale": "mean_scale.input_scale_{t}",
+                      "output_scale": "mean_scale.output_scale_{t}",
+                      "output_mean": "mean_scale.output_mean_{t}"}
+
+
+def convert_branch(state, path, keys, n_hop=1024, sample_rate=44100):
+    """One UMX network (an open-unmix target, or an X-UMX branch) of a PyTorch state dict →
+    ({NNabla name (UMX's): array}, UmxConfig); keys: where its tensors are (UMX_KEYS' form)."""
     from model import UmxConfig, parameter_shapes
-    state = _strip(state)
-    sample_rate = float(state.pop("sample_rate", 44100.0))  # a buffer in openunmix 1.0
-    mean = _need(state, "input_mean", path)
-    fc1 = _need(state, "fc1.weight", path)
-    out_scale = _need(state, "output_scale", path)
-    w_ih0 = _need(state, "lstm.weight_ih_l0", path)
+    mean = _need(state, keys["input_mean"], path)
+    fc1 = _need(state, keys["fc1"][0], path)
+    out_scale = _need(state, keys["output_scale"], path)
+    lstm = keys["lstm"]
+    w_ih0 = _need(state, lstm + "weight_ih_l0", path)
     max_bin, hidden = mean.shape[0], fc1.shape[0]
     if fc1.ndim != 2 or fc1.shape[1] % max_bin:
-        raise UmxError("%s: fc1.weight has shape %s, not (hidden, nb_channels * %d)"
-                       % (path, fc1.shape, max_bin))
-    bidirectional = "lstm.weight_ih_l0_reverse" in state
-    nb_layers = 1 + max(int(k.split("_l")[-1].split("_")[0]) for k in state
-                        if k.startswith("lstm.weight_ih_l"))
+        raise UmxError("%s: %s has shape %s, not (hidden, nb_channels * %d)"
+                       % (path, keys["fc1"][0], fc1.shape, max_bin))
+    bidirectional = lstm + "weight_ih_l0_reverse" in state
+    nb_layers = 1 + max(int(k[len(lstm):].split("_l")[-1].split("_")[0]) for k in state
+                        if k.startswith(lstm + "weight_ih_l"))
     h = w_ih0.shape[0] // 4
-    n_hop, nb_channels = 1024, fc1.shape[1] // max_bin
-    if meta:
-        args = meta.get("args", meta)
-        n_hop = int(args.get("nhop", n_hop))
-        sample_rate = float(meta.get("sample_rate", args.get("sample_rate", sample_rate)))
-        for name, value in (("hidden_size", hidden), ("nb_channels", nb_channels),
-                            ("nfft", 2 * (out_scale.shape[0] - 1)),
-                            ("unidirectional", not bidirectional)):
-            if name in args and args[name] != value:
-                raise UmxError("%s: the json says %s=%s but the tensors say %s"
-                               % (path, name, args[name], value))
-    cfg = UmxConfig(nb_channels=nb_channels, hidden_size=hidden, max_bin=max_bin,
+    cfg = UmxConfig(nb_channels=fc1.shape[1] // max_bin, hidden_size=hidden, max_bin=max_bin,
                     nb_output_bins=out_scale.shape[0], nb_layers=nb_layers,
                     unidirectional=not bidirectional, n_fft=2 * (out_scale.shape[0] - 1),
                     n_hop=n_hop, sample_rate=int(round(sample_rate)))
     if h != cfg.lstm_hidden_size:
-        raise UmxError("%s: lstm.weight_ih_l0 has shape %s, expected (%d, %d)"
-                       % (path, w_ih0.shape, 4 * cfg.lstm_hidden_size, hidden))
-    f32 = (lambda a: np.ascontiguousarray(a, np.float32))
-    params = {"input_mean": mean, "input_scale": _need(state, "input_scale", path),
-              "output_scale": out_scale, "output_mean": _need(state, "output_mean", path),
-              "fc1/affine/W": fc1.T,  # PyTorch's Linear stores (out, in)
-              "fc2/affine/W": _need(state, "fc2.weight", path).T,
-              "fc3/affine/W": _need(state, "fc3.weight", path).T}
-    for i, layer in enumerate(("fc1", "fc2", "fc3")):
-        bn = "bn%d." % (i + 1)
+        raise UmxError("%s: %sweight_ih_l0 has shape %s, expected (%d, %d)"
+                       % (path, lstm, w_ih0.shape, 4 * cfg.lstm_hidden_size, hidden))
+    params = {name: _need(state, keys[name], path)
+              for name in ("input_mean", "input_scale", "output_scale", "output_mean")}
+    for layer in ("fc1", "fc2", "fc3"):
+        weight, bn = keys[layer]
+        params[layer + "/affine/W"] = _need(state, weight, path).T  # PyTorch stores (out, in)
         for ours, theirs in (("gamma", "weight"), ("beta", "bias"), ("mean", "running_mean"),
                              ("var", "running_var")):
             params["%s/bn/%s" % (layer, ours)] = _need(state, bn + theirs, path).reshape(1, 1, -1)
     # LSTM: gates (i, f, g, o) in both; NNabla joins [W_ih | W_hh] and the two biases
-    dirs = ["", "_reverse"] if bidirectional else [""]
+    directions = ["", "_reverse"] if bidirectional else [""]
     weights, biases = [], []
     for layer in range(nb_layers):
         w_dirs, b_dirs = [], []
-        for suffix in dirs:
+        for suffix in directions:
             key = "l%d%s" % (layer, suffix)
-            w_ih = _need(state, "lstm.weight_ih_" + key, path)
-            w_hh = _need(state, "lstm.weight_hh_" + key, path)
-            b = _need(state, "lstm.bias_ih_" + key, path) + _need(state, "lstm.bias_hh_" + key, path)
+            w_ih = _need(state, lstm + "weight_ih_" + key, path)
+            w_hh = _need(state, lstm + "weight_hh_" + key, path)
+            b = _need(state, lstm + "bias_ih_" + key, path) + _need(state, lstm + "bias_hh_" + key, path)
             w_dirs.append(np.concatenate([w_ih.reshape(4, h, -1), w_hh.reshape(4, h, h)], axis=-1))
             b_dirs.append(b.reshape(4, h))
         weights.append(np.stack(w_dirs))
@@ -231,7 +244,7 @@ def convert_state(state, path, meta=None):
     if nb_layers > 1:
         params["lstm/lstm/weight"] = np.stack(weights[1:])
     params["lstm/lstm/bias"] = np.stack(biases)
-    params = {k: f32(v) for k, v in params.items()}
+    params = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
     for name, shape in parameter_shapes(cfg).items():
         if params[name].shape != tuple(shape):
             raise UmxError("%s: %s converts to shape %s, expected %s (another architecture?)"
@@ -239,10 +252,64 @@ def convert_state(state, path, meta=None):
     return params, cfg
 
 
+def convert_state(state, path, meta=None):
+    """open-unmix-pytorch state dict → ({NNabla name: array}, UmxConfig)."""
+    state = _strip(state)
+    sample_rate = float(state.pop("sample_rate", 44100.0))  # a buffer in openunmix 1.0
+    n_hop = 1024
+    if meta:
+        args = meta.get("args", meta)
+        n_hop = int(args.get("nhop", n_hop))
+        sample_rate = float(meta.get("sample_rate", args.get("sample_rate", sample_rate)))
+    params, cfg = convert_branch(state, path, UMX_KEYS, n_hop, sample_rate)
+    if meta:
+        for name, value in (("hidden_size", cfg.hidden_size), ("nb_channels", cfg.nb_channels),
+                            ("nfft", cfg.n_fft), ("unidirectional", cfg.unidirectional)):
+            if name in args and args[name] != value:
+                raise UmxError("%s: the json says %s=%s but the tensors say %s"
+                               % (path, name, args[name], value))
+    return params, cfg
+
+
+def convert_xumx(state, path, model_args):
+    """asteroid X-UMX state dict and model_args → ({Sony's x-umx.h5 name: array}, UmxConfig
+    of its branches)."""
+    from dataclasses import replace
+    from model import XUMX_TARGETS, branch_name
+    state = _strip(state)
+    args = model_args or {}
+    sources = list(args.get("sources") or
+                   sorted({k.split(".")[1] for k in state if k.startswith("layer_enc.")}))
+    names = tuple([t for t in XUMX_TARGETS if t in sources] +
+                  [t for t in sources if t not in XUMX_TARGETS])
+    params, cfgs = {}, {}
+    for target in names:
+        keys = {k: tuple(x.format(t=target) for x in v) if isinstance(v, tuple)
+                else v.format(t=target) for k, v in ASTEROID_XUMX_KEYS.items()}
+        branch, cfgs[target] = convert_branch(state, path, keys, int(args.get("n_hop", 1024)),
+                                              float(args.get("sample_rate", 44100)))
+        params.update({branch_name(k, target): v for k, v in branch.items()})
+    cfg = replace(cfgs[names[0]], xumx_branches=names)
+    for target in names:
+        if replace(cfgs[target], xumx_branches=names) != cfg:
+            raise UmxError("%s: branch '%s' has another architecture than '%s'"
+                           % (path, target, names[0]))
+    for name, value in (("hidden_size", cfg.hidden_size), ("nb_channels", cfg.nb_channels),
+                        ("in_chan", cfg.n_fft), ("max_bin", cfg.max_bin),
+                        ("bidirectional", not cfg.unidirectional), ("nb_layers", cfg.nb_layers)):
+        if args.get(name) is not None and args[name] != value:
+            raise UmxError("%s: model_args say %s=%s but the tensors say %s"
+                           % (path, name, args[name], value))
+    return params, cfg
+
+
+def is_asteroid_xumx(state):
+    return any(k.startswith(("layer_enc.", "module.layer_enc.")) for k in state)
+
+
 def find_checkpoints(folder):
-    """{target: (pth path, json path or None)} of a folder of open-unmix-pytorch weights."""
-    if not os.path.isdir(folder):
-        raise UmxError("--from-pytorch %s is not a folder" % folder)
+    """{name: (pth path, json path or None)} of a folder of open-unmix-pytorch weights (name:
+    the target) or of an asteroid X-UMX (name: the file's)."""
     found = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".pth"):
@@ -255,46 +322,53 @@ def find_checkpoints(folder):
 
 
 def convert_folder(src, out, targets=None):
-    """Convert every (or the named) target of `src` into `out`, all or nothing."""
-    import nnabla as nn
-    from weights import save_target
+    """Convert every (or the named) target of `src` into `out`, all or nothing: UMX targets
+    to `<target>.h5`, an asteroid X-UMX to Sony's `x-umx.h5` (each with its .json)."""
     from files import output_folder, read_json, refuse_overlaps, staged_folder, write_json_atomic
     checkpoints = find_checkpoints(src)
     targets = targets or list(checkpoints)
     missing = [t for t in targets if t not in checkpoints]
     if missing:
         raise UmxError("no checkpoint for target '%s' in %s" % (missing[0], src))
-    refuse_overlaps([(path, "the checkpoint file") for t in targets
-                     for path in checkpoints[t] if path],
-                    [(os.path.join(out, t + ext), "--out") for t in targets
-                     for ext in (".h5", ".json")])
-    converted = {}
+    converted = {}  # output name → (params, cfg, source file)
     for target in targets:
         pth, meta_path = checkpoints[target]
-        meta = read_json(meta_path, "open-unmix model description") if meta_path else None
-        converted[target] = convert_state(read_pth(pth), pth, meta)
+        state, model_args = read_package(pth)
+        if is_asteroid_xumx(state):
+            converted["x-umx"] = convert_xumx(state, pth, model_args) + (pth,)
+        else:
+            meta = read_json(meta_path, "open-unmix model description") if meta_path else None
+            converted[target] = convert_state(state, pth, meta) + (pth,)
+    refuse_overlaps([(path, "the checkpoint file") for t in targets
+                     for path in checkpoints[t] if path],
+                    [(os.path.join(out, name + ext), "--out") for name in converted
+                     for ext in (".h5", ".json")])
     with output_folder(out, "--out"), staged_folder(out) as staging:
-        for target, (params, cfg) in converted.items():
-            with nn.parameter_scope("_convert"):
-                nn.clear_parameters()
-                for name, value in params.items():
-                    nn.parameter.get_parameter_or_create(name, value.shape).d = value
-            save_target(os.path.join(staging, target + ".h5"), "_convert")
-            with nn.parameter_scope("_convert"):
-                nn.clear_parameters()
-            write_json_atomic(os.path.join(staging, target + ".json"),
-                              {"config": cfg.to_dict(),
-                               "converted_from": os.path.basename(checkpoints[target][0])})
-    return {t: c for t, (_, c) in converted.items()}
+        for name, (params, cfg, pth) in converted.items():
+            save_arrays(os.path.join(staging, name + ".h5"), params)
+            write_json_atomic(os.path.join(staging, name + ".json"),
+                              {"config": cfg.to_dict(), "converted_from": os.path.basename(pth)})
+    return {name: cfg for name, (_, cfg, _) in converted.items()}
+
+
+def save_arrays(path, params):
+    """{name: array} as an NNabla parameter file."""
+    import nnabla as nn
+    from weights import save_parameters_atomic
+    variables = {}
+    for name, value in params.items():
+        variables[name] = nn.Variable.from_numpy_array(value)
+    save_parameters_atomic(path, variables)
 
 
 def run(args):
     cfgs = convert_folder(args.from_pytorch, args.out, args.targets)
-    for target, cfg in cfgs.items():
-        print("%s: hidden %d, %d channels, max_bin %d, %s -> %s"
-              % (target, cfg.hidden_size, cfg.nb_channels, cfg.max_bin,
+    for name, cfg in cfgs.items():
+        print("%s: %shidden %d, %d channels, max_bin %d, %s -> %s"
+              % (name, "X-UMX branches %s, " % ", ".join(cfg.xumx_branches)
+                 if cfg.xumx_branches else "", cfg.hidden_size, cfg.nb_channels, cfg.max_bin,
                  "unidirectional" if cfg.unidirectional else "bidirectional",
-                 os.path.join(args.out, target + ".h5")))
+                 os.path.join(args.out, name + ".h5")))
 
 
 def main(argv=None):

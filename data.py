@@ -258,13 +258,21 @@ def augment(audio, rng, augmentations):
 
 
 class TrainingSet:
-    """Random-mix training samples: len = nb_tracks * samples_per_track each epoch."""
+    """Random-mix training samples: len = nb_tracks * samples_per_track each epoch.
 
-    def __init__(self, tracks, target, seq_dur=6.0, samples_per_track=64,
+    targets: what a sample's target holds — one source (UMX: its source comes from the
+    balanced track `index // samples_per_track`, the others from random tracks), or several
+    (X-UMX, all four: every source from a random track, as Sony's training draws them).
+    """
+
+    def __init__(self, tracks, targets, seq_dur=6.0, samples_per_track=64,
                  augmentations=AUGMENTATIONS, seed=42, log=None):
-        if target not in SOURCES:
-            raise UmxError("unknown --source '%s' (choose from %s)" % (target, ", ".join(SOURCES)))
-        self.tracks, self.target = tracks, target
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        unknown = [t for t in targets if t not in SOURCES]
+        if unknown:
+            raise UmxError("unknown --source '%s' (choose from %s)" % (unknown[0], ", ".join(SOURCES)))
+        self.tracks, self.targets = tracks, targets
+        self.balanced = targets[0] if len(targets) == 1 else None
         self.seq_dur = seq_dur if seq_dur and seq_dur > 0 else None
         self.samples_per_track = samples_per_track
         self.augmentations = list(augmentations)
@@ -285,13 +293,12 @@ class TrainingSet:
         """What sample `index` of `epoch` is made of: [(source, track, first frame, frames)]
         (frames None: the whole track), and the random state for its augmentations."""
         rng = sample_rng(self.seed, epoch, index)
-        target_track = self.tracks[index // self.samples_per_track]
+        balanced_track = self.tracks[index // self.samples_per_track]
         parts = []
         for source in SOURCES:
-            # the target comes from the balanced track, the others from random tracks;
             # tracks shorter than the chunk are skipped
-            if source == self.target and target_track in self.long_enough:
-                track = target_track
+            if source == self.balanced and balanced_track in self.long_enough:
+                track = balanced_track
             else:
                 track = self.long_enough[rng.randint(len(self.long_enough))]
             if self.seq_dur:
@@ -307,7 +314,8 @@ class TrainingSet:
                          for source, track, first, _ in self.draws(epoch, index)[0])
 
     def sample(self, epoch, index):
-        """→ (mixture, target) float32 [shape=(nb_timesteps, 2)] each"""
+        """→ (mixture [shape=(nb_timesteps, 2)], targets [shape=(nb_timesteps, 2 * len(targets))]
+        (the targets' channels side by side, in `targets` order)), float32"""
         parts, rng = self.draws(epoch, index)
         stems = {source: augment(track.sources[source].read(first, frames), rng,
                                  self.augmentations)
@@ -316,7 +324,8 @@ class TrainingSet:
             n = min(a.shape[0] for a in stems.values())
             stems = {k: a[:n] for k, a in stems.items()}
         mixture = sum(stems[s] for s in SOURCES)
-        return mixture.astype(np.float32), stems[self.target].astype(np.float32)
+        target = np.concatenate([stems[t] for t in self.targets], axis=1)
+        return mixture.astype(np.float32), target.astype(np.float32)
 
 
 def epoch_batches(dataset, epoch, batch_size, nb_workers=0, rank=0, nb_ranks=1,
@@ -344,10 +353,13 @@ def epoch_batches(dataset, epoch, batch_size, nb_workers=0, rank=0, nb_ranks=1,
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def validation_pairs(tracks, target):
-    """Yield (name, mixture, target) of whole tracks, unaugmented."""
+def validation_pairs(tracks, targets):
+    """Yield (name, mixture, targets [shape=(nb_timesteps, 2 * len(targets))]) of whole
+    tracks, unaugmented."""
+    targets = [targets] if isinstance(targets, str) else list(targets)
     for track in tracks:
-        yield track.name, track.read("mixture"), track.read(target)
+        yield track.name, track.read("mixture"), np.concatenate([track.read(t) for t in targets],
+                                                                axis=1)
 
 
 # --------------------------------------------------------------------------------------

@@ -22,8 +22,11 @@ from files import WriteError, atomic_path, output_folder, refuse_overlaps, writi
 from runtime import UmxError, run_cli, worker_pool
 
 METRICS = ["SDR", "SIR", "SAR", "ISR"]
-# The published scores (median over frames, median over tracks) the seed's README lists.
+# The published scores (median over frames, median over tracks): UMX's and UMXHQ's from the
+# seed's README, X-UMX's SDR from Sawata et al. (ICASSP 2021; its other metrics: None)
 PAPER_SCORES = {
+    "x-umx": {"vocals": (6.61, None, None, None), "drums": (6.47, None, None, None),
+              "bass": (5.43, None, None, None), "other": (4.64, None, None, None)},
     "umx": {"vocals": (6.32, 13.33, 6.52, 12.95), "bass": (5.23, 10.93, 6.34, 9.23),
             "drums": (5.73, 11.12, 6.02, 10.51), "other": (4.02, 6.59, 4.74, 9.31)},
     "umxhq": {"vocals": (6.25, 12.95, 6.50, 12.70), "bass": (5.07, 10.35, 6.02, 9.71),
@@ -157,11 +160,10 @@ def aggregate(json_paths):
 
 
 def paper_model(model):
-    """'umx' or 'umxhq' when the model folder/zip's name says so, else None."""
+    """'umx', 'umxhq' or 'x-umx' when the model's folder or file name says so, else None."""
     if not model:
         return None
-    name = os.path.basename(os.path.normpath(model)).lower()
-    name = name[:-4] if name.endswith(".zip") else name
+    name = os.path.splitext(os.path.basename(os.path.normpath(model)).lower())[0]
     return name if name in PAPER_SCORES else None
 
 
@@ -179,7 +181,7 @@ def format_table(table, unscored, paper=None):
             cells.append("%.2f" % table.loc[target, metric])
             if paper:
                 ref = PAPER_SCORES[paper].get(target)
-                cells.append("%.2f" % ref[i] if ref else "-")
+                cells.append("%.2f" % ref[i] if ref and ref[i] is not None else "-")
         cells.append("%d of %d" % unscored.get(target, (0, 0)))
         lines.append("| %s | %s |" % (target, " | ".join(cells)))
     return "\n".join(lines)

@@ -65,6 +65,16 @@ def _twice_minus_one(x):
     return F.add_scalar(F.mul_scalar(x, 2.0), -1.0)
 
 
+def networks_to_run(cfgs, targets):
+    """The networks that run for `targets`: theirs, and every branch of an X-UMX."""
+    needed = []
+    for target in targets:
+        for name in cfgs[target].xumx_branches or (target,):
+            if name not in needed:
+                needed.append(name)
+    return needed
+
+
 class InferenceNetwork:
     """UMX inference for several targets at once, with NNabla functions, in pieces.
 
@@ -96,6 +106,11 @@ class InferenceNetwork:
         self.chunk_steps = chunk_steps
         self.block_rows = block_rows
         self.graphs = {}
+
+    @property
+    def bridged(self):
+        """Whether some targets are X-UMX branches (which run together, not one by one)."""
+        return any(cfg.xumx_branches for cfg in self.cfgs.values())
 
     @classmethod
     def from_parameter_scopes(cls, cfgs, **kw):
@@ -233,21 +248,25 @@ class InferenceNetwork:
         rows = nb_samples * nb_frames
         mixes = {2: np.ascontiguousarray(spec, np.float32).reshape(rows, 2, nb_bins)}
         results = {}
-        # targets whose LSTMs have one shape step together
+        # targets whose LSTMs have one shape step together; an X-UMX's branches run together
+        # (all of them, whichever are asked for: the averages need every one)
         groups = {}
-        for target in targets:
+        for target in networks_to_run(self.cfgs, targets):
             cfg = self.cfgs[target]
-            key = (cfg.lstm_hidden_size, cfg.nb_directions, cfg.nb_layers)
+            key = (cfg.lstm_hidden_size, cfg.nb_directions, cfg.nb_layers, cfg.xumx_branches)
             groups.setdefault(key, []).append(target)
             if cfg.nb_channels == 1 and 1 not in mixes:  # mono models read the downmix
                 mixes[1] = mixes[2].mean(axis=1, keepdims=True)
-        for (hid, dirs, nb_layers), members in groups.items():
+        for (hid, dirs, nb_layers, bridged), members in groups.items():
             skip, layer_out = {}, {}
             for target in members:
                 cfg, w = self.cfgs[target], self.weights[target]
                 skip[target] = layer_out[target] = self._per_frame(
                     self._fc1_layer, [w["fc1_W"], w["fc1_b"]],
                     [mixes[cfg.nb_channels][:, :, :cfg.max_bin]], cfg.hidden_size)
+            if bridged:  # X-UMX: every LSTM reads the average of the branches' encodings
+                skip = dict.fromkeys(members, _average(skip.values()))
+                layer_out = dict(skip)
             for layer in range(nb_layers):
                 # (B * T, D * 4H) per target -> (T, targets * D, B, 4H), backward ones reversed
                 gates = np.empty((nb_frames, len(members) * dirs, nb_samples, 4 * hid), np.float32)
@@ -270,7 +289,10 @@ class InferenceNetwork:
                     if dirs == 2:
                         out[:, :, 1] = hs[::-1, k * dirs + 1].transpose(1, 0, 2)
                     layer_out[target] = out.reshape(rows, dirs * hid)
-            for target in members:
+            if bridged:  # X-UMX: the average of the skip connections [encoding | LSTM], whose
+                # encoding half is already the average
+                layer_out = dict.fromkeys(members, _average(layer_out.values()))
+            for target in [t for t in members if t in targets]:
                 cfg, w = self.cfgs[target], self.weights[target]
                 shape = (cfg.nb_channels, nb_bins)
                 est = self._per_frame(
@@ -281,3 +303,8 @@ class InferenceNetwork:
                 if write is None:
                     results[target] = est.reshape((nb_samples, nb_frames) + shape)
         return None if write else results
+
+
+def _average(arrays):
+    arrays = list(arrays)
+    return sum(arrays[1:], arrays[0].copy()) / np.float32(len(arrays))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from audio import prepare_audio
 from data import SOURCES as TARGETS  # noqa: F401 (the default targets)
 from files import TemporaryArrayFile, writing_into
-from inference import InferenceNetwork
+from inference import InferenceNetwork, networks_to_run
 from runtime import UmxError, timed, worker_pool
 from spectral import PaddedSignal, nb_stft_frames, stft_frames
 from wiener import wiener_blocks
@@ -105,15 +105,17 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     network: the `InferenceNetwork` to run (default: built from the loaded parameters).
     processes > 1: forked worker processes share the work (CPU contexts only: see
     `default_processes`): each takes some of the targets, or of the windows when there are
-    fewer targets than processes.
+    fewer targets than processes (or the targets are X-UMX branches, which run together).
     """
     cfg = cfgs[targets[0]]
     model_channels = max(cfgs[t].nb_channels for t in targets)
     length, plan = plan_windows(nb_frames, window, context)
     store = EstimateStore(nb_frames, cfg.nb_output_bins, model_channels, len(targets))
-    network = network or InferenceNetwork.from_parameter_scopes({t: cfgs[t] for t in targets})
+    network = network or InferenceNetwork.from_parameter_scopes(
+        {t: cfgs[t] for t in networks_to_run(cfgs, targets)})
     start_time = time.perf_counter()
-    by_target = len(targets) >= processes
+    # X-UMX's branches run together (their averages need all of them): share the windows
+    by_target = len(targets) >= processes and not network.bridged
     processes = max(1, min(processes, len(targets) if by_target else len(plan)))
     shares = [(targets[p::processes], plan) if by_target else (targets, plan[p::processes])
               for p in range(processes)]

@@ -183,6 +183,8 @@ def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False):
     return F.transpose(mag, (3, 0, 1, 2))
 
 
-def model_layout(spec):
-    """complex (nb_samples, nb_channels, nb_frames, nb_bins) → magnitude (nb_frames, nb_samples, nb_channels, nb_bins)."""
-    return np.abs(spec).transpose(2, 0, 1, 3)
+def model_layout(spec, mono=False):
+    """STFT or magnitude (nb_samples, nb_channels, nb_frames, nb_bins) → magnitude (nb_frames,
+    nb_samples, nb_channels, nb_bins), downmixed to one channel when `mono`."""
+    mag = np.abs(spec).transpose(2, 0, 1, 3)
+    return mag.mean(axis=2, keepdims=True) if mono else mag

@@ -36,9 +36,10 @@ def run(args):
 def separate_files(args, folders):
     from inference import InferenceNetwork
     from separator import WINDOW_FRAMES, separate_stream
-    from weights import load_models
+    from weights import describe, load_models
     set_context(args.context)
     cfgs = load_models(args.model, args.targets)
+    print("model: %s" % describe(cfgs))
     cfg = cfgs[args.targets[0]]
     network = InferenceNetwork.from_parameter_scopes(cfgs)  # once for all inputs
     window = WINDOW_FRAMES

@@ -23,13 +23,16 @@ from context import set_context
 from files import (atomic_path, output_folder, read_json, refuse_overlaps, write_json_atomic,
                    writing_into)
 from inference import InferenceNetwork
-from model import OpenUnmix, UmxConfig, bandwidth_to_max_bin
+from loss import TRIM, frequency_loss, time_loss, time_loss_numpy, umx_loss
+from ops import multiply
+from model import (XUMX_TARGETS, CrossNet, OpenUnmix, UmxConfig, bandwidth_to_max_bin,
+                   split_branches)
 from runtime import UmxError, run_cli
 from separator import estimate_spectrograms
-from spectral import model_layout, nb_stft_frames, pad_for_stft, stft
+from spectral import istft, model_layout, nb_stft_frames, pad_for_stft, stft
 from weights import save_target
 
-TrainGraph = namedtuple("TrainGraph", "mixture target loss model scope")
+TrainGraph = namedtuple("TrainGraph", "inputs loss model scope feed")
 
 
 # --------------------------------------------------------------------------------------
@@ -38,8 +41,7 @@ TrainGraph = namedtuple("TrainGraph", "mixture target loss model scope")
 
 def magnitudes(audio, n_fft, n_hop, mono=False):
     """audio [shape=(nb_samples, nb_timesteps, 2)] → [shape=(nb_frames, nb_samples, C, nb_bins)]"""
-    mag = model_layout(stft(audio.transpose(0, 2, 1), n_fft, n_hop))
-    return mag.mean(axis=2, keepdims=True) if mono else mag
+    return model_layout(stft(audio.transpose(0, 2, 1), n_fft, n_hop), mono)
 
 
 def compute_statistics(tracks, n_fft, n_hop, progress=True):
@@ -115,20 +117,84 @@ class EarlyStopping:
 # graphs and steps
 # --------------------------------------------------------------------------------------
 
-def build_training_graph(cfg, source, batch_size, nb_frames, input_mean=None, input_scale=None,
-                         freeze_bn=False):
-    """The training graph of one target, built once.
+def build_training_graph(cfg, scope, batch_size, nb_timesteps, input_mean=None,
+                         input_scale=None, freeze_bn=False, mcoef=10.0):
+    """The training graph, built once: UMX's for one target (cfg without X-UMX branches,
+    parameters in `scope`), or X-UMX's (`cfg.xumx_branches`, Sony's names in `scope`).
 
-    mixture, target: Variables [shape=(nb_frames, batch_size, nb_channels, nb_bins)] to fill
-    with magnitude spectrograms; loss: the mean squared error of the estimate.
+    Its `inputs` are Variables that `feed` fills from audio batches of nb_timesteps samples;
+    loss: UMX's MSE, or X-UMX's multi-domain loss (`loss.py`, time term weighted by mcoef).
     """
-    mixture = nn.Variable((nb_frames, batch_size, cfg.nb_channels, cfg.nb_output_bins))
-    target = nn.Variable((nb_frames, batch_size, cfg.nb_channels, cfg.nb_output_bins))
-    with nn.parameter_scope(source):
-        model = OpenUnmix(cfg, input_mean, input_scale)
-        estimate = model(mixture, test=False, freeze_bn=freeze_bn)
-    loss = F.mean(F.squared_error(estimate, target))
-    return TrainGraph(mixture, target, loss, model, source)
+    nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
+    spec = (nb_frames, batch_size, cfg.nb_channels, cfg.nb_output_bins)
+    mixture = nn.Variable(spec)
+    if not cfg.xumx_branches:
+        target = nn.Variable(spec)
+        with nn.parameter_scope(scope):
+            model = OpenUnmix(cfg, input_mean, input_scale)
+            estimate = model(mixture, test=False, freeze_bn=freeze_bn)
+        return TrainGraph(dict(mixture=mixture, target=target), umx_loss(estimate, target),
+                          model, scope, feed_umx)
+    nb_targets = len(cfg.xumx_branches)
+    rows = batch_size * 2  # time signals: (samples x stereo channels, L)
+    length = (nb_frames - 1) * cfg.n_hop - 2 * TRIM  # F.istft's length, trimmed
+    if length <= 0:
+        raise UmxError("--seq-dur is too short for X-UMX's time-domain loss (%d samples "
+                       "trimmed at each end)" % TRIM)
+    inputs = dict(mixture=mixture,
+                  phase_real=nn.Variable((rows, cfg.nb_output_bins, nb_frames)),
+                  phase_imag=nn.Variable((rows, cfg.nb_output_bins, nb_frames)),
+                  targets=nn.Variable((nb_targets,) + spec),
+                  target_time=nn.Variable((nb_targets, rows, length)),
+                  mixture_time=nn.Variable((1, rows, length)))
+    with nn.parameter_scope(scope):
+        model = CrossNet(cfg, cfg.xumx_branches, input_mean, input_scale)
+        estimates = list(model(mixture, test=False, freeze_bn=freeze_bn).values())
+    # the estimates' time signals: magnitudes with the mixture's phase, through F.istft
+    times = []
+    for estimate in estimates:
+        # (T, B, C, bins) -> (B, C, bins, T) -> (B * 2, bins, T); mono estimates serve both channels
+        estimate = F.transpose(estimate, (1, 2, 3, 0))
+        estimate = F.reshape(F.broadcast(estimate, (batch_size, 2) + estimate.shape[2:]),
+                             (rows, cfg.nb_output_bins, nb_frames))
+        time = F.istft(multiply(estimate, inputs["phase_real"]),
+                       multiply(estimate, inputs["phase_imag"]), cfg.n_fft, cfg.n_hop, cfg.n_fft,
+                       window_type="hanning", center=True, pad_mode="constant")
+        times.append(time[:, TRIM:TRIM + length])
+    loss = mcoef * time_loss(F.stack(*times, axis=0), inputs["target_time"],
+                             inputs["mixture_time"]) + \
+        frequency_loss(estimates, inputs["targets"])
+    return TrainGraph(inputs, loss, model, scope, feed_xumx)
+
+
+def feed_umx(graph, cfg, mixtures, targets):
+    """Magnitudes of audio batches [shape=(batch, nb_timesteps, 2)] into UMX's inputs."""
+    mono = cfg.nb_channels == 1
+    graph.inputs["mixture"].d = magnitudes(mixtures, cfg.n_fft, cfg.n_hop, mono)
+    graph.inputs["target"].d = magnitudes(targets, cfg.n_fft, cfg.n_hop, mono)
+
+
+def feed_xumx(graph, cfg, mixtures, targets):
+    """X-UMX's inputs from audio batches: mixtures [shape=(batch, nb_timesteps, 2)], targets
+    [shape=(batch, nb_timesteps, 2 * nb_targets)] (Sony's order)."""
+    inputs = graph.inputs
+    batch, _, _ = mixtures.shape
+    spec = stft(mixtures.transpose(0, 2, 1), cfg.n_fft, cfg.n_hop)  # (B, 2, T, bins)
+    magnitude = np.abs(spec)
+    inputs["mixture"].d = model_layout(magnitude, cfg.nb_channels == 1)
+    # the mixture's phase as a unit phasor (1 where the mixture is silent, as the Wiener
+    # filter's start): (B, 2, T, bins) -> (B * 2, bins, T)
+    phasor = np.where(magnitude > 0, spec / np.maximum(magnitude, 1e-30), 1.0)
+    phasor = phasor.transpose(0, 1, 3, 2).reshape(inputs["phase_real"].shape)
+    inputs["phase_real"].d, inputs["phase_imag"].d = phasor.real, phasor.imag
+    nb_targets, rows, length = inputs["target_time"].shape
+    # (B, n, 2 * J) -> (J, B * 2, n)
+    sources = targets.reshape(batch, -1, nb_targets, 2).transpose(2, 0, 3, 1)
+    inputs["targets"].d = np.stack([magnitudes(s.transpose(0, 2, 1), cfg.n_fft, cfg.n_hop,
+                                               cfg.nb_channels == 1) for s in sources])
+    inputs["target_time"].d = sources.reshape(nb_targets, rows, -1)[..., TRIM:TRIM + length]
+    inputs["mixture_time"].d = mixtures.transpose(0, 2, 1).reshape(1, rows, -1)[
+        ..., TRIM:TRIM + length]
 
 
 def dropout_rngs(seed, epoch, indices):
@@ -138,13 +204,11 @@ def dropout_rngs(seed, epoch, indices):
 
 
 def train_step(graph, solver, mixtures, targets, cfg, weight_decay, rngs, comm=None):
-    """One update from audio batches [shape=(batch, nb_timesteps, 2)]; → the loss.
+    """One update from audio batches (see the graph's `feed`); → the loss.
 
     rngs: a random state per sample for its dropout masks (see `dropout_rngs`).
     """
-    mono = cfg.nb_channels == 1
-    graph.mixture.d = magnitudes(mixtures, cfg.n_fft, cfg.n_hop, mono)
-    graph.target.d = magnitudes(targets, cfg.n_fft, cfg.n_hop, mono)
+    graph.feed(graph, cfg, mixtures, targets)
     graph.model.sample_dropout(rngs)
     solver.zero_grad()
     graph.loss.forward(clear_no_need_grad=True)
@@ -158,36 +222,77 @@ def train_step(graph, solver, mixtures, targets, cfg, weight_decay, rngs, comm=N
     return float(graph.loss.d)
 
 
-def validation_loss(tracks, source, cfg, progress=True, comm=None):
-    """Mean over tracks of the MSE of the magnitude estimate on whole tracks (inference mode).
+def inference_network(scope, cfg):
+    """The folded inference network of today's parameters in `scope` → (network, {target:
+    cfg})."""
+    with nn.parameter_scope(scope):
+        params = {k: v.d for k, v in nn.get_parameters(grad_only=False).items()}
+    models = ({t: (cfg, p) for t, p in split_branches(params).items()} if cfg.xumx_branches
+              else {scope: (cfg, params)})
+    return InferenceNetwork(models), {t: cfg for t in models}
+
+
+def validation_loss(tracks, scope, cfg, progress=True, comm=None, mcoef=10.0, valid_dur=10.0):
+    """Mean over whole tracks (inference mode, the windowed network) of the training loss:
+    UMX's MSE, or X-UMX's multi-domain loss, whose time term is the mean over the track's
+    `valid_dur`-second segments (a shorter track: one segment).
 
     With a communicator each rank scores every size-th track and the mean is over all."""
     if comm is not None:
         tracks = tracks[comm.rank::comm.size]
-    network = InferenceNetwork.from_parameter_scopes({source: cfg})  # today's parameters
+    network, cfgs = inference_network(scope, cfg)
+    targets = list(cfgs)
     losses = []
-    for _, mixture, target in tqdm(list(validation_pairs(tracks, source)), desc="validation",
+    for _, mixture, target in tqdm(list(validation_pairs(tracks, targets)), desc="validation",
                                    disable=not progress, leave=False):
         padded = pad_for_stft(np.ascontiguousarray(mixture.T), cfg.n_fft)
         frames = nb_stft_frames(mixture.shape[0], cfg.n_hop)
-        with estimate_spectrograms(padded, frames, {source: cfg}, [source], progress=False,
+        with estimate_spectrograms(padded, frames, cfgs, targets, progress=False,
                                    network=network) as store:
-            estimate = store.read()[..., 0]  # (frames, bins, C)
-        reference = np.abs(stft(target.T, cfg.n_fft, cfg.n_hop)).transpose(1, 2, 0)
+            estimates = store.read()  # (frames, bins, C, J)
+        # (n, 2 * J) -> (J, 2, n)
+        sources = target.reshape(target.shape[0], -1, 2).transpose(1, 2, 0)
+        reference = np.abs(stft(sources, cfg.n_fft, cfg.n_hop)).transpose(2, 3, 1, 0)
         if cfg.nb_channels == 1:
-            reference = reference.mean(axis=2, keepdims=True)
-        losses.append(float(np.mean((estimate - reference) ** 2)))
+            reference = reference.mean(axis=2, keepdims=True)  # (frames, bins, C, J)
+        if not cfg.xumx_branches:
+            losses.append(float(np.mean((estimates - reference) ** 2)))
+            continue
+        errors = (estimates - reference).astype(np.float64)
+        frequency = (4 * np.sum(errors ** 2) + 3 * np.sum(errors.sum(axis=-1) ** 2)) / \
+            (14.0 * errors[..., 0].size)
+        losses.append(mcoef * xumx_time_loss(estimates, mixture, sources, cfg, valid_dur)
+                      + frequency)
     if comm is not None:
         count = comm.mean(len(losses)) * comm.size
         return comm.mean(sum(losses)) * comm.size / count
     return float(np.mean(losses))
 
 
+def xumx_time_loss(estimates, mixture, sources, cfg, valid_dur):
+    """X-UMX's time term on a whole track: estimates [shape=(frames, bins, C, J)] with the
+    mixture's [shape=(n, 2)] phase through the ISTFT, against sources [shape=(J, 2, n)], as
+    the mean over segments of `valid_dur` seconds (each trimmed by TRIM at both ends)."""
+    spec = stft(mixture.T, cfg.n_fft, cfg.n_hop)  # (2, frames, bins)
+    magnitude = np.abs(spec)
+    phasor = np.where(magnitude > 0, spec / np.maximum(magnitude, 1e-30), 1.0)
+    # (frames, bins, C, J) -> (J, C, frames, bins), with the mixture's phase
+    times = istft(estimates.transpose(3, 2, 0, 1) * phasor[None], mixture.shape[0], cfg.n_fft,
+                  cfg.n_hop)
+    n = mixture.shape[0]
+    span = min(n, int(round(valid_dur * cfg.sample_rate)))
+    terms = [time_loss_numpy(times[..., a + TRIM:a + span - TRIM],
+                             sources[..., a + TRIM:a + span - TRIM],
+                             mixture.T[:, a + TRIM:a + span - TRIM])
+             for a in range(0, n - span + 1, span)]
+    return float(np.mean(terms))
+
+
 # --------------------------------------------------------------------------------------
 # outputs
 # --------------------------------------------------------------------------------------
 
-def plot_losses(history, path, source):
+def plot_losses(history, path, title, ylabel):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -196,9 +301,9 @@ def plot_losses(history, path, source):
     ax.plot(epochs, [h["train_loss"] for h in history], label="training")
     ax.plot(epochs, [h["valid_loss"] for h in history], label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (magnitude)")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
-    ax.set_title("UMX %s" % source)
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -210,9 +315,10 @@ def plot_losses(history, path, source):
 # the run
 # --------------------------------------------------------------------------------------
 
-def prepare_data(args, output, log, check=True, progress=True):
-    """Training and validation tracks and the sample set, checked before any step
-    (`data.check_sources`; the check's cache goes to `output`)."""
+def prepare_data(args, targets, output, log, check=True, progress=True):
+    """Training and validation tracks and the sample set of `targets` (one UMX source, or
+    X-UMX's four), checked before any step (`data.check_sources`; its cache goes to
+    `output`)."""
     train_tracks = load_tracks(args.root, args.is_wav, "train", "train", log=log)
     valid_tracks = load_tracks(args.root, args.is_wav, "train", "valid", log=lambda *a: None)
     if check:
@@ -223,7 +329,7 @@ def prepare_data(args, output, log, check=True, progress=True):
         # whole tracks: one graph needs one length, that of the shortest track
         seq_dur = min(t.duration for t in train_tracks)
         log("--seq-dur %g: training on whole tracks (%.2f s, the shortest)" % (args.seq_dur, seq_dur))
-    dataset = TrainingSet(train_tracks, args.source, seq_dur, args.samples_per_track,
+    dataset = TrainingSet(train_tracks, targets, seq_dur, args.samples_per_track,
                           args.source_augmentations, args.seed, log=log)
     return train_tracks, valid_tracks, dataset
 
@@ -268,18 +374,29 @@ def nan_message(what, value, epoch, dataset, indices, weights_path):
     return "%s loss is %s at epoch %d%s: stopped; %s" % (what, value, epoch, where, kept)
 
 
+def model_scope(args):
+    """(parameter scope and output name, targets): UMX's one source (`--umx-train`), or
+    X-UMX's four branches."""
+    if args.umx_train:
+        return args.source, [args.source]
+    return "x-umx", list(XUMX_TARGETS)
+
+
 def train(args, comm=None, progress=True):
-    """Train (or resume) `args.source`; returns the run's summary dict."""
+    """Train (or resume) UMX for `args.source` (--umx-train) or X-UMX; returns the run's
+    summary dict."""
     rank = comm.rank if comm else 0
     nb_procs = comm.size if comm else 1
     is_main = rank == 0
     log = print if is_main else (lambda *a, **k: None)
     progress = progress and is_main
-    paths = output_files(args.output, args.source)
-    log("training UMX for '%s' on %d process%s" % (args.source, nb_procs,
-                                                    "es (mpirun)" if nb_procs > 1 else ""))
-    train_tracks, valid_tracks, dataset = prepare_data(args, args.output, log, check=is_main,
-                                                       progress=progress)
+    scope, targets = model_scope(args)
+    paths = output_files(args.output, scope)
+    log("training %s on %d process%s" % (
+        "UMX for '%s'" % scope if args.umx_train else "X-UMX (%s)" % ", ".join(targets),
+        nb_procs, "es (mpirun)" if nb_procs > 1 else ""))
+    train_tracks, valid_tracks, dataset = prepare_data(args, targets, args.output, log,
+                                                       check=is_main, progress=progress)
     refuse_overlaps([(f.path, "the dataset's file") for t in train_tracks + valid_tracks
                      for f in t.files()],
                     [(path, "--output") for key, path in paths.items() if key != "checkpoint"])
@@ -287,7 +404,8 @@ def train(args, comm=None, progress=True):
     cfg = UmxConfig(nb_channels=args.nb_channels, hidden_size=args.hidden_size,
                     max_bin=bandwidth_to_max_bin(rate, args.nfft, args.bandwidth),
                     nb_output_bins=args.nfft // 2 + 1, unidirectional=args.unidirectional,
-                    n_fft=args.nfft, n_hop=args.nhop, sample_rate=rate)
+                    n_fft=args.nfft, n_hop=args.nhop, sample_rate=rate,
+                    xumx_branches=() if args.umx_train else tuple(targets))
     resume_from = resume_point(args, paths, cfg)
     if comm is not None:
         comm.barrier()  # rank 0 has checked the data
@@ -297,7 +415,6 @@ def train(args, comm=None, progress=True):
     scale = nb_procs * args.batch_size / 16.0 if nb_procs > 1 else 1.0
     lr, weight_decay = args.lr * scale, args.weight_decay * scale
 
-    source = args.source
     nn.clear_parameters()
     if resume_from or not is_main:
         # the checkpoint holds the (trained) standardization; other ranks get rank 0's
@@ -305,26 +422,26 @@ def train(args, comm=None, progress=True):
     else:
         mean, std = compute_statistics(train_tracks, cfg.n_fft, cfg.n_hop, progress)
     seq_samples = int(round(dataset.seq_dur * rate))
-    graph = build_training_graph(cfg, source, args.batch_size,
-                                 nb_stft_frames(seq_samples, cfg.n_hop), mean, std)
+    graph = build_training_graph(cfg, scope, args.batch_size, seq_samples, mean, std,
+                                 mcoef=args.mcoef)
     solver = S.Adam(alpha=lr)
-    with nn.parameter_scope(source):
+    with nn.parameter_scope(scope):
         solver.set_parameters(nn.get_parameters())
     scheduler = ReduceLROnPlateau(lr, args.lr_decay_gamma, args.lr_decay_patience)
     stopper = EarlyStopping(args.patience)
     history, first_epoch = [], 1
     if resume_from:
         from checkpoint import load_checkpoint
-        state = load_checkpoint(resume_from, source, solver, cfg.to_dict())
+        state = load_checkpoint(resume_from, scope, solver, cfg.to_dict())
         scheduler.load_state_dict(state["scheduler"])
         stopper.load_state_dict(state["stopper"])
         history, first_epoch = state["history"], state["epoch"] + 1
         solver.set_learning_rate(scheduler.lr)
-        log("resuming %s from epoch %d (%s)" % (source, state["epoch"], resume_from))
+        log("resuming %s from epoch %d (%s)" % (scope, state["epoch"], resume_from))
     if comm is not None:
-        comm.broadcast_parameters(source)
+        comm.broadcast_parameters(scope)
 
-    monitors = make_monitors(args.output, source) if is_main else None
+    monitors = make_monitors(args.output, scope) if is_main else None
     epochs = tqdm(range(first_epoch, args.epochs + 1), desc="epochs", initial=first_epoch - 1,
                   total=args.epochs, disable=not progress)
     stopped_early = stopper.stop
@@ -351,7 +468,8 @@ def train(args, comm=None, progress=True):
             raise UmxError("an epoch has no full batch: %d samples < --batch-size %d x %d processes"
                            % (len(dataset), args.batch_size, nb_procs))
         train_loss = float(np.mean(losses))
-        valid_loss = validation_loss(valid_tracks, source, cfg, progress, comm)
+        valid_loss = validation_loss(valid_tracks, scope, cfg, progress, comm, args.mcoef,
+                                     args.valid_dur)
         if not np.isfinite(valid_loss):
             raise UmxError(nan_message("validation", valid_loss, epoch, dataset, None,
                                        paths["weights"]))
@@ -363,17 +481,19 @@ def train(args, comm=None, progress=True):
         stopped_early = stopper.stop
         if is_main:
             if improved:
-                save_target(paths["weights"], source)
+                save_target(paths["weights"], scope)
             write_json_atomic(paths["summary"], dict(
                 args=vars(args), config=cfg.to_dict(), history=history, best_epoch=best["epoch"],
                 best_valid_loss=best["valid_loss"], epochs_trained=epoch,
                 stopped_early=stopped_early, nb_processes=nb_procs))
-            save_checkpoint(paths["checkpoint"], source, solver, dict(
+            save_checkpoint(paths["checkpoint"], scope, solver, dict(
                 epoch=epoch, history=history, scheduler=scheduler.state_dict(),
                 stopper=stopper.state_dict(), config=cfg.to_dict()))
             for name, value in (("train", train_loss), ("valid", valid_loss), ("lr", solver.learning_rate())):
                 monitors[name].add(epoch, value)
-            plot_losses(history, paths["plot"], source)
+            plot_losses(history, paths["plot"], "UMX %s" % scope if args.umx_train else "X-UMX",
+                        "MSE (magnitude)" if args.umx_train else
+                        "%g x time loss + frequency loss" % args.mcoef)
         if comm is not None:
             comm.barrier()
         epochs.set_postfix(train="%.4g" % train_loss, valid="%.4g" % valid_loss)

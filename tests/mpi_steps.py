@@ -37,7 +37,7 @@ def main():
     cfg = UmxConfig(hidden_size=8, max_bin=40, nb_output_bins=129, n_fft=256, n_hop=64)
     tracks = load_tracks(args.root, True, "train", log=lambda *a: None)
     dataset = TrainingSet(tracks, "vocals", seq_dur=0.25, samples_per_track=8, seed=1)
-    graph = build_training_graph(cfg, "vocals", args.batch, 1 + 11025 // 64,
+    graph = build_training_graph(cfg, "vocals", args.batch, 11025,
                                  freeze_bn=args.freeze_bn)
     solver = S.Adam(alpha=0.01)
     with nn.parameter_scope("vocals"):

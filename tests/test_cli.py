@@ -148,5 +148,5 @@ def test_load_models_errors_name_the_problem(tmp_path, small_model):
     not_zip = str(tmp_path / "umx.zip")
     with open(not_zip, "w") as f:
         f.write("x")
-    with pytest.raises(UmxError, match="neither a folder nor a .zip"):
+    with pytest.raises(UmxError, match="neither a folder, a .zip nor an .h5 weight file"):
         load_models(not_zip, ["vocals"])

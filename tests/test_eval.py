@@ -151,3 +151,13 @@ def test_bad_eval_inputs(root, tmp_path, small_model):
         assert code == (2 if "argument --" in message else 1), (argv, err)
         lines = [l for l in err.splitlines() if l.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], (argv, err)
+
+
+def test_published_scores_beside_ours():
+    import pandas as pd
+    assert eval_module.paper_model("models/x-umx.h5") == "x-umx"
+    assert eval_module.paper_model("umxhq.zip") == "umxhq"
+    assert eval_module.paper_model("umx/") == "umx" and eval_module.paper_model("mine/") is None
+    table = pd.DataFrame([[7.0, 1.0, 2.0, 3.0]], index=["vocals"], columns=eval_module.METRICS)
+    line = eval_module.format_table(table, {"vocals": (2, 10)}, "x-umx").splitlines()[-1]
+    assert line == "| vocals | 7.00 | 6.61 | 1.00 | - | 2.00 | - | 3.00 | - | 2 of 10 |"

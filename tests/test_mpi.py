@@ -84,7 +84,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(root, tmp_path):
 
 def test_train_py_under_mpirun_writes_once(root, tmp_path):
     out = str(tmp_path / "out")
-    code, log = mpirun(2, "train.py", "--root", root, "--is-wav", "--source", "drums", "--output",
+    code, log = mpirun(2, "train.py", "--umx-train", "--root", root, "--is-wav", "--source", "drums", "--output",
                        out, "--epochs", "2", "--batch-size", "2", "--hidden-size", "8", "--nfft",
                        "256", "--nhop", "64", "--seq-dur", "0.25", "--samples-per-track", "4",
                        "--context", "cpu")
@@ -95,7 +95,7 @@ def test_train_py_under_mpirun_writes_once(root, tmp_path):
     assert sorted(os.listdir(out)) == ["data-check.json", "drums.checkpoint", "drums.h5", "drums.json",
                                        "drums_loss.png", "drums_monitor"]
     # resuming a multi-process run
-    code, log = mpirun(2, "train.py", "--root", root, "--is-wav", "--source", "drums", "--output",
+    code, log = mpirun(2, "train.py", "--umx-train", "--root", root, "--is-wav", "--source", "drums", "--output",
                        out, "--epochs", "3", "--batch-size", "2", "--hidden-size", "8", "--nfft",
                        "256", "--nhop", "64", "--seq-dur", "0.25", "--samples-per-track", "4",
                        "--context", "cpu")
@@ -105,7 +105,7 @@ def test_train_py_under_mpirun_writes_once(root, tmp_path):
 
 
 def test_an_error_on_one_rank_stops_all(root, tmp_path):
-    code, log = mpirun(2, "train.py", "--root", root, "--is-wav", "--source", "piano",
+    code, log = mpirun(2, "train.py", "--umx-train", "--root", root, "--is-wav", "--source", "piano",
                        "--output", str(tmp_path / "o"), "--epochs", "1", "--context", "cpu")
     assert code != 0
     assert "unknown --source 'piano'" in log

@@ -21,7 +21,8 @@ import soundfile as sf
 from conftest import ROOT, SMALL, make_random_weights, music_like, run_script
 from data import SOURCES, generate_dataset
 
-TINY_TRAIN = ["--is-wav", "--source", "bass", "--batch-size", "2", "--hidden-size", "16",
+TINY_TRAIN = ["--umx-train", "--is-wav", "--source", "bass", "--batch-size", "2",
+              "--hidden-size", "16",
               "--nfft", "512", "--nhop", "128", "--samples-per-track", "2", "--seq-dur", "0.5",
               "--context", "cpu", "--epochs", "1"]
 

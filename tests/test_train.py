@@ -19,7 +19,7 @@ from spectral import stft
 
 train_module = import_script("train")
 
-SMALL_ARGS = ["--is-wav", "--source", "bass", "--batch-size", "4", "--hidden-size", "16",
+SMALL_ARGS = ["--umx-train", "--is-wav", "--source", "bass", "--batch-size", "4", "--hidden-size", "16",
               "--nfft", "512", "--nhop", "128", "--samples-per-track", "2", "--seq-dur", "0.5",
               "--context", "cpu", "--seed", "3"]
 
@@ -58,7 +58,7 @@ def test_training_steps_lower_the_loss(root):
     cfg = UmxConfig(hidden_size=16, max_bin=100, nb_output_bins=257, n_fft=512, n_hop=128)
     mean, std = train_module.compute_statistics(tracks, 512, 128, progress=False)
     ds = TrainingSet(tracks, "vocals", seq_dur=0.5, samples_per_track=2, seed=0)
-    graph = train_module.build_training_graph(cfg, "vocals", 4, 1 + 22050 // 128, mean, std)
+    graph = train_module.build_training_graph(cfg, "vocals", 4, 22050, mean, std)
     solver = S.Adam(alpha=0.01)
     with nn.parameter_scope("vocals"):
         solver.set_parameters(nn.get_parameters())

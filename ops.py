@@ -1,0 +1,175 @@
+"""NNabla functions whose implementation is chosen by the context, in this one place.
+
+- `multiply(a, b)`: the elementwise product of two Variables of one shape, with a gradient
+  that holds where an input is zero. NNabla's `F.mul_n` divides the product by each input in
+  its backward pass (NaN where a ReLU output, a silent bin or an LSTM gate is 0: checked in
+  tests/test_ops.py), and `F.mul2` is about five times slower on the CPU.
+- `lstm_recurrence(proj, w_rec)`: an LSTM layer's recurrence, all steps in one function.
+  Unrolled into NNabla functions it is ~10 small functions per step forward and backward
+  (and `F.mul_n`'s division made its gradient NaN on real data); as one function its
+  products run on numpy's BLAS.
+
+On CPU contexts both run as `PythonFunction`s on numpy (forward and backward, accumulating
+gradients as NNabla functions must; a PythonFunction costs ~0.3 ms per call, so they serve
+large tensors or replace many functions at once); GPU contexts use NNabla's own functions
+(`F.mul2`; the recurrence unrolled into batch_matmul, sigmoid, tanh and mul2).
+"""
+import numpy as np
+import nnabla as nn
+import nnabla.functions as F
+from nnabla.function import PythonFunction
+
+
+def on_cpu():
+    """Whether the current default context computes on the CPU."""
+    return nn.get_current_context().backend[0].split(":")[0] == "cpu"
+
+
+class _Multiply(PythonFunction):
+    """y = a * b (one shape), forward and backward in numpy."""
+
+    @property
+    def name(self):
+        return "Multiply"
+
+    def min_outputs(self):
+        return 1
+
+    def setup_impl(self, inputs, outputs):
+        if inputs[0].shape != inputs[1].shape:
+            raise ValueError("multiply: shapes %s and %s differ" % (inputs[0].shape,
+                                                                    inputs[1].shape))
+        outputs[0].reset_shape(inputs[0].shape, True)
+
+    def forward_impl(self, inputs, outputs):
+        np.multiply(inputs[0].data.get_data("r"), inputs[1].data.get_data("r"),
+                    out=outputs[0].data.get_data("w"))
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        dy = outputs[0].grad.get_data("r")
+        for i, other in ((0, 1), (1, 0)):
+            if not propagate_down[i]:
+                continue
+            _set_grad(inputs[i], dy * inputs[other].data.get_data("r"), accum[i])
+
+    def grad_depends_output_data(self, i, o):
+        return False
+
+    def grad_depends_input_data(self, i, j):
+        return True
+
+
+def multiply(a, b):
+    """a * b [one shape], with a gradient that is right where an input is zero."""
+    if on_cpu():
+        return _Multiply(nn.get_current_context())(a, b)
+    return F.mul2(a, b)
+
+
+def _sigmoid(x):
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # no overflow warning for large |x|
+
+
+class _LstmRecurrence(PythonFunction):
+    """The recurrence of an LSTM layer (all steps, any number of independent directions):
+    proj [shape=(T, D, B, 4H)] (input projections with bias, gates in NNabla's order i, f, g, o,
+    each direction in its own time order), w_rec [shape=(D, 4H, H)] → hs [shape=(T, D, B, H)],
+    from zero states. Backpropagation through time in numpy; the activations of the last
+    forward pass are kept for the backward pass (training graphs run forward, then backward)."""
+
+    @property
+    def name(self):
+        return "LstmRecurrence"
+
+    def min_outputs(self):
+        return 1
+
+    def setup_impl(self, inputs, outputs):
+        proj, w_rec = inputs
+        steps, dirs, batch, width = proj.shape
+        if w_rec.shape != (dirs, width, width // 4) or width % 4:
+            raise ValueError("lstm_recurrence: projections %s do not fit weights %s"
+                             % (proj.shape, w_rec.shape))
+        outputs[0].reset_shape((steps, dirs, batch, width // 4), True)
+
+    def forward_impl(self, inputs, outputs):
+        proj = inputs[0].data.get_data("r")
+        w_t = inputs[1].data.get_data("r").transpose(0, 2, 1)  # (D, H, 4H)
+        steps, dirs, batch, width = proj.shape
+        hid = width // 4
+        self.acts = np.empty(proj.shape, np.float32)  # i, f, g, o after their nonlinearity
+        self.cells = np.empty((steps, dirs, batch, hid), np.float32)
+        self.hs = hs = np.empty((steps, dirs, batch, hid), np.float32)
+        h = c = None
+        for t in range(steps):
+            a = proj[t] if h is None else proj[t] + np.matmul(h, w_t)
+            act = self.acts[t]
+            act[..., :2 * hid] = _sigmoid(a[..., :2 * hid])
+            act[..., 2 * hid:3 * hid] = np.tanh(a[..., 2 * hid:3 * hid])
+            act[..., 3 * hid:] = _sigmoid(a[..., 3 * hid:])
+            i, f, g, o = np.split(act, 4, axis=-1)
+            c = i * g if c is None else f * c + i * g
+            self.cells[t] = c
+            h = hs[t] = o * np.tanh(c)
+        outputs[0].data.get_data("w")[...] = hs
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        w_rec = inputs[1].data.get_data("r")  # (D, 4H, H)
+        dhs = outputs[0].grad.get_data("r")
+        steps, dirs, batch, hid = dhs.shape
+        dproj = np.empty(self.acts.shape, np.float32)
+        dw = np.zeros(w_rec.shape, np.float32)
+        dh_next = dc_next = 0.0
+        for t in range(steps - 1, -1, -1):
+            i, f, g, o = np.split(self.acts[t], 4, axis=-1)
+            tanh_c = np.tanh(self.cells[t])
+            c_prev = self.cells[t - 1] if t else 0.0
+            dh = dhs[t] + dh_next
+            dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
+            da = dproj[t]
+            da[..., :hid] = dc * g * i * (1.0 - i)
+            da[..., hid:2 * hid] = dc * c_prev * f * (1.0 - f)
+            da[..., 2 * hid:3 * hid] = dc * i * (1.0 - g * g)
+            da[..., 3 * hid:] = dh * tanh_c * o * (1.0 - o)
+            if t:
+                dw += np.matmul(da.transpose(0, 2, 1), self.hs[t - 1])  # (D, 4H, B) @ (D, B, H)
+                dh_next = np.matmul(da, w_rec)  # (D, B, 4H) @ (D, 4H, H)
+            dc_next = dc * f
+        if propagate_down[0]:
+            _set_grad(inputs[0], dproj, accum[0])
+        if propagate_down[1]:
+            _set_grad(inputs[1], dw, accum[1])
+
+    def grad_depends_output_data(self, i, o):
+        return False
+
+    def grad_depends_input_data(self, i, j):
+        return j == 1
+
+
+def _set_grad(variable, value, accumulate):
+    if accumulate:
+        grad = variable.grad.get_data("rw")
+        grad += value
+    else:
+        variable.grad.get_data("w")[...] = value
+
+
+def lstm_recurrence(proj, w_rec):
+    """An LSTM layer's recurrence from zero states: proj [shape=(T, D, B, 4H)] (input
+    projections with bias, gates i, f, g, o; each of the D independent directions in its own
+    time order), w_rec [shape=(D, 4H, H)] → hs [shape=(T, D, B, H)]."""
+    if on_cpu():
+        return _LstmRecurrence(nn.get_current_context())(proj, w_rec)
+    steps, dirs, batch, width = proj.shape
+    hid = width // 4
+    h, c, outputs = None, None, []
+    for gates in (F.split(proj, axis=0) if steps > 1 else [F.reshape(proj, proj.shape[1:])]):
+        if h is not None:
+            gates = gates + F.batch_matmul(h, w_rec, transpose_b=True)
+        i, f, g, o = F.split(F.reshape(gates, (dirs, batch, 4, hid)), axis=2)
+        i, g, o = F.sigmoid(i), F.tanh(g), F.sigmoid(o)
+        c = F.mul2(i, g) if c is None else F.mul2(F.sigmoid(f), c) + F.mul2(i, g)
+        h = F.mul2(o, F.tanh(c))
+        outputs.append(h)
+    return F.stack(*outputs, axis=0)

@@ -1,0 +1,55 @@
+"""ops.py: the context-chosen functions, against NNabla's own."""
+import numpy as np
+import nnabla as nn
+import nnabla.functions as F
+
+from ops import lstm_recurrence, multiply
+
+
+def V(a, need_grad=True):
+    return nn.Variable.from_numpy_array(np.asarray(a, np.float32), need_grad=need_grad)
+
+
+def test_multiply_has_the_right_gradient_where_inputs_are_zero():
+    a, b = V([0., 1., 2., 0.]), V([3., 0., 4., 0.])
+    y = F.sum(multiply(a, b) * 2.0 + multiply(a, b))  # two uses: gradients accumulate
+    for v in (a, b):
+        v.grad.zero()
+    y.forward()
+    y.backward()
+    assert np.array_equal(a.g, 3 * b.d) and np.array_equal(b.g, 3 * a.d)
+    # why: NNabla's F.mul_n divides by its inputs in the backward pass
+    c = F.sum(F.mul_n(a, b))
+    a.grad.zero()
+    c.forward()
+    c.backward()
+    assert np.isnan(a.g).any()
+
+
+def test_lstm_recurrence_equals_nnabla_functions():
+    """The numpy recurrence (CPU) against the same LSTM step written in NNabla functions."""
+    rng = np.random.RandomState(0)
+    steps, dirs, batch, hid = 7, 2, 3, 4
+    proj, w_rec = rng.randn(steps, dirs, batch, 4 * hid), rng.randn(dirs, 4 * hid, hid) * 0.5
+    ours_in, ref_in = [V(proj), V(w_rec)], [V(proj), V(w_rec)]
+    ours = lstm_recurrence(*ours_in)
+    h = c = None
+    outputs = []
+    for t in range(steps):
+        gates = ref_in[0][t] if h is None else ref_in[0][t] + F.batch_matmul(h, ref_in[1],
+                                                                            transpose_b=True)
+        i, f, g, o = F.split(F.reshape(gates, (dirs, batch, 4, hid)), axis=2)
+        c = F.sigmoid(i) * F.tanh(g) if c is None else \
+            F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
+        h = F.sigmoid(o) * F.tanh(c)
+        outputs.append(h)
+    ref = F.stack(*outputs, axis=0)
+    grad = rng.randn(*ref.shape).astype(np.float32)
+    for out, inputs in ((ours, ours_in), (ref, ref_in)):
+        for v in inputs:
+            v.grad.zero()
+        out.forward()
+        out.backward(grad)
+    assert np.allclose(ours.d, ref.d, atol=1e-5)
+    for o, r in zip(ours_in, ref_in):
+        assert np.allclose(o.g, r.g, atol=1e-4)
