@@ -172,7 +172,7 @@ def training_worker(batch, seconds, steps, comm_name):
     set_context("cpu", verbose=False)
     cfg = UmxConfig()
     samples = int(seconds * cfg.sample_rate)
-    graph = build_training_graph(cfg, "vocals", batch, 1 + samples // cfg.n_hop)
+    graph = build_training_graph(cfg, "vocals", batch, samples)
     solver = S.Adam(alpha=1e-3)
     with nn.parameter_scope("vocals"):
         solver.set_parameters(nn.get_parameters())
@@ -198,7 +198,7 @@ def training_worker(batch, seconds, steps, comm_name):
 def profile_training_step(graph, solver, mix, cfg, batch):
     """Seconds per NNabla function type (forward + backward) of one training step, plus
     'STFT (numpy)', the spectrograms computed outside the graph."""
-    from train import dropout_rngs, magnitudes
+    from train import dropout_rngs
     seconds, started = {}, {}
 
     def pre(function):
@@ -209,8 +209,7 @@ def profile_training_step(graph, solver, mix, cfg, batch):
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started["t"]
 
     start = time.perf_counter()
-    graph.mixture.d = magnitudes(mix, cfg.n_fft, cfg.n_hop, False)
-    graph.target.d = magnitudes(mix * 0.5, cfg.n_fft, cfg.n_hop, False)
+    graph.feed(graph, cfg, mix, mix * 0.5)
     seconds["STFT (numpy)"] = time.perf_counter() - start
     graph.model.sample_dropout(dropout_rngs(0, 0, range(batch)))
     solver.zero_grad()

@@ -119,7 +119,9 @@ def score_track(root, is_wav, subset, name, estimates_dir, json_path):
     entry = name if is_wav else name + ".stem.mp4"
     track = _single_track(root, is_wav, subset, entry)[0]
     estimates = read_estimates(estimates_dir, track.audio, track.rate, list(track.targets))
-    scores = museval.eval_mus_track(track, estimates)
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):  # the same scores serially or in workers
+        scores = museval.eval_mus_track(track, estimates)
     scores.validate()
     with writing_into(os.path.dirname(os.path.dirname(json_path))):
         os.makedirs(os.path.dirname(json_path), exist_ok=True)

@@ -5,9 +5,9 @@ import numpy as np
 import nnabla as nn
 import nnabla.functions as F
 
+from ops import dense, lstm_recurrence
+
 BN_EPS = 1e-5
-# gate order of the inference LSTM: the three sigmoid gates, then the tanh gate
-_GATES_FOR_INFERENCE = [0, 1, 3, 2]  # NNabla's (i, f, g, o) -> (i, f, o, g)
 
 
 def fold_for_inference(params, cfg):
@@ -21,7 +21,7 @@ def fold_for_inference(params, cfg):
         fc2_W, fc2_b  (2 * hidden, hidden), (hidden,)
         fc3_W, fc3_b  (hidden, nb_channels * nb_output_bins), (...)
         lstm{l}_W_in (I, D * 4H), lstm{l}_b (D * 4H,), lstm{l}_W_rec (D, 4H, H)  per layer l
-    with the LSTM gates reordered to (i, f, o, g) and g's rows doubled (see below).
+    (gates in NNabla's order i, f, g, o).
     """
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     dirs, hid = cfg.nb_directions, cfg.lstm_hidden_size
@@ -45,24 +45,15 @@ def fold_for_inference(params, cfg):
     folded["fc3_W"] = p["fc3/affine/W"] * (scale * out_scale)
     folded["fc3_b"] = shift * out_scale + out_mean
     for layer in range(cfg.nb_layers):
+        # (D, 4, H, I + H)
         w = p["lstm/lstm/weight_l0"] if layer == 0 else p["lstm/lstm/weight"][layer - 1]
-        w = w[:, _GATES_FOR_INFERENCE]  # (D, 4, H, I + H)
         nb_in = w.shape[-1] - hid
-        b = p["lstm/lstm/bias"][layer][:, _GATES_FOR_INFERENCE]  # (D, 4, H)
-        # tanh(g) = 2 sigmoid(2 g) - 1: the g gate's rows doubled (exact), all four gates take
-        # one sigmoid (NNabla's CPU tanh costs 2.5 sigmoids)
-        w[:, 3] *= 2
-        b[:, 3] *= 2
+        b = p["lstm/lstm/bias"][layer]  # (D, 4, H)
         # [x | h] weights -> input part (I, D * 4H) and recurrent part (D, 4H, H)
         folded["lstm%d_W_in" % layer] = w[..., :nb_in].reshape(dirs * 4 * hid, nb_in).T
         folded["lstm%d_b" % layer] = b.reshape(-1)
         folded["lstm%d_W_rec" % layer] = w[..., nb_in:].reshape(dirs, 4 * hid, hid)
     return {k: np.ascontiguousarray(v, np.float32) for k, v in folded.items()}
-
-
-def _twice_minus_one(x):
-    """2 x - 1: with x = sigmoid(2 y), tanh(y)"""
-    return F.add_scalar(F.mul_scalar(x, 2.0), -1.0)
 
 
 def networks_to_run(cfgs, targets):
@@ -82,17 +73,17 @@ class InferenceNetwork:
     organized for speed and bounded memory on any length:
     - every per-frame layer (fc1, the LSTMs' input projections, fc2, fc3) runs as one large
       matrix product over blocks of `block_rows` frames, with the batch norms folded into it
-      (`fold_for_inference`);
+      (`fold_for_inference`); per-frame graphs have fixed shapes (a partial block is padded),
+      so they are built once per block size, not per length;
     - the LSTM recurrences of all targets (of one architecture) and both directions step
-      together, as one batched product per step, in a graph of `chunk_steps` steps that
-      carries its state from call to call.
-    Graphs have fixed shapes (partial blocks and chunks are padded), so they are built once
-    per block size and batch size, not per length.
+      together, one batched product per step, in one function for all steps
+      (`ops.lstm_recurrence`).
+    On CPU contexts the products run on numpy's BLAS (`ops`): this network is for CPUs.
 
     models: {target: (UmxConfig, {name: ndarray})}.
     """
 
-    def __init__(self, models, chunk_steps=32, block_rows=1000):
+    def __init__(self, models, block_rows=1000):
         self.cfgs = {t: cfg for t, (cfg, _) in models.items()}
         self.weights = {}
         ctx = nn.get_current_context()
@@ -103,7 +94,6 @@ class InferenceNetwork:
                 # move it to the array class the functions read (a cast drops the numpy-side
                 # copy; reading it there would keep both)
                 var.data.cast(np.float32, ctx)
-        self.chunk_steps = chunk_steps
         self.block_rows = block_rows
         self.graphs = {}
 
@@ -163,75 +153,32 @@ class InferenceNetwork:
     def _fc1_layer(variables, params):
         """mixture (size, C, max_bin) -> tanh(bn(fc1(standardized x))) (size, hidden)"""
         (x,), (w, b) = variables, params
-        return F.tanh(F.affine(x, w, b))
+        return F.tanh(dense(x, w, b))
 
     @staticmethod
     def _projection_layer(variables, params):
         """(size, I) -> an LSTM layer's input projections (size, D * 4H)"""
         (x,), (w, b) = variables, params
-        return F.affine(x, w, b)
+        return dense(x, w, b)
 
     @staticmethod
     def _output_layer(variables, params):
         """fc1 output, LSTM output (size, hidden), mixture (size, C, bins) -> the estimate
         relu(bn(fc3(relu(bn(fc2([skip | lstm])))))) * mix [shape=(size, C * bins)]"""
         (skip, lstm, mix), (w2, b2, w3, b3) = variables, params
-        x = F.relu(F.affine(F.concatenate(skip, lstm, axis=1), w2, b2))
-        x = F.relu(F.affine(x, w3, b3))
+        x = F.relu(dense(F.concatenate(skip, lstm, axis=1), w2, b2))
+        x = F.relu(dense(x, w3, b3))
         return F.mul_n(x, F.reshape(mix, x.shape))
 
-    def _recurrent_graph(self, nb_groups, nb_samples, hid):
-        """`chunk_steps` LSTM steps of nb_groups independent recurrences (targets x directions).
-
-        gates_in [shape=(K, G, B, 4H)] (input projections, gates (i, f, o, g)), h0, c0
-        [shape=(G, B, H)], w_rec [shape=(G, 4H, H)] -> hs [shape=(K, G, B, H)], hK, cK.
-        """
-        key = ("rec", nb_groups, nb_samples, hid)
-        if key in self.graphs:
-            return self.graphs[key]
-        steps = self.chunk_steps
-        gates_in = nn.Variable((steps, nb_groups, nb_samples, 4 * hid))
-        h0 = nn.Variable((nb_groups, nb_samples, hid))
-        c0 = nn.Variable((nb_groups, nb_samples, hid))
-        w_rec = nn.Variable((nb_groups, 4 * hid, hid))
-        h, c = h0, c0
-        outputs = []
-        for x in (F.split(gates_in, axis=0) if steps > 1
-                  else [F.reshape(gates_in, gates_in.shape[1:])]):
-            gates = F.sigmoid(x + F.batch_matmul(h, w_rec, transpose_b=True))
-            i, f, o, g = F.split(F.reshape(gates, (nb_groups, nb_samples, 4, hid)), axis=2)
-            c = F.mul_n(f, c) + F.mul_n(i, _twice_minus_one(g))
-            h = F.mul_n(o, _twice_minus_one(F.sigmoid(F.mul_scalar(c, 2.0))))
-            outputs.append(h)
-        hs = F.stack(*outputs, axis=0)
-        for v in (hs, h, c):
-            v.persistent = True  # read after the forward pass
-        self.graphs[key] = (gates_in, h0, c0, w_rec, hs, h, c, F.sink(hs, h, c))
-        return self.graphs[key]
-
-    def _recurrence(self, gates, w_rec):
-        """LSTM recurrences from zero states: gates [shape=(T, G, B, 4H)] (each group in its
-        own time order), w_rec [shape=(G, 4H, H)] → hs [shape=(T, G, B, H)]."""
-        nb_frames, nb_groups, nb_samples, _ = gates.shape
-        hid = w_rec.shape[-1]
-        steps = self.chunk_steps
-        gates_in, h0, c0, w_var, hs, h_last, c_last, sink = \
-            self._recurrent_graph(nb_groups, nb_samples, hid)
-        w_var.d = w_rec
-        h0.data.zero()
-        c0.data.zero()
-        out = np.empty((nb_frames, nb_groups, nb_samples, hid), np.float32)
-        for start in range(0, nb_frames, steps):
-            stop = min(start + steps, nb_frames)
-            if stop - start == steps:
-                gates_in.d = gates[start:stop]
-            else:  # the last chunk: the steps past the end run on zeros and are dropped
-                gates_in.data.zero()
-                gates_in.d[:stop - start] = gates[start:stop]
-            sink.forward(clear_buffer=True)
-            out[start:stop] = hs.d[:stop - start]
-            h0.d, c0.d = h_last.d, c_last.d
-        return out
+    @staticmethod
+    def _recurrence(gates, w_rec):
+        """LSTM recurrences from zero states: gates [shape=(T, G, B, 4H)] (input projections,
+        each of the G groups in its own time order), w_rec [shape=(G, 4H, H)] → hs
+        [shape=(T, G, B, H)]: one NNabla function (`ops.lstm_recurrence`) for all steps."""
+        hs = lstm_recurrence(nn.Variable.from_numpy_array(gates),
+                             nn.Variable.from_numpy_array(w_rec), keep=False)
+        hs.forward()
+        return hs.d
 
     def run(self, spec, targets=None, write=None):
         """Estimates for a batch of sequences.

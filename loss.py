@@ -20,6 +20,8 @@ import numpy as np
 import nnabla as nn
 import nnabla.functions as F
 
+from ops import dense
+
 # the 14 combinations of 1, 2 or 3 of the 4 targets, as rows of 0/1 weights
 COMBINATIONS = np.array([[1.0 if j in c else 0.0 for j in range(4)]
                          for k in (1, 2, 3) for c in itertools.combinations(range(4), k)],
@@ -61,7 +63,7 @@ def _combine(signals):
     nb_targets, rows, length = signals.shape
     weights = nn.Variable.from_numpy_array(COMBINATIONS)
     # (14, 4) @ (4, rows * L)
-    combined = F.affine(weights, F.reshape(signals, (nb_targets, rows * length)))
+    combined = dense(weights, F.reshape(signals, (nb_targets, rows * length)))
     return F.reshape(combined, (len(COMBINATIONS), rows, length))
 
 

@@ -35,7 +35,7 @@ import nnabla.functions as F
 import nnabla.initializer as I
 from nnabla.parameter import get_parameter_or_create
 
-from ops import lstm_recurrence, multiply
+from ops import dense, lstm_recurrence, multiply
 from spectral import nnabla_spectrogram
 
 LSTM_DROPOUT = 0.4
@@ -182,7 +182,7 @@ def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout_
         b = F.reshape(bias[layer], (dirs * 4 * hid,))
         # input projections of all frames and both directions in one product:
         # (T * B, I) @ (I, D*4H) -> (T, B, D, 4H)
-        proj = F.affine(layer_in, F.transpose(w_in, (1, 0)), b, base_axis=2)
+        proj = dense(layer_in, F.transpose(w_in, (1, 0)), b, base_axis=2)
         proj = F.reshape(proj, (nb_frames, nb_samples, dirs, 4 * hid))
         proj = F.transpose(proj, (0, 2, 1, 3))  # (T, D, B, 4H)
         if dirs == 2:
@@ -227,7 +227,7 @@ def fc_bn(scope, x, nb_out, test, input_affine=None, output_affine=None):
         # (x * s + t) W = x (s W) + t W
         bias = F.reshape(F.affine(F.reshape(shift, (1, nb_in)), w), (nb_out,))
         w = w * F.reshape(scale, (nb_in, 1))
-    x = F.affine(x, w, bias, base_axis=2)
+    x = dense(x, w, bias, base_axis=2)
     if output_affine is not None:
         scale, shift = (F.reshape(v, shape) for v in output_affine)
         # (gamma xhat + beta) s + t = (gamma s) xhat + (beta s + t)

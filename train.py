@@ -27,7 +27,7 @@ from loss import TRIM, frequency_loss, time_loss, time_loss_numpy, umx_loss
 from ops import multiply
 from model import (XUMX_TARGETS, CrossNet, OpenUnmix, UmxConfig, bandwidth_to_max_bin,
                    split_branches)
-from runtime import UmxError, run_cli
+from runtime import UmxError, limit_blas_threads, run_cli
 from separator import estimate_spectrograms
 from spectral import istft, model_layout, nb_stft_frames, pad_for_stft, stft
 from weights import save_target
@@ -409,6 +409,8 @@ def train(args, comm=None, progress=True):
     resume_from = resume_point(args, paths, cfg)
     if comm is not None:
         comm.barrier()  # rank 0 has checked the data
+        # ranks side by side share the cores (one machine assumed): no oversubscription
+        limit_blas_threads(max(1, (os.cpu_count() or 1) // comm.size))
     set_context(args.context, args.device_id if comm is None else comm.local_rank, verbose=is_main)
 
     # the seed's scaling of learning rate and weight decay with the global batch

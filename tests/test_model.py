@@ -153,7 +153,7 @@ def test_inference_network_equals_the_model(cfgs):
                 var.d = rng.uniform(0.5, 1.5, var.shape) if name.endswith("var") else \
                     rng.randn(*var.shape) * 0.5
     # chunks and blocks that do not divide the frames: padded steps and rows are dropped
-    network = InferenceNetwork.from_parameter_scopes(cfgs, chunk_steps=5, block_rows=16)
+    network = InferenceNetwork.from_parameter_scopes(cfgs, block_rows=16)
     got = dict(network.run(spec))
     assert sorted(got) == sorted(cfgs)
     for target, cfg in cfgs.items():

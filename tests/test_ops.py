@@ -53,3 +53,34 @@ def test_lstm_recurrence_equals_nnabla_functions():
     assert np.allclose(ours.d, ref.d, atol=1e-5)
     for o, r in zip(ours_in, ref_in):
         assert np.allclose(o.g, r.g, atol=1e-4)
+
+
+import pytest  # noqa: E402
+
+from ops import dense  # noqa: E402
+
+
+@pytest.mark.parametrize("shape,base_axis,bias", [((7, 5), 1, True), ((4, 3, 2, 6), 2, False),
+                                                   ((2, 3, 40), 2, True)])
+@pytest.mark.parametrize("need_grad", [(True, True, True), (False, True, True),
+                                       (True, False, False)])
+def test_dense_equals_affine(shape, base_axis, bias, need_grad):
+    rng = np.random.RandomState(1)
+    nb_in = int(np.prod(shape[base_axis:]))
+    arrays = [rng.randn(*shape), rng.randn(nb_in, 9), rng.randn(9)]
+    results = []
+    for function in (dense, F.affine):
+        inputs = [V(a, g) for a, g in zip(arrays, need_grad)]
+        args = inputs if bias else inputs[:2]
+        y = function(*args, base_axis=base_axis) if function is F.affine else \
+            function(*args, base_axis=base_axis)
+        # used twice: the second use accumulates into the same gradients
+        out = F.sum(y * 2.0) + F.sum(function(*args, base_axis=base_axis) ** 2)
+        for v in inputs:
+            v.grad.fill(0.5)  # grads start non-zero: backward must accumulate, not overwrite
+        out.forward()
+        out.backward()
+        results.append([y.d] + [v.g.copy() for v in inputs])
+    assert results[0][0].shape == tuple(shape[:base_axis]) + (9,)
+    for ours, theirs in zip(*results):
+        assert np.allclose(ours, theirs, rtol=1e-5, atol=1e-4)

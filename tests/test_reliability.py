@@ -163,14 +163,24 @@ def test_scoring_workers_end_with_eval(tmp_path):
 
 def test_decoder_ends_with_its_parent(tmp_path):
     """The ffmpeg process that decodes a compressed input dies with test.py."""
-    mp3 = str(tmp_path / "long.mp3")
+    m4a = str(tmp_path / "long.m4a")  # AAC: not for soundfile, decoded by an ffmpeg pipe
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1800",
-                    "-ac", "2", mp3], check=True)
+                    "-ac", "2", "-c:a", "aac", m4a], check=True)
     folder = str(tmp_path / "model")
     make_random_weights(folder, **SMALL)
-    proc = start("test", "--inputs", mp3, "--model", folder, "--out-dir", str(tmp_path / "out"),
+    proc = start("test", "--inputs", m4a, "--model", folder, "--out-dir", str(tmp_path / "out"),
                  "--context", "cpu")
-    decoder = wait_for(lambda: children(proc.pid))[0]
+
+    def ffmpeg_child():
+        for pid in children(proc.pid):
+            try:
+                with open("/proc/%d/comm" % pid) as f:
+                    if f.read().strip() == "ffmpeg":
+                        return [pid]
+            except OSError:
+                pass
+        return None
+    decoder = wait_for(ffmpeg_child)[0]
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     time.sleep(1.0)

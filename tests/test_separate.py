@@ -146,12 +146,14 @@ def test_two_processes_equal_one(small_model):
     timings = {}
     two = estimates(padded, nb_frames, cfgs, TARGETS, window=50, progress=False,
                                 processes=2, timings=timings)
-    assert np.array_equal(one, two)
+    # equal but for float rounding: one process uses two BLAS threads, workers one each
+    assert np.allclose(one, two, rtol=1e-5, atol=1e-6 * np.abs(one).max())
     assert timings["network (wall)"] > 0 and timings["network"] > 0
-    # fewer targets than processes: the windows are shared out instead
+    # fewer targets than processes: the windows are shared out instead (batches of other
+    # sizes: BLAS may round differently)
     one = estimates(padded, nb_frames, cfgs, ["bass"], window=20, progress=False, processes=1)
     two = estimates(padded, nb_frames, cfgs, ["bass"], window=20, progress=False, processes=2)
-    assert np.array_equal(one, two)
+    assert np.allclose(one, two, rtol=1e-5, atol=1e-6 * np.abs(one).max())
 
 
 @pytest.mark.parametrize("targets,processes", [(TARGETS, 1), (TARGETS, 2), (["bass"], 2)])

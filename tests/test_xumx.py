@@ -122,7 +122,7 @@ def test_bridged_inference_network_equals_crossnet(overrides):
         params = {k: v.d for k, v in nn.get_parameters(grad_only=False).items()}
     F.sink(*ref.values()).forward()
     network = InferenceNetwork({t: (cfg, p) for t, p in split_branches(params).items()},
-                               chunk_steps=5, block_rows=16)
+                               block_rows=16)
     for asked in (list(XUMX_TARGETS), ["other", "vocals"]):
         got = network.run(spec, asked)
         assert sorted(got) == sorted(asked)
