@@ -25,3 +25,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
+
+# on a machine with a GPU and NNabla's CUDA extension: checks and figures of the GPU paths
+gpu-check: setup
+	$(PY) gpu_check.py

@@ -151,9 +151,37 @@ def get_train_args(argv=None):
                         help="train one UMX target (--source); without it, X-UMX (all four "
                              "targets in one bridged network, as Sony's repository)")
     parser.add_argument("--root", default=None, type=existing_dir,
-                        help="MUSDB18 root; omitted: musdb's 7-second previews (downloaded)")
-    parser.add_argument("--is-wav", action="store_true",
-                        help="the dataset is decoded WAV (musdb's WAV layout), not STEMS .mp4")
+                        help="dataset root; omitted (musdb only): musdb's 7-second previews "
+                             "(downloaded)")
+    parser.add_argument("--dataset", default="musdb", choices=DATASET_KINDS,
+                        help="dataset kind (open-unmix-pytorch's): %(default)s")
+    parser.add_argument("--is-wav", action="store_true", default=None,
+                        help="musdb: the dataset is decoded WAV (musdb's WAV layout), not STEMS")
+    parser.add_argument("--input-file", default=None, help="aligned: the model's input file")
+    parser.add_argument("--output-file", default=None,
+                        help="aligned: the model's output file (its name: the target's)")
+    parser.add_argument("--target-dir", default=None,
+                        help="sourcefolder: the target's folder (its name: the target's)")
+    parser.add_argument("--interferer-dirs", nargs="+", default=None,
+                        help="sourcefolder: the interferers' folders")
+    parser.add_argument("--ext", default=None,
+                        help="sourcefolder, trackfolder_var: audio file extension (.wav)")
+    parser.add_argument("--nb-train-samples", type=positive_int, default=None,
+                        help="sourcefolder: samples per epoch (1000)")
+    parser.add_argument("--nb-valid-samples", type=positive_int, default=None,
+                        help="sourcefolder: fixed validation samples (100)")
+    parser.add_argument("--target-file", default=None,
+                        help="trackfolder_fix, trackfolder_var: the target's file (its name: "
+                             "the target's)")
+    parser.add_argument("--interferer-files", nargs="+", default=None,
+                        help="trackfolder_fix: the interferers' files")
+    parser.add_argument("--random-track-mix", action="store_true", default=None,
+                        help="trackfolder_fix: interferers from random tracks")
+    parser.add_argument("--silence-missing-targets", action="store_true", default=None,
+                        help="trackfolder_var: a track without the target file has a silent "
+                             "target (else: an error)")
+    parser.add_argument("--random-interferer-mix", action="store_true", default=None,
+                        help="trackfolder_var: interferers from a random track")
     parser.add_argument("--source", default=None,
                         help="UMX's target source (%s; default vocals); X-UMX trains all four"
                         % ", ".join(TARGET_NAMES))
@@ -185,7 +213,8 @@ def get_train_args(argv=None):
                         help="NNabla context (falls back to cpu without a GPU)")
     parser.add_argument("--device-id", type=nonnegative_int, default=0)
     parser.add_argument("--seed", type=seed_int, default=42)
-    parser.add_argument("--samples-per-track", type=positive_int, default=64)
+    parser.add_argument("--samples-per-track", type=positive_int, default=None,
+                        help="samples per track and epoch (64; not sourcefolder's)")
     parser.add_argument("--source-augmentations", nargs="*", default=["gain", "channelswap"],
                         choices=["gain", "channelswap"])
     parser.add_argument("--mcoef", type=nonnegative_float, default=None,
@@ -196,7 +225,6 @@ def get_train_args(argv=None):
                              "(default 10)")
     args = parser.parse_args(argv)
     if args.umx_train:
-        args.source = args.source or "vocals"
         for flag in ("mcoef", "valid_dur"):
             if getattr(args, flag) is not None:
                 parser.error("argument --%s: only X-UMX takes it (drop --umx-train)"
@@ -207,6 +235,10 @@ def get_train_args(argv=None):
     else:
         args.mcoef = 10.0 if args.mcoef is None else args.mcoef
         args.valid_dur = 10.0 if args.valid_dur is None else args.valid_dur
+        if args.dataset != "musdb":
+            parser.error("argument --dataset: X-UMX trains on MUSDB18's four stems (musdb); "
+                         "train one target of a folder dataset with --umx-train")
+    _dataset_flags(parser, args)
     _refuse_repeats(parser, args, "source_augmentations")
     if args.nfft < 16 or args.nfft % 2:
         parser.error("argument --nfft: must be an even number >= 16, got %d" % args.nfft)
@@ -216,6 +248,49 @@ def get_train_args(argv=None):
         parser.error("argument --hidden-size: must be even for the bidirectional LSTM, got %d"
                      % args.hidden_size)
     return args
+
+
+DATASET_KINDS = ["musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var"]
+# each kind's own flags: (required ones, optional ones with their defaults)
+DATASET_FLAGS = {
+    "musdb": ((), {"is_wav": False, "samples_per_track": 64}),
+    "aligned": (("input_file", "output_file"), {"samples_per_track": 64}),
+    "sourcefolder": (("target_dir", "interferer_dirs"),
+                     {"ext": ".wav", "nb_train_samples": 1000, "nb_valid_samples": 100}),
+    "trackfolder_fix": (("target_file", "interferer_files"),
+                        {"random_track_mix": False, "samples_per_track": 64}),
+    "trackfolder_var": (("target_file",), {"ext": ".wav", "silence_missing_targets": False,
+                                           "random_interferer_mix": False,
+                                           "samples_per_track": 64}),
+}
+
+
+def _dataset_flags(parser, args):
+    """Refuse a flag the chosen --dataset kind does not take, ask for the ones it needs,
+    and give the others their defaults."""
+    required, optional = DATASET_FLAGS[args.dataset]
+    every = {f for req, opt in DATASET_FLAGS.values() for f in req + tuple(opt)}
+    for flag in sorted(every - set(required) - set(optional)):
+        if getattr(args, flag) is not None:
+            parser.error("argument --%s: --dataset %s does not take it"
+                         % (flag.replace("_", "-"), args.dataset))
+        setattr(args, flag, None)
+    for flag in required:
+        if getattr(args, flag) is None:
+            parser.error("--dataset %s needs --%s" % (args.dataset, flag.replace("_", "-")))
+    for flag, default in optional.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+    if args.dataset != "musdb":
+        if args.source is not None:
+            parser.error("argument --source: --dataset %s takes the target from its files"
+                         % args.dataset)
+        if args.root is None:
+            parser.error("--dataset %s needs --root" % args.dataset)
+    elif args.umx_train:
+        args.source = args.source or "vocals"
+    if args.ext is not None and not args.ext.startswith("."):
+        args.ext = "." + args.ext
 
 
 def get_eval_args(argv=None):
@@ -254,11 +329,29 @@ def get_convert_args(argv=None):
 
 
 def get_data_args(argv=None):
-    parser = Parser(prog="data.py", description="Generate a small MUSDB-format dataset")
-    parser.add_argument("--generate", required=True, metavar="ROOT", type=folder_to_write)
+    parser = Parser(prog="data.py", description="Generate a dataset of synthetic music, or "
+                                                "decode MUSDB18 STEMS once")
+    job = parser.add_mutually_exclusive_group(required=True)
+    job.add_argument("--generate", metavar="ROOT", type=folder_to_write,
+                     help="write a small dataset of synthetic music into ROOT")
+    job.add_argument("--decode-stems", nargs=2, metavar=("MUSDB18", "OUT"),
+                     help="decode a MUSDB18 STEMS root into musdb's WAV layout in OUT")
+    parser.add_argument("--kind", default="musdb", choices=DATASET_KINDS,
+                        help="--generate: the layout of this dataset kind (%(default)s)")
     parser.add_argument("--nb-train", type=positive_int, default=8)
-    parser.add_argument("--nb-test", type=nonnegative_int, default=2)
+    parser.add_argument("--nb-test", type=nonnegative_int, default=2,
+                        help="--generate: songs of the test (musdb) or valid split")
     parser.add_argument("--duration", type=_number(float, 0.5, 3600.0), default=12.0,
                         help="seconds per track (0.5 to 3600)")
     parser.add_argument("--seed", type=seed_int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument("--pcm16", action="store_true",
+                        help="--decode-stems: 16-bit PCM instead of float WAV (refused where "
+                             "a sample would clip)")
+    args = parser.parse_args(argv)
+    if args.decode_stems:
+        src, dst = args.decode_stems
+        if not os.path.isdir(src):
+            parser.error("argument --decode-stems: %s is not a folder" % src)
+        if os.path.exists(dst) and not os.path.isdir(dst):
+            parser.error("argument --decode-stems: %s is a file, not a folder" % dst)
+    return args

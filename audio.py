@@ -249,11 +249,11 @@ def _ffmpeg_blocks(path, start, duration):
     return rate, nb_channels, blocks()
 
 
-def write_audio_atomic(path, audio, rate, subtype="FLOAT"):
-    """Write a WAV through a temporary file in the same folder, then rename."""
+def write_audio_atomic(path, audio, rate, subtype="FLOAT", format="WAV"):
+    """Write an audio file through a temporary file in the same folder, then rename."""
     import soundfile as sf
     with atomic_path(path) as tmp:
-        sf.write(tmp, audio, rate, subtype=subtype, format="WAV")
+        sf.write(tmp, audio, rate, subtype=subtype, format=format)
 
 
 def write_stream(names, rate, blocks, folder, pcm16=False, out_rate=None, staging_root=None,

@@ -55,7 +55,7 @@ def write_song(path, seconds):
 
 def nnabla_worker(seconds, model_dir, wav):
     """test.py's way: the WAV decoded into a temporary file, stems streamed to WAV files."""
-    from inference import InferenceNetwork
+    from inference import network_for
     from separator import TARGETS, separate_stream
     from weights import load_models
     from audio import decode_audio, write_stream
@@ -63,7 +63,7 @@ def nnabla_worker(seconds, model_dir, wav):
     set_context("cpu", verbose=False)
     start = time.perf_counter()
     cfgs = load_models(model_dir, TARGETS)
-    network = InferenceNetwork.from_parameter_scopes(cfgs)  # as test.py: once per model
+    network = network_for(cfgs)  # as test.py: once per model
     load = time.perf_counter() - start
     timings = {}
     with tempfile.TemporaryDirectory() as out:
@@ -158,44 +158,52 @@ def _run(cmd, sample_memory):
     return result
 
 
-def training_worker(batch, seconds, steps, comm_name):
-    """Seconds per training step of the full-size model (random data); prints JSON."""
+def training_worker(batch, seconds, steps, comm_name, model="umx"):
+    """Seconds per training step of the full-size UMX (one target) or X-UMX (random data);
+    prints JSON."""
     import nnabla as nn
     import nnabla.solvers as S
-    from model import UmxConfig
+    from model import XUMX_TARGETS, UmxConfig
     from train import build_training_graph, dropout_rngs, train_step
     from context import set_context
+    from runtime import limit_blas_threads
     comm = None
     if comm_name == "mpi":
         from comm import get_communicator
         comm = get_communicator("cpu")
+        limit_blas_threads(max(1, (os.cpu_count() or 1) // comm.size))  # as train.py does
     set_context("cpu", verbose=False)
-    cfg = UmxConfig()
+    xumx = model == "xumx"
+    cfg = UmxConfig(xumx_branches=XUMX_TARGETS if xumx else ())
+    scope = "x-umx" if xumx else "vocals"
     samples = int(seconds * cfg.sample_rate)
-    graph = build_training_graph(cfg, "vocals", batch, samples)
+    graph = build_training_graph(cfg, scope, batch, samples)
     solver = S.Adam(alpha=1e-3)
-    with nn.parameter_scope("vocals"):
+    with nn.parameter_scope(scope):
         solver.set_parameters(nn.get_parameters())
     if comm:
-        comm.broadcast_parameters("vocals")
+        comm.broadcast_parameters(scope)
     rng = np.random.RandomState(comm.rank if comm else 0)
     times = []
     for step in range(steps + 1):  # the first step (allocations) is not timed
         mix = rng.randn(batch, samples, 2).astype(np.float32) * 0.1
+        target = np.tile(mix * 0.25, (1, 1, 4)) if xumx else mix * 0.5
         start = time.perf_counter()
-        train_step(graph, solver, mix, mix * 0.5, cfg, 1e-5, dropout_rngs(0, step, range(batch)), comm)
+        train_step(graph, solver, mix, target, cfg, 1e-5, dropout_rngs(0, step, range(batch)),
+                   comm)
         times.append(time.perf_counter() - start)
     per_step = float(np.median(times[1:]))
     nb_procs = comm.size if comm else 1
-    result = {"processes": nb_procs, "step_s": per_step, "samples_per_s": nb_procs * batch / per_step}
+    result = {"model": model, "processes": nb_procs, "step_s": per_step,
+              "samples_per_s": nb_procs * batch / per_step}
     if not comm:
         # one more step, its NNabla functions timed by type (hooks: not in the figures above)
-        result["by_function"] = profile_training_step(graph, solver, mix, cfg, batch)
+        result["by_function"] = profile_training_step(graph, solver, mix, target, cfg, batch)
     if not comm or comm.rank == 0:
         print(json.dumps(result))
 
 
-def profile_training_step(graph, solver, mix, cfg, batch):
+def profile_training_step(graph, solver, mix, target, cfg, batch):
     """Seconds per NNabla function type (forward + backward) of one training step, plus
     'STFT (numpy)', the spectrograms computed outside the graph."""
     from train import dropout_rngs
@@ -209,7 +217,7 @@ def profile_training_step(graph, solver, mix, cfg, batch):
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started["t"]
 
     start = time.perf_counter()
-    graph.feed(graph, cfg, mix, mix * 0.5)
+    graph.feed(graph, cfg, mix, target)
     seconds["STFT (numpy)"] = time.perf_counter() - start
     graph.model.sample_dropout(dropout_rngs(0, 0, range(batch)))
     solver.zero_grad()
@@ -218,61 +226,89 @@ def profile_training_step(graph, solver, mix, cfg, batch):
     return seconds
 
 
-def loading_worker(root, is_wav, workers, seq_dur, batches):
-    from data import TrainingSet, epoch_batches, load_tracks
-    tracks = load_tracks(root, is_wav, "train", log=lambda *a: None)
-    ds = TrainingSet(tracks, "vocals", seq_dur, samples_per_track=64)
+# each dataset kind's flags on the layout `synth.generate_dataset` writes (see tests/test_datasets.py)
+LOADING_KINDS = [
+    ("musdb, WAV", "musdb", ["--is-wav", "--source", "vocals"]),
+    ("musdb, STEMS", "musdb", ["--source", "vocals"]),
+    ("aligned", "aligned", ["--input-file", "mixture.wav", "--output-file", "vocals.wav"]),
+    ("sourcefolder", "sourcefolder", ["--target-dir", "vocals", "--interferer-dirs", "drums",
+                                      "bass", "other", "--nb-train-samples", "1000"]),
+    ("trackfolder_fix (FLAC)", "trackfolder_fix", ["--target-file", "vocals.flac",
+                                                   "--interferer-files", "drums.flac",
+                                                   "bass.flac", "other.flac"]),
+    ("trackfolder_var", "trackfolder_var", ["--target-file", "vocals.wav"]),
+]
+
+
+def loading_worker(root, kind, flags, workers, batches):
+    """Training samples per second (batches of 16 x 6 s) of one dataset kind."""
+    from args import get_train_args
+    from datasets import epoch_batches, load_dataset
+    args = get_train_args(["--umx-train", "--root", root, "--dataset", kind] + flags)
+    data = load_dataset(args, [args.source], log=lambda *a: None)
     start = time.perf_counter()
     n = 0
-    for _, (x, _) in zip(range(batches), epoch_batches(ds, 0, 16, workers)):
+    for _, (x, _) in zip(range(batches), epoch_batches(data.train, 0, 16, workers)):
         n += x.shape[0]
     return n / (time.perf_counter() - start)
+
+
+def benchmark_loading():
+    """Samples per second of each dataset kind with 0, 1 and 2 loading threads."""
+    import shutil
+    import stempeg
+    from synth import generate_dataset
+    print("\n| data loading, batches of 16 x 6 s | 0 workers | 1 worker | 2 workers |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kind, flags in LOADING_KINDS:
+            root = os.path.join(tmp, name.split()[0] + ("-stems" if "STEMS" in name else ""))
+            if "STEMS" in name:  # the real MUSDB18 clip (6.1 s), as six STEMS tracks
+                os.makedirs(os.path.join(root, "train"))
+                for k in range(6):
+                    shutil.copyfile(stempeg.example_stem_path(),
+                                    os.path.join(root, "train", "Clip %d.stem.mp4" % k))
+            else:
+                generate_dataset(root, 6, 1, 12.0, progress=False, kind=kind)
+            batches = 1 if "STEMS" in name else 4
+            rates = [loading_worker(root, kind, flags, w, batches) for w in (0, 1, 2)]
+            print("| %s | %.1f | %.1f | %.1f |" % ((name,) + tuple(rates)))
 
 
 def benchmark_training(steps):
     """Training step and data-loading throughput; prints a table."""
     import shutil
     rows = []
-    for procs in (1, 2):
-        cmd = [sys.executable, __file__, "--train-worker", str(steps)]
-        if procs > 1:
-            mpirun = shutil.which("mpirun")
-            if not mpirun:
-                print("(no mpirun: 2-process training not measured)")
-                continue
-            cmd = [mpirun, "-n", "2", "--allow-run-as-root", "--oversubscribe"] + cmd + ["mpi"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
-        if proc.returncode:
-            raise SystemExit(proc.stderr[-2000:])
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print("\n| training, full-size UMX, batch 16 x 6 s, CPU | s/step | samples/s |")
-    print("|---|---|---|")
+    for model in ("umx", "xumx"):
+        for procs in (1, 2):
+            cmd = [sys.executable, __file__, "--train-worker", str(steps),
+                   "mpi" if procs > 1 else "single", model]
+            if procs > 1:
+                mpirun = shutil.which("mpirun")
+                if not mpirun:
+                    print("(no mpirun: 2-process training not measured)")
+                    continue
+                cmd = [mpirun, "-n", "2", "--allow-run-as-root", "--oversubscribe"] + cmd
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+            if proc.returncode:
+                raise SystemExit(proc.stderr[-2000:])
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print("\n| training, full size, batch 16 x 6 s, CPU | processes | s/step | samples/s |")
+    print("|---|---|---|---|")
     for r in rows:
-        print("| %d process%s | %.2f | %.2f |" % (r["processes"], "es" if r["processes"] > 1 else "",
-                                                 r["step_s"], r["samples_per_s"]))
-    by_function = rows[0]["by_function"]
-    total = sum(by_function.values())
-    print("\n| one training step (1 process), by function | s | share |")
-    print("|---|---|---|")
-    for name, value in sorted(by_function.items(), key=lambda kv: -kv[1])[:10]:
-        print("| %s | %.2f | %.0f %% |" % (name, value, 100 * value / total))
-    gemm = by_function.get("Affine", 0.0) + by_function.get("BatchMatmul", 0.0)
-    print("matrix products (Affine + BatchMatmul): %.2f of %.2f s (%.0f %%)"
-          % (gemm, total, 100 * gemm / total))
-    import stempeg
-    from data import generate_dataset
-    with tempfile.TemporaryDirectory() as tmp:
-        wav_root = generate_dataset(os.path.join(tmp, "wav"), 6, 0, 12.0, progress=False)
-        os.makedirs(os.path.join(tmp, "stems", "train"))
-        for k in range(6):
-            shutil.copyfile(stempeg.example_stem_path(),
-                            os.path.join(tmp, "stems", "train", "Clip %d.stem.mp4" % k))
-        print("\n| data loading, batches of 16 | 0 workers (samples/s) | 2 workers (samples/s) |")
+        print("| %s | %d | %.2f | %.2f |" % ("UMX (one target)" if r["model"] == "umx" else
+                                            "X-UMX (four bridged)", r["processes"], r["step_s"],
+                                            r["samples_per_s"]))
+    for r in rows:
+        if "by_function" not in r:
+            continue
+        by_function = r["by_function"]
+        total = sum(by_function.values())
+        print("\n| one %s step (1 process), by function | s | share |" % r["model"].upper())
         print("|---|---|---|")
-        for name, root, is_wav, dur in (("WAV, 6 s chunks", wav_root, True, 6.0),
-                                        ("STEMS, 5 s chunks", os.path.join(tmp, "stems"), False, 5.0)):
-            rates = [loading_worker(root, is_wav, w, dur, 3) for w in (0, 2)]
-            print("| %s | %.1f | %.1f |" % (name, rates[0], rates[1]))
+        for name, value in sorted(by_function.items(), key=lambda kv: -kv[1])[:10]:
+            print("| %s | %.2f | %.0f %% |" % (name, value, 100 * value / total))
+    benchmark_loading()
 
 
 def main(argv=None):
@@ -296,8 +332,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.train_worker:
-        training_worker(16, 6.0, int(args.train_worker[0]),
-                        args.train_worker[1] if len(args.train_worker) > 1 else None)
+        steps, comm_name, model = (args.train_worker + ["single", "umx"])[:3]
+        training_worker(16, 6.0, int(steps), comm_name, model)
         return
     if args.train:
         benchmark_training(args.steps)

@@ -16,13 +16,18 @@ import subprocess
 import sys
 import time
 
+from runtime import UmxError, die_with_parent, run_cli
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = ["vocals", "drums", "bass", "other"]
 
 
 def run(cmd):
+    """Run one step; a failure (its own one-line error printed) stops the demo."""
     print("\n$ " + " ".join('"%s"' % c if " " in c else c for c in cmd), flush=True)
-    subprocess.run(cmd, cwd=HERE, check=True)
+    code = subprocess.run(cmd, cwd=HERE, preexec_fn=die_with_parent).returncode
+    if code:
+        raise UmxError("demo: %s failed (exit %d)" % (" ".join(cmd[1:3]), code))
 
 
 def run_parallel(commands, log_dir):
@@ -32,13 +37,14 @@ def run_parallel(commands, log_dir):
     for cmd in commands:
         log = os.path.join(log_dir, cmd[cmd.index("--source") + 1] + ".log")
         print("\n$ %s  > %s" % (" ".join(cmd), log), flush=True)
-        procs.append((subprocess.Popen(cmd, cwd=HERE, stdout=open(log, "w"),
-                                       stderr=subprocess.STDOUT), log))
-    for proc, log in procs:
-        if proc.wait():
-            with open(log) as f:
-                print(f.read()[-2000:])
-            raise SystemExit("demo: %s failed (log: %s)" % (" ".join(commands[0][:2]), log))
+        with open(log, "w") as f:
+            procs.append((subprocess.Popen(cmd, cwd=HERE, stdout=f, stderr=subprocess.STDOUT,
+                                           preexec_fn=die_with_parent), log))
+    failed = [log for proc, log in procs if proc.wait()]
+    if failed:
+        with open(failed[0]) as f:
+            print(f.read()[-2000:])
+        raise UmxError("demo: training failed (log: %s)" % failed[0])
 
 
 def main(argv=None):
@@ -46,7 +52,10 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "demo_out"))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--hidden-size", type=int, default=64)
-    args = parser.parse_args(argv)
+    run_cli(run_demo, parser.parse_args(argv))
+
+
+def run_demo(args):
     py = sys.executable
     start = time.time()
     data = os.path.join(args.out, "data")

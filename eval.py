@@ -40,7 +40,7 @@ def musdb_tracks(root, is_wav, subset, names=None, unreadable=None):
     A track that cannot be decoded is left out; unreadable: a dict that gets its name → why.
     """
     import musdb
-    from data import check_root
+    from datasets import check_root
     if not root:
         raise UmxError("--root is required: the MUSDB18 folder to evaluate on")
     check_root(root, subset)
@@ -239,11 +239,11 @@ def evaluate(args, progress=True):
     with output_folder(args.out_dir, "--out-dir"), ExitStack() as stack:
         cfgs = network = None
         if args.estimates is None:
-            from inference import InferenceNetwork
+            from inference import network_for
             from weights import load_models
             set_context(args.context)
             cfgs = load_models(args.model, args.targets)
-            network = InferenceNetwork.from_parameter_scopes(cfgs)  # once for all tracks
+            network = network_for(cfgs, args.targets)  # once for all tracks
         subset_dir = os.path.join(args.out_dir, args.subset)
         json_paths = {t.name: os.path.join(subset_dir, t.name + ".json") for t in tracks}
         todo = [t for t in tracks if not os.path.isfile(json_paths[t.name])]

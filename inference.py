@@ -255,3 +255,80 @@ class InferenceNetwork:
 def _average(arrays):
     arrays = list(arrays)
     return sum(arrays[1:], arrays[0].copy()) / np.float32(len(arrays))
+
+
+class GraphNetwork:
+    """Separation on GPU contexts: the training graph's network in test mode (`OpenUnmix` per
+    target, or X-UMX's `CrossNet`; the LSTM is cuDNN's fused one), built once per window
+    batch shape. A batch's input goes to the device once and its estimates come back once:
+    GPU memory is bounded by the window batch, whatever the track's length. Same interface
+    as `InferenceNetwork` (`run`, `cfgs`, `bridged`).
+    """
+    bridged = False  # X-UMX's branches run in one graph: windows are never split by target
+
+    def __init__(self, cfgs):
+        self.cfgs = dict(cfgs)
+        self.graphs = {}
+
+    @classmethod
+    def from_parameter_scopes(cls, cfgs):
+        return cls(cfgs)
+
+    def _graph(self, nb_frames, nb_samples):
+        """Input Variable [shape=(nb_frames, nb_samples, 2, nb_bins)] and {target: estimate
+        Variable [shape=(nb_frames, nb_samples, C, nb_bins)]} for this batch shape."""
+        from model import CrossNet, OpenUnmix, branch_name
+        key = (nb_frames, nb_samples)
+        if key in self.graphs:
+            return self.graphs[key]
+        self.graphs.clear()  # one shape at a time: the last batch's is the only other one
+        bins = next(iter(self.cfgs.values())).nb_output_bins
+        x = nn.Variable((nb_frames, nb_samples, 2, bins))
+        outputs = {}
+        xumx = [t for t, cfg in self.cfgs.items() if cfg.xumx_branches]
+        if xumx:
+            cfg = self.cfgs[xumx[0]]
+            # the branches' parameters (loaded under UMX's names, one scope per target) under
+            # Sony's names in one scope: the same Variables, no copy
+            aliases = {}
+            for target in cfg.xumx_branches:
+                with nn.parameter_scope(target):
+                    for name, var in nn.get_parameters(grad_only=False).items():
+                        aliases[branch_name(name, target)] = var
+            with nn.parameter_scope("_xumx_graph"):
+                for name, var in aliases.items():
+                    nn.parameter.set_parameter(name, var)
+                outputs.update(CrossNet(cfg, cfg.xumx_branches)(x, test=True))
+        for target, cfg in self.cfgs.items():
+            if not cfg.xumx_branches:
+                with nn.parameter_scope(target):
+                    outputs[target] = OpenUnmix(cfg)(x, test=True)
+        for estimate in outputs.values():
+            estimate.persistent = True  # read after the forward pass, which frees the rest
+        self.graphs[key] = (x, outputs)
+        return self.graphs[key]
+
+    def run(self, spec, targets=None, write=None):
+        """As `InferenceNetwork.run`: spec [shape=(nb_samples, nb_frames, 2, nb_bins)]."""
+        targets = list(targets or self.cfgs)
+        nb_samples, nb_frames, _, nb_bins = spec.shape
+        x, outputs = self._graph(nb_frames, nb_samples)
+        x.d = spec.transpose(1, 0, 2, 3)  # (samples, frames, ...) -> (frames, samples, ...)
+        F.sink(*[outputs[t] for t in targets]).forward(clear_buffer=True)
+        results = {}
+        for target in targets:
+            # (frames, samples, C, bins) -> (samples, frames, C, bins): one copy to the host
+            estimate = np.ascontiguousarray(outputs[target].d.transpose(1, 0, 2, 3))
+            if write is None:
+                results[target] = estimate
+            else:
+                write(target, 0, estimate.reshape((-1,) + estimate.shape[2:]))
+        return None if write else results
+
+
+def network_for(cfgs, targets=None):
+    """The network that separates on the current context: the folded `InferenceNetwork` on
+    CPU contexts, the training graph's (`GraphNetwork`, cuDNN) on GPU contexts."""
+    from ops import on_cpu
+    chosen = {t: cfgs[t] for t in networks_to_run(cfgs, targets or list(cfgs))}
+    return (InferenceNetwork if on_cpu() else GraphNetwork).from_parameter_scopes(chosen)

@@ -19,8 +19,9 @@ import itertools
 import numpy as np
 import nnabla as nn
 import nnabla.functions as F
+from nnabla.function import PythonFunction
 
-from ops import dense
+from ops import dense, on_cpu, set_grad
 
 # the 14 combinations of 1, 2 or 3 of the 4 targets, as rows of 0/1 weights
 COMBINATIONS = np.array([[1.0 if j in c else 0.0 for j in range(4)]
@@ -38,6 +39,13 @@ def umx_loss(estimate, target):
 def frequency_loss(estimates, targets):
     """X-UMX's L_f. estimates: 4 Variables, targets: a Variable [shape=(4, ...)] (each
     target's magnitude spectrogram, same shapes)."""
+    if on_cpu():
+        return _FrequencyLoss(nn.get_current_context())(*estimates, targets)
+    return frequency_loss_graph(estimates, targets)
+
+
+def frequency_loss_graph(estimates, targets):
+    """`frequency_loss` in NNabla's own functions (GPU contexts)."""
     errors = [estimate - F.reshape(target, estimate.shape)
               for estimate, target in zip(estimates, F.split(targets, axis=0))]
     squares = F.add_n(*[F.sum(F.pow_scalar(e, 2.0)) for e in errors])
@@ -48,6 +56,13 @@ def frequency_loss(estimates, targets):
 def time_loss(estimates, targets, mixture):
     """X-UMX's L_t. estimates, targets: Variables [shape=(4, rows, L)] (time signals, rows =
     samples x channels), mixture: Variable [shape=(1, rows, L)], already trimmed."""
+    if on_cpu():
+        return _TimeLoss(nn.get_current_context())(estimates, targets, mixture)
+    return time_loss_graph(estimates, targets, mixture)
+
+
+def time_loss_graph(estimates, targets, mixture):
+    """`time_loss` in NNabla's own functions (GPU contexts)."""
     estimate = _combine(estimates)  # (14, rows, L)
     target = _combine(targets)
     mix = F.broadcast(mixture, estimate.shape)
@@ -56,6 +71,117 @@ def time_loss(estimates, targets, mixture):
     alpha = target_power / (target_power + noise_power + EPS)
     return 1.0 + F.mean(-alpha * _cosine(estimate, target, target_power)
                         - (1.0 - alpha) * _cosine(noise_estimate, noise, noise_power))
+
+
+# On CPU contexts the two losses run as single functions in numpy: NNabla's elementwise
+# functions on the 14 combinations' signals (14 x batch x 2 x 6 s) took most of a step.
+
+class _ScalarLoss(PythonFunction):
+    """A loss of a few Variables → a scalar; the gradient of the first `nb_grad` inputs."""
+
+    def min_outputs(self):
+        return 1
+
+    def setup_impl(self, inputs, outputs):
+        outputs[0].reset_shape((), True)
+
+    def grad_depends_output_data(self, i, o):
+        return False
+
+    def grad_depends_input_data(self, i, j):
+        return True
+
+
+class _FrequencyLoss(_ScalarLoss):
+    """(4 estimates, targets [shape=(4, ...)]) → L_f = (4 Σ‖d_j‖² + 3 ‖Σ d_j‖²) / (14 N);
+    its gradient for estimate j: (8 d_j + 6 Σ d) / (14 N)."""
+
+    @property
+    def name(self):
+        return "FrequencyLoss"
+
+    def _errors(self, inputs):
+        targets = inputs[-1].data.get_data("r")
+        return [inputs[j].data.get_data("r") - targets[j].reshape(inputs[j].shape)
+                for j in range(len(inputs) - 1)]
+
+    def forward_impl(self, inputs, outputs):
+        errors = self._errors(inputs)
+        total = sum(errors)
+        squares = sum(np.dot(e.ravel().astype(np.float64), e.ravel()) for e in errors)
+        value = (4 * squares + 3 * np.dot(total.ravel().astype(np.float64), total.ravel())) / \
+            (14.0 * errors[0].size)
+        outputs[0].data.get_data("w")[...] = value
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        errors = self._errors(inputs)
+        total = sum(errors)
+        scale = float(outputs[0].grad.get_data("r")) / (14.0 * errors[0].size)
+        for j, error in enumerate(errors):
+            if propagate_down[j]:
+                set_grad(inputs[j], (8 * error + 6 * total) * scale, accum[j])
+
+
+class _TimeLoss(_ScalarLoss):
+    """(estimates, targets [shape=(4, rows, L)], mixture [shape=(1, rows, L)]) → L_t, one
+    combination at a time (memory: one combination's signals)."""
+
+    @property
+    def name(self):
+        return "TimeLoss"
+
+    def _terms(self, inputs, grad_scale=None):
+        """→ the loss; with grad_scale, also d loss / d estimates [shape=(4, rows, L)]."""
+        estimates, targets, mixture = (inputs[k].data.get_data("r") for k in range(3))
+        mixture = mixture[0]
+        rows = mixture.shape[0]
+        total = 0.0
+        grad = np.zeros(estimates.shape, np.float32) if grad_scale is not None else None
+        for weights in COMBINATIONS:
+            members = np.flatnonzero(weights)
+            s_hat, s = estimates[members].sum(axis=0), targets[members].sum(axis=0)
+            n_hat, n = mixture - s_hat, mixture - s
+            terms, g_s = _cosine_terms(s_hat, s, grad_scale is not None)
+            noise_terms, g_n = _cosine_terms(n_hat, n, grad_scale is not None)
+            power_s = _row_power(s)
+            alpha = power_s / (power_s + _row_power(n) + EPS)  # (rows,)
+            total += np.sum(-alpha * terms - (1 - alpha) * noise_terms)
+            if grad is not None:
+                # d/dŝ of -α cos(ŝ, s) - (1 - α) cos(m - ŝ, n); shared by the members
+                g = (-alpha[:, None] * g_s + (1 - alpha)[:, None] * g_n) * grad_scale
+                for j in members:
+                    grad[j] += g
+        count = len(COMBINATIONS) * rows
+        return 1.0 + total / count, grad
+
+    def forward_impl(self, inputs, outputs):
+        outputs[0].data.get_data("w")[...] = self._terms(inputs)[0]
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        if propagate_down[0]:
+            rows = inputs[2].shape[1]
+            scale = float(outputs[0].grad.get_data("r")) / (len(COMBINATIONS) * rows)
+            set_grad(inputs[0], self._terms(inputs, scale)[1], accum[0])
+
+
+def _row_power(x):
+    return np.einsum("rl,rl->r", x, x, dtype=np.float64)
+
+
+def _cosine_terms(estimate, reference, with_grad):
+    """Sony's regularized cosine per row of [shape=(rows, L)] arrays, and (with_grad) its
+    gradient with respect to the estimate."""
+    dot = np.einsum("rl,rl->r", estimate, reference, dtype=np.float64)
+    a = np.sqrt(_row_power(estimate) + EPS)
+    b = np.sqrt(_row_power(reference) + EPS)
+    denominator = a * b + EPS
+    cosine = dot / denominator
+    if not with_grad:
+        return cosine, None
+    # d/dx [<x, r> / (sqrt(|x|² + ε) b + ε)] = r / D - <x, r> b x / (a D²)
+    grad = reference / denominator[:, None] - \
+        (dot * b / (a * denominator ** 2))[:, None] * estimate
+    return cosine, grad.astype(np.float32)
 
 
 def _combine(signals):

@@ -35,7 +35,7 @@ import nnabla.functions as F
 import nnabla.initializer as I
 from nnabla.parameter import get_parameter_or_create
 
-from ops import dense, lstm_recurrence, multiply
+from ops import dense, fused_lstm, lstm_recurrence, multiply
 from spectral import nnabla_spectrogram
 
 LSTM_DROPOUT = 0.4
@@ -289,9 +289,17 @@ class Branch:
                             input_affine=(in_scale, in_shift)))
 
     def recur(self, x, training):
-        """training: apply dropout between the layers through mask Variables, all ones until
-        `sample_dropout` draws them."""
+        """training: apply dropout between the layers: cuDNN's own (fused LSTM, GPU contexts),
+        or mask Variables, all ones until `sample_dropout` draws them (unrolled LSTM)."""
         cfg = self.cfg
+        if fused_lstm():
+            nb_frames, nb_samples, _ = x.shape
+            state = (cfg.nb_layers, cfg.nb_directions, nb_samples, cfg.lstm_hidden_size)
+            y, _, _ = F.lstm(x, F.constant(0.0, state), F.constant(0.0, state), self.lstm_w0,
+                             self.lstm_w, self.lstm_b, num_layers=cfg.nb_layers,
+                             dropout=LSTM_DROPOUT if training else 0.0,
+                             bidirectional=cfg.nb_directions == 2, training=training)
+            return y
         masks = None
         if training:
             masks = [nn.Variable(x.shape) for _ in range(cfg.nb_layers - 1)]

@@ -9,6 +9,10 @@
   (and `F.mul_n`'s division made its gradient NaN on real data); as one function its
   products run on numpy's BLAS.
 
+- `fused_lstm()`: whether the LSTM is NNabla's fused `F.lstm` (GPU contexts: cuDNN's) or
+  the unrolled one (CPU contexts).
+- `istft(real, imag)`: `F.istft` (center=True), whose CPU version is slow (~2 min of an X-UMX
+  training step).
 - `dense(x, W, b)`: `F.affine` (x @ W + b over the axes from base_axis on). NNabla's CPU
   Affine is single-threaded SSE Eigen (~20 GFLOP/s here); numpy's BLAS runs the same product
   several times faster.
@@ -18,6 +22,8 @@ gradients as NNabla functions must; a PythonFunction costs ~0.3 ms per call, so 
 large tensors or replace many functions at once); GPU contexts use NNabla's own functions
 (`F.mul2`; the recurrence unrolled into batch_matmul, sigmoid, tanh and mul2).
 """
+import os
+
 import numpy as np
 import nnabla as nn
 import nnabla.functions as F
@@ -27,6 +33,16 @@ from nnabla.function import PythonFunction
 def on_cpu():
     """Whether the current default context computes on the CPU."""
     return nn.get_current_context().backend[0].split(":")[0] == "cpu"
+
+
+def fused_lstm():
+    """Whether the LSTM runs as NNabla's fused `F.lstm` (cuDNN's on GPU contexts, as the seed's
+    PF.lstm did) rather than `model.unrolled_lstm` (CPU contexts: NNabla's CPU F.lstm ignores
+    dropout and is slower). UMX_LSTM=fused or =unrolled overrides the choice (checks)."""
+    choice = os.environ.get("UMX_LSTM", "")
+    if choice not in ("", "fused", "unrolled"):
+        raise ValueError("UMX_LSTM must be 'fused' or 'unrolled', not %r" % choice)
+    return choice == "fused" if choice else not on_cpu()
 
 
 class _Multiply(PythonFunction):
@@ -54,7 +70,7 @@ class _Multiply(PythonFunction):
         for i, other in ((0, 1), (1, 0)):
             if not propagate_down[i]:
                 continue
-            _set_grad(inputs[i], dy * inputs[other].data.get_data("r"), accum[i])
+            set_grad(inputs[i], dy * inputs[other].data.get_data("r"), accum[i])
 
     def grad_depends_output_data(self, i, o):
         return False
@@ -159,9 +175,9 @@ class _LstmRecurrence(PythonFunction):
                 dh_next = np.matmul(da, w_rec)  # (D, B, 4H) @ (D, 4H, H)
             dc_next = dc * f
         if propagate_down[0]:
-            _set_grad(inputs[0], dproj, accum[0])
+            set_grad(inputs[0], dproj, accum[0])
         if propagate_down[1]:
-            _set_grad(inputs[1], dw, accum[1])
+            set_grad(inputs[1], dw, accum[1])
 
     def grad_depends_output_data(self, i, o):
         return False
@@ -170,7 +186,7 @@ class _LstmRecurrence(PythonFunction):
         return j == 1
 
 
-def _set_grad(variable, value, accumulate):
+def set_grad(variable, value, accumulate):
     if accumulate:
         grad = variable.grad.get_data("rw")
         grad += value
@@ -255,7 +271,7 @@ class _Dense(PythonFunction):
             else:
                 np.matmul(x.T, dy, out=inputs[1].grad.get_data("w"))
         if len(inputs) > 2 and propagate_down[2]:
-            _set_grad(inputs[2], dy.sum(axis=0), accum[2])
+            set_grad(inputs[2], dy.sum(axis=0), accum[2])
 
     def grad_depends_output_data(self, i, o):
         return False
@@ -270,3 +286,64 @@ def dense(x, w, b=None, base_axis=1):
         function = _Dense(nn.get_current_context(), base_axis)
         return function(x, w) if b is None else function(x, w, b)
     return F.affine(x, w, b, base_axis=base_axis)
+
+
+class _Istft(PythonFunction):
+    """(real, imag) [shape=(rows, bins, frames)] → the project's ISTFT (`spectral.istft`: least
+    squares, centered) [shape=(rows, (frames - 1) hop)], as F.istft(center=True); backward:
+    `spectral.istft_adjoint`."""
+
+    def __init__(self, ctx, n_fft, n_hop):
+        super().__init__(ctx)
+        self.n_fft, self.n_hop = n_fft, n_hop
+
+    @property
+    def name(self):
+        return "Istft"
+
+    @property
+    def args(self):
+        return {"n_fft": self.n_fft, "n_hop": self.n_hop}
+
+    def min_outputs(self):
+        return 1
+
+    def setup_impl(self, inputs, outputs):
+        rows, bins, frames = inputs[0].shape
+        if inputs[1].shape != inputs[0].shape or bins != self.n_fft // 2 + 1:
+            raise ValueError("istft: spectra %s, %s for n_fft %d" % (inputs[0].shape,
+                                                                   inputs[1].shape, self.n_fft))
+        outputs[0].reset_shape((rows, (frames - 1) * self.n_hop), True)
+
+    def forward_impl(self, inputs, outputs):
+        from spectral import istft
+        spec = inputs[0].data.get_data("r") + 1j * inputs[1].data.get_data("r")
+        out = outputs[0].data.get_data("w")
+        # (rows, bins, frames) -> (rows, frames, bins)
+        out[...] = istft(spec.transpose(0, 2, 1), out.shape[-1], self.n_fft, self.n_hop)
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        from spectral import istft_adjoint
+        frames = inputs[0].shape[-1]
+        grad = istft_adjoint(outputs[0].grad.get_data("r"), frames, self.n_fft, self.n_hop)
+        grad = grad.transpose(0, 2, 1)  # (rows, frames, bins) -> (rows, bins, frames)
+        for k, part in ((0, grad.real), (1, grad.imag)):
+            if propagate_down[k]:
+                set_grad(inputs[k], part, accum[k])
+
+    def grad_depends_output_data(self, i, o):
+        return False
+
+    def grad_depends_input_data(self, i, j):
+        return False
+
+
+def istft(real, imag, n_fft, n_hop):
+    """The centered least-squares ISTFT of (real, imag) [shape=(rows, bins, frames)] →
+    [shape=(rows, (frames - 1) n_hop)], as F.istft(center=True). NNabla's CPU ISTFT took most
+    of an X-UMX training step (its backward especially); on CPU contexts this one runs the
+    project's own (scipy's FFT)."""
+    if on_cpu():
+        return _Istft(nn.get_current_context(), n_fft, n_hop)(real, imag)
+    return F.istft(real, imag, n_fft, n_hop, n_fft, window_type="hanning", center=True,
+                   pad_mode="constant")

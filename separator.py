@@ -21,9 +21,9 @@ import nnabla as nn
 from tqdm import tqdm
 
 from audio import prepare_audio
-from data import SOURCES as TARGETS  # noqa: F401 (the default targets)
+from datasets import SOURCES as TARGETS  # noqa: F401 (the default targets)
 from files import TemporaryArrayFile, writing_into
-from inference import InferenceNetwork, networks_to_run
+from inference import network_for
 from runtime import UmxError, timed, worker_pool
 from spectral import PaddedSignal, nb_stft_frames, stft_frames
 from wiener import wiener_blocks
@@ -111,8 +111,7 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     model_channels = max(cfgs[t].nb_channels for t in targets)
     length, plan = plan_windows(nb_frames, window, context)
     store = EstimateStore(nb_frames, cfg.nb_output_bins, model_channels, len(targets))
-    network = network or InferenceNetwork.from_parameter_scopes(
-        {t: cfgs[t] for t in networks_to_run(cfgs, targets)})
+    network = network or network_for(cfgs, targets)
     start_time = time.perf_counter()
     # X-UMX's branches run together (their averages need all of them): share the windows
     by_target = len(targets) >= processes and not network.bridged

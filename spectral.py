@@ -130,6 +130,32 @@ def istft(spec, nb_timesteps, n_fft=4096, n_hop=1024):
     return OverlapAdd(spec.shape[:-2], nb_timesteps, n_fft, n_hop).add(spec, 0)
 
 
+def istft_adjoint(grad, nb_frames, n_fft=4096, n_hop=1024):
+    """The gradient of `istft`: for y = istft(X, nb_timesteps) and g = dL/dy [shape=(...,
+    nb_timesteps)] → dL/dRe(X) + i dL/dIm(X) [shape=(..., nb_frames, nb_bins)] (complex64).
+
+    istft normalizes the overlap-added windowed inverse FFTs by the summed squared window and
+    drops the centering pad; its adjoint pads g back, divides it by the same sum, cuts it into
+    windowed frames, and applies the adjoint of the real inverse FFT: (c_k / n_fft) rfft, with
+    c_k = 1 for the first and last bins and 2 for the others (irfft counts those twice).
+    """
+    pad = n_fft // 2
+    length = (nb_frames - 1) * n_hop + n_fft
+    padded = np.zeros(grad.shape[:-1] + (length,), np.float32)
+    nb_timesteps = grad.shape[-1]
+    padded[..., pad:pad + nb_timesteps] = grad
+    window = hann_window(n_fft)
+    wsum = np.zeros(length, np.float32)
+    for k in range(nb_frames):
+        wsum[k * n_hop:k * n_hop + n_fft] += window ** 2
+    padded /= np.maximum(wsum, 1e-8)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[..., ::n_hop, :]
+    spec = scipy.fft.rfft(frames * window, axis=-1, workers=FFT_WORKERS)
+    scale = np.full(n_fft // 2 + 1, 2.0 / n_fft, np.float32)
+    scale[0] = scale[-1] = 1.0 / n_fft
+    return (spec * scale).astype(np.complex64)
+
+
 class PaddedSignal:
     """A signal [shape=(nb_timesteps, C)] (an array or an `AudioFile`) seen as `pad_for_stft`'s
     result [shape=(C, nb_timesteps + n_fft)] without a padded copy: `segment` reads a range on

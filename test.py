@@ -34,14 +34,14 @@ def run(args):
 
 
 def separate_files(args, folders):
-    from inference import InferenceNetwork
+    from inference import network_for
     from separator import WINDOW_FRAMES, separate_stream
     from weights import describe, load_models
     set_context(args.context)
     cfgs = load_models(args.model, args.targets)
     print("model: %s" % describe(cfgs))
     cfg = cfgs[args.targets[0]]
-    network = InferenceNetwork.from_parameter_scopes(cfgs)  # once for all inputs
+    network = network_for(cfgs, args.targets)  # once for all inputs
     window = WINDOW_FRAMES
     if args.chunk_dur:
         window = max(1, int(round(args.chunk_dur * cfg.sample_rate / cfg.n_hop)))

@@ -18,12 +18,13 @@ import nnabla.solvers as S
 from tqdm import tqdm
 
 from checkpoint import save_checkpoint
-from data import TrainingSet, check_sources, epoch_batches, load_tracks, validation_pairs
+from datasets import check_sources, epoch_batches, load_dataset
 from context import set_context
 from files import (atomic_path, output_folder, read_json, refuse_overlaps, write_json_atomic,
                    writing_into)
 from inference import InferenceNetwork
 from loss import TRIM, frequency_loss, time_loss, time_loss_numpy, umx_loss
+import ops
 from ops import multiply
 from model import (XUMX_TARGETS, CrossNet, OpenUnmix, UmxConfig, bandwidth_to_max_bin,
                    split_branches)
@@ -44,14 +45,15 @@ def magnitudes(audio, n_fft, n_hop, mono=False):
     return model_layout(stft(audio.transpose(0, 2, 1), n_fft, n_hop), mono)
 
 
-def compute_statistics(tracks, n_fft, n_hop, progress=True):
-    """Per-bin mean and std of the mono mixture magnitude over all frames of `tracks`.
+def compute_statistics(mixtures, n_fft, n_hop, progress=True):
+    """Per-bin mean and std of the mono mixture magnitude over all frames of `mixtures`
+    (arrays [shape=(nb_timesteps, 2)], e.g. a dataset's `statistics_items()`).
 
     As the seed does, the std is floored at 1e-4 of its maximum. → (mean, std) [shape=(bins,)]
     """
     total, total_sq, count = 0.0, 0.0, 0
-    for track in tqdm(tracks, desc="statistics", disable=not progress, leave=False):
-        mag = np.abs(stft(track.read("mixture").T, n_fft, n_hop)).mean(axis=0)  # (frames, bins)
+    for mixture in tqdm(mixtures, desc="statistics", disable=not progress, leave=False):
+        mag = np.abs(stft(mixture.T, n_fft, n_hop)).mean(axis=0)  # (frames, bins)
         mag = mag.astype(np.float64)
         total, total_sq, count = total + mag.sum(0), total_sq + (mag ** 2).sum(0), count + len(mag)
     mean = total / count
@@ -137,7 +139,7 @@ def build_training_graph(cfg, scope, batch_size, nb_timesteps, input_mean=None,
                           model, scope, feed_umx)
     nb_targets = len(cfg.xumx_branches)
     rows = batch_size * 2  # time signals: (samples x stereo channels, L)
-    length = (nb_frames - 1) * cfg.n_hop - 2 * TRIM  # F.istft's length, trimmed
+    length = (nb_frames - 1) * cfg.n_hop - 2 * TRIM  # the ISTFT's length, trimmed
     if length <= 0:
         raise UmxError("--seq-dur is too short for X-UMX's time-domain loss (%d samples "
                        "trimmed at each end)" % TRIM)
@@ -150,16 +152,16 @@ def build_training_graph(cfg, scope, batch_size, nb_timesteps, input_mean=None,
     with nn.parameter_scope(scope):
         model = CrossNet(cfg, cfg.xumx_branches, input_mean, input_scale)
         estimates = list(model(mixture, test=False, freeze_bn=freeze_bn).values())
-    # the estimates' time signals: magnitudes with the mixture's phase, through F.istft
+    # the estimates' time signals: magnitudes with the mixture's phase, through the ISTFT
     times = []
     for estimate in estimates:
         # (T, B, C, bins) -> (B, C, bins, T) -> (B * 2, bins, T); mono estimates serve both channels
         estimate = F.transpose(estimate, (1, 2, 3, 0))
-        estimate = F.reshape(F.broadcast(estimate, (batch_size, 2) + estimate.shape[2:]),
-                             (rows, cfg.nb_output_bins, nb_frames))
-        time = F.istft(multiply(estimate, inputs["phase_real"]),
-                       multiply(estimate, inputs["phase_imag"]), cfg.n_fft, cfg.n_hop, cfg.n_fft,
-                       window_type="hanning", center=True, pad_mode="constant")
+        if cfg.nb_channels == 1:
+            estimate = F.broadcast(estimate, (batch_size, 2) + estimate.shape[2:])
+        estimate = F.reshape(estimate, (rows, cfg.nb_output_bins, nb_frames))
+        time = ops.istft(multiply(estimate, inputs["phase_real"]),
+                         multiply(estimate, inputs["phase_imag"]), cfg.n_fft, cfg.n_hop)
         times.append(time[:, TRIM:TRIM + length])
     loss = mcoef * time_loss(F.stack(*times, axis=0), inputs["target_time"],
                              inputs["mixture_time"]) + \
@@ -232,19 +234,20 @@ def inference_network(scope, cfg):
     return InferenceNetwork(models), {t: cfg for t in models}
 
 
-def validation_loss(tracks, scope, cfg, progress=True, comm=None, mcoef=10.0, valid_dur=10.0):
-    """Mean over whole tracks (inference mode, the windowed network) of the training loss:
-    UMX's MSE, or X-UMX's multi-domain loss, whose time term is the mean over the track's
-    `valid_dur`-second segments (a shorter track: one segment).
+def validation_loss(data, scope, cfg, progress=True, comm=None, mcoef=10.0, valid_dur=10.0):
+    """Mean over the dataset's validation items (whole tracks, or fixed samples; inference
+    mode, the windowed network) of the training loss: UMX's MSE, or X-UMX's multi-domain
+    loss, whose time term is the mean over `valid_dur`-second segments (a shorter item: one).
 
-    With a communicator each rank scores every size-th track and the mean is over all."""
-    if comm is not None:
-        tracks = tracks[comm.rank::comm.size]
+    With a communicator each rank scores every size-th item and the mean is over all."""
     network, cfgs = inference_network(scope, cfg)
     targets = list(cfgs)
     losses = []
-    for _, mixture, target in tqdm(list(validation_pairs(tracks, targets)), desc="validation",
-                                   disable=not progress, leave=False):
+    share = None if comm is None else (comm.rank, comm.size)
+    # items are read one at a time (whole tracks): memory holds one
+    for _, mixture, target in tqdm(data.valid_items(share), desc="validation",
+                                   total=data.nb_valid_items(share), disable=not progress,
+                                   leave=False):
         padded = pad_for_stft(np.ascontiguousarray(mixture.T), cfg.n_fft)
         frames = nb_stft_frames(mixture.shape[0], cfg.n_hop)
         with estimate_spectrograms(padded, frames, cfgs, targets, progress=False,
@@ -315,23 +318,13 @@ def plot_losses(history, path, title, ylabel):
 # the run
 # --------------------------------------------------------------------------------------
 
-def prepare_data(args, targets, output, log, check=True, progress=True):
-    """Training and validation tracks and the sample set of `targets` (one UMX source, or
-    X-UMX's four), checked before any step (`data.check_sources`; its cache goes to
-    `output`)."""
-    train_tracks = load_tracks(args.root, args.is_wav, "train", "train", log=log)
-    valid_tracks = load_tracks(args.root, args.is_wav, "train", "valid", log=lambda *a: None)
+def prepare_data(args, output, log, check=True, progress=True):
+    """The dataset of --dataset (UMX: one target; X-UMX: MUSDB18's four), every file checked
+    before any step (`datasets.check_sources`; its cache goes to `output`)."""
+    dataset = load_dataset(args, [args.source] if args.umx_train else list(XUMX_TARGETS), log)
     if check:
-        check_sources(train_tracks + valid_tracks, os.path.join(output, DATA_CHECK), progress,
-                      log=log)
-    seq_dur = args.seq_dur
-    if seq_dur <= 0:
-        # whole tracks: one graph needs one length, that of the shortest track
-        seq_dur = min(t.duration for t in train_tracks)
-        log("--seq-dur %g: training on whole tracks (%.2f s, the shortest)" % (args.seq_dur, seq_dur))
-    dataset = TrainingSet(train_tracks, targets, seq_dur, args.samples_per_track,
-                          args.source_augmentations, args.seed, log=log)
-    return train_tracks, valid_tracks, dataset
+        check_sources(dataset.tracks(), os.path.join(output, DATA_CHECK), progress, log=log)
+    return dataset
 
 
 DATA_CHECK = "data-check.json"
@@ -366,20 +359,12 @@ def nan_message(what, value, epoch, dataset, indices, weights_path):
     """One line for a non-finite loss: the epoch, the batch's tracks, where good weights are."""
     where = ""
     if indices is not None:
-        names = sorted({track.name for i in indices for _, track, _, _ in
+        names = sorted({track.name for i in indices for _, _, track, _, _ in
                         dataset.draws(epoch, int(i))[0]})
         where = " (batch from tracks %s)" % ", ".join("'%s'" % n for n in names)
     kept = ("the best weights so far are in %s" % weights_path if os.path.isfile(weights_path)
             else "no weights were saved yet")
     return "%s loss is %s at epoch %d%s: stopped; %s" % (what, value, epoch, where, kept)
-
-
-def model_scope(args):
-    """(parameter scope and output name, targets): UMX's one source (`--umx-train`), or
-    X-UMX's four branches."""
-    if args.umx_train:
-        return args.source, [args.source]
-    return "x-umx", list(XUMX_TARGETS)
 
 
 def train(args, comm=None, progress=True):
@@ -390,17 +375,18 @@ def train(args, comm=None, progress=True):
     is_main = rank == 0
     log = print if is_main else (lambda *a, **k: None)
     progress = progress and is_main
-    scope, targets = model_scope(args)
+    data = prepare_data(args, args.output, log, check=is_main, progress=progress)
+    targets = data.targets
+    # the parameter scope and output name: UMX's target, or X-UMX
+    scope = targets[0] if args.umx_train else "x-umx"
     paths = output_files(args.output, scope)
     log("training %s on %d process%s" % (
         "UMX for '%s'" % scope if args.umx_train else "X-UMX (%s)" % ", ".join(targets),
         nb_procs, "es (mpirun)" if nb_procs > 1 else ""))
-    train_tracks, valid_tracks, dataset = prepare_data(args, targets, args.output, log,
-                                                       check=is_main, progress=progress)
-    refuse_overlaps([(f.path, "the dataset's file") for t in train_tracks + valid_tracks
-                     for f in t.files()],
+    refuse_overlaps([(f.path, "the dataset's file") for t in data.tracks() for f in t.files()],
                     [(path, "--output") for key, path in paths.items() if key != "checkpoint"])
-    rate = train_tracks[0].rate
+    dataset = data.train
+    rate = data.rate
     cfg = UmxConfig(nb_channels=args.nb_channels, hidden_size=args.hidden_size,
                     max_bin=bandwidth_to_max_bin(rate, args.nfft, args.bandwidth),
                     nb_output_bins=args.nfft // 2 + 1, unidirectional=args.unidirectional,
@@ -422,7 +408,7 @@ def train(args, comm=None, progress=True):
         # the checkpoint holds the (trained) standardization; other ranks get rank 0's
         mean, std = None, None
     else:
-        mean, std = compute_statistics(train_tracks, cfg.n_fft, cfg.n_hop, progress)
+        mean, std = compute_statistics(data.statistics_items(), cfg.n_fft, cfg.n_hop, progress)
     seq_samples = int(round(dataset.seq_dur * rate))
     graph = build_training_graph(cfg, scope, args.batch_size, seq_samples, mean, std,
                                  mcoef=args.mcoef)
@@ -470,7 +456,7 @@ def train(args, comm=None, progress=True):
             raise UmxError("an epoch has no full batch: %d samples < --batch-size %d x %d processes"
                            % (len(dataset), args.batch_size, nb_procs))
         train_loss = float(np.mean(losses))
-        valid_loss = validation_loss(valid_tracks, scope, cfg, progress, comm, args.mcoef,
+        valid_loss = validation_loss(data, scope, cfg, progress, comm, args.mcoef,
                                      args.valid_dur)
         if not np.isfinite(valid_loss):
             raise UmxError(nan_message("validation", valid_loss, epoch, dataset, None,
@@ -485,7 +471,8 @@ def train(args, comm=None, progress=True):
             if improved:
                 save_target(paths["weights"], scope)
             write_json_atomic(paths["summary"], dict(
-                args=vars(args), config=cfg.to_dict(), history=history, best_epoch=best["epoch"],
+                args=vars(args), config=cfg.to_dict(), dataset=data.log, history=history,
+                best_epoch=best["epoch"],
                 best_valid_loss=best["valid_loss"], epochs_trained=epoch,
                 stopped_early=stopped_early, nb_processes=nb_procs))
             save_checkpoint(paths["checkpoint"], scope, solver, dict(

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import nnabla as nn
 
-from data import SOURCES as TARGETS
+from datasets import SOURCES as TARGETS
 from files import atomic_path, write_json_atomic
 from model import (XUMX_TARGETS, OpenUnmix, config_from_shapes, parameter_shapes, split_branches,
                    xumx_parameter_shapes)

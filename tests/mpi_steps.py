@@ -25,7 +25,7 @@ def main():
     import nnabla as nn
     import nnabla.solvers as S
     from comm import get_communicator
-    from data import TrainingSet, epoch_batches, load_tracks
+    from datasets import MusdbSamples, epoch_batches, load_tracks
     from model import UmxConfig
     from train import build_training_graph, dropout_rngs, train_step
     from context import set_context
@@ -36,7 +36,7 @@ def main():
     nn.random.seed(rank)  # different initial values per rank: the broadcast must fix them
     cfg = UmxConfig(hidden_size=8, max_bin=40, nb_output_bins=129, n_fft=256, n_hop=64)
     tracks = load_tracks(args.root, True, "train", log=lambda *a: None)
-    dataset = TrainingSet(tracks, "vocals", seq_dur=0.25, samples_per_track=8, seed=1)
+    dataset = MusdbSamples(tracks, "vocals", seq_dur=0.25, samples_per_track=8, seed=1)
     graph = build_training_graph(cfg, "vocals", args.batch, 11025,
                                  freeze_bn=args.freeze_bn)
     solver = S.Adam(alpha=0.01)

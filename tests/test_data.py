@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data import (SOURCES, TrainingSet, augment, epoch_batches, generate_dataset, load_tracks,
-                  validation_pairs)
+from args import get_train_args
+from datasets import SOURCES, MusdbSamples, augment, epoch_batches, load_dataset, load_tracks
 from runtime import UmxError
+from synth import generate_dataset
 
 
 @pytest.fixture(scope="session")
@@ -66,10 +67,10 @@ def test_musdb_validation_names_are_used(tmp_path, synth_root):
 
 def test_chunks_have_seq_dur(synth_root):
     tracks = load_tracks(synth_root, True, "train")
-    ds = TrainingSet(tracks, "vocals", seq_dur=1.5, samples_per_track=2)
+    ds = MusdbSamples(tracks, "vocals", seq_dur=1.5, samples_per_track=2)
     x, y = ds.sample(0, 3)
     assert x.shape == y.shape == (int(1.5 * 44100), 2)
-    full = TrainingSet(tracks, "vocals", seq_dur=0, samples_per_track=1, augmentations=[])
+    full = MusdbSamples(tracks, "vocals", seq_dur=0, samples_per_track=1, augmentations=[])
     x, y = full.sample(0, 0)
     assert x.shape == (4 * 44100, 2)  # whole tracks
     assert len(ds) == 12
@@ -91,11 +92,11 @@ def test_augmentations():
 
 def test_target_from_balanced_track_others_independent(synth_root):
     tracks = load_tracks(synth_root, True, "train")
-    ds = TrainingSet(tracks, "drums", seq_dur=0.5, samples_per_track=3)
+    ds = MusdbSamples(tracks, "drums", seq_dur=0.5, samples_per_track=3)
     other_tracks = {s: set() for s in SOURCES}
     differs = 0
     for index in range(len(ds)):
-        chosen = {source: track.name for source, track, _, _ in ds.draws(0, index)[0]}
+        chosen = {source: track.name for source, _, track, _, _ in ds.draws(0, index)[0]}
         assert chosen["drums"] == tracks[index // 3].name
         for s in SOURCES:
             other_tracks[s].add(chosen[s])
@@ -106,7 +107,7 @@ def test_target_from_balanced_track_others_independent(synth_root):
 
 def test_sampling_is_deterministic_and_worker_invariant(synth_root):
     tracks = load_tracks(synth_root, True, "train")
-    ds = TrainingSet(tracks, "vocals", seq_dur=0.5, samples_per_track=2, seed=7)
+    ds = MusdbSamples(tracks, "vocals", seq_dur=0.5, samples_per_track=2, seed=7)
     serial = list(epoch_batches(ds, 3, 4, nb_workers=0))
     threaded = list(epoch_batches(ds, 3, 4, nb_workers=2))
     assert len(serial) == 3
@@ -114,13 +115,13 @@ def test_sampling_is_deterministic_and_worker_invariant(synth_root):
         assert np.array_equal(x0, x1) and np.array_equal(y0, y1)
     other_epoch = list(epoch_batches(ds, 4, 4))
     assert not np.array_equal(serial[0][0], other_epoch[0][0])
-    other_seed = TrainingSet(tracks, "vocals", seq_dur=0.5, samples_per_track=2, seed=8)
+    other_seed = MusdbSamples(tracks, "vocals", seq_dur=0.5, samples_per_track=2, seed=8)
     assert not np.array_equal(serial[0][0], next(epoch_batches(other_seed, 3, 4))[0])
 
 
 def test_ranks_draw_distinct_slices(synth_root):
     tracks = load_tracks(synth_root, True, "train")
-    ds = TrainingSet(tracks, "vocals", seq_dur=0.5, samples_per_track=2)
+    ds = MusdbSamples(tracks, "vocals", seq_dur=0.5, samples_per_track=2)
     both = list(epoch_batches(ds, 0, 2, nb_ranks=1))
     rank0 = list(epoch_batches(ds, 0, 1, rank=0, nb_ranks=2))
     rank1 = list(epoch_batches(ds, 0, 1, rank=1, nb_ranks=2))
@@ -129,9 +130,14 @@ def test_ranks_draw_distinct_slices(synth_root):
 
 
 def test_validation_is_whole_and_unaugmented(synth_root):
-    tracks = load_tracks(synth_root, True, "train")[:2]
-    for (name, mixture, target), track in zip(validation_pairs(tracks, "bass"), tracks):
+    args = get_train_args(["--umx-train", "--root", synth_root, "--is-wav", "--source", "bass",
+                           "--seq-dur", "1"])
+    data = load_dataset(args, ["bass"], log=lambda *a: None)
+    items = list(data.valid_items())
+    assert [name for name, _, _ in items] == [t.name for t in data.valid] and items
+    for (name, mixture, target), track in zip(items, data.valid):
         assert mixture.shape == (4 * 44100, 2)
+        assert np.array_equal(mixture, track.read("mixture"))
         assert np.array_equal(target, track.read("bass"))
 
 
@@ -151,6 +157,6 @@ def test_bad_datasets(tmp_path, synth_root):
         load_tracks(broken, True)
     tracks = load_tracks(synth_root, True)
     with pytest.raises(UmxError, match="unknown --source 'piano'"):
-        TrainingSet(tracks, "piano")
+        MusdbSamples(tracks, "piano")
     with pytest.raises(UmxError, match="longer than every training track"):
-        TrainingSet(tracks, "vocals", seq_dur=10.0)
+        MusdbSamples(tracks, "vocals", seq_dur=10.0)

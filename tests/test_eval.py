@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import import_script, run_script
-from data import SOURCES, generate_dataset
+from datasets import SOURCES
+from synth import generate_dataset
 
 eval_module = import_script("eval")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from data import generate_dataset
+from synth import generate_dataset
 
 pytestmark = pytest.mark.mpi
 

@@ -84,3 +84,24 @@ def test_dense_equals_affine(shape, base_axis, bias, need_grad):
     assert results[0][0].shape == tuple(shape[:base_axis]) + (9,)
     for ours, theirs in zip(*results):
         assert np.allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_istft_and_its_gradient_equal_nnabla_istft():
+    from ops import istft
+    rng = np.random.RandomState(3)
+    real, imag = rng.randn(3, 129, 12), rng.randn(3, 129, 12)
+    grad = rng.randn(3, 11 * 64).astype(np.float32)
+    results = []
+    for function in (lambda r, i: istft(r, i, 256, 64),
+                     lambda r, i: F.istft(r, i, 256, 64, 256, window_type="hanning",
+                                          center=True, pad_mode="constant")):
+        inputs = [V(real), V(imag)]
+        for v in inputs:
+            v.grad.fill(0.5)
+        y = function(*inputs)
+        y.forward()
+        y.backward(grad)
+        results.append([y.d.copy()] + [v.g.copy() for v in inputs])
+    assert results[0][0].shape == (3, 11 * 64)
+    for ours, theirs in zip(*results):
+        assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())

@@ -19,7 +19,8 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, SMALL, make_random_weights, music_like, run_script
-from data import SOURCES, generate_dataset
+from datasets import SOURCES
+from synth import generate_dataset
 
 TINY_TRAIN = ["--umx-train", "--is-wav", "--source", "bass", "--batch-size", "2",
               "--hidden-size", "16",
@@ -382,7 +383,7 @@ def test_mono_stems_are_duplicated_and_said_so(tmp_path, dataset):
     root = copy_dataset(dataset, tmp_path)
     path = os.path.join(root, "train", "Synth 00", "vocals.wav")
     _rewrite(path, lambda a: a[:, :1])
-    from data import load_tracks
+    from datasets import load_tracks
     track = [t for t in load_tracks(root, True) if t.name == "Synth 00"][0]
     stereo = track.read("vocals")
     assert stereo.shape[1] == 2 and np.array_equal(stereo[:, 0], stereo[:, 1])
@@ -394,12 +395,12 @@ def test_mono_stems_are_duplicated_and_said_so(tmp_path, dataset):
 
 def test_a_nan_loss_names_the_tracks_and_the_weights(tmp_path, dataset):
     train_module = __import__("conftest").import_script("train")
-    from data import TrainingSet, load_tracks
+    from datasets import MusdbSamples, load_tracks
     tracks = load_tracks(dataset, True, "train")
-    ds = TrainingSet(tracks, "bass", seq_dur=0.5, samples_per_track=2, seed=1)
+    ds = MusdbSamples(tracks, "bass", seq_dur=0.5, samples_per_track=2, seed=1)
     weights = str(tmp_path / "bass.h5")
     line = train_module.nan_message("training", float("nan"), 3, ds, [0, 5], weights)
-    names = {t.name for i in (0, 5) for _, t, _, _ in ds.draws(3, i)[0]}
+    names = {t.name for i in (0, 5) for _, _, t, _, _ in ds.draws(3, i)[0]}
     assert line.startswith("training loss is nan at epoch 3 (batch from tracks ")
     assert all("'%s'" % n in line for n in names) and "no weights were saved yet" in line
     open(weights, "w").close()

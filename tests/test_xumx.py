@@ -18,7 +18,7 @@ import nnabla.functions as F
 import pytest
 
 from conftest import ROOT, import_script, music_like, run_script
-from data import generate_dataset
+from synth import generate_dataset
 from inference import InferenceNetwork
 from loss import frequency_loss, time_loss, time_loss_numpy
 from model import XUMX_TARGETS, CrossNet, UmxConfig, xumx_parameter_shapes
@@ -325,3 +325,55 @@ def test_xumx_flags(root, tmp_path):
     code, _, err = run_script("train", "--umx-train", "--root", root, "--output",
                               str(tmp_path / "o"), "--mcoef", "5", *TRAIN[:-2])
     assert code == 2 and "argument --mcoef: only X-UMX takes it" in err
+
+
+def test_cpu_losses_equal_the_graph_losses_with_gradients():
+    """The numpy loss functions (CPU) against the same losses in NNabla's functions (GPU)."""
+    from loss import frequency_loss_graph, time_loss_graph
+    rng = np.random.RandomState(4)
+    mags = [rng.rand(5, 3, 2, 7) for _ in range(4)]
+    ref = rng.rand(4, 5, 3, 2, 7)
+    est_t, ref_t = rng.randn(4, 6, 50), rng.randn(4, 6, 50)
+    mix = ref_t.sum(axis=0)[None] + 0.1 * rng.randn(1, 6, 50)
+    for cpu, graph, arrays in ((frequency_loss, frequency_loss_graph, (mags, ref)),
+                               (time_loss, time_loss_graph, (est_t, ref_t, mix))):
+        results = []
+        for function in (cpu, graph):
+            first = [nn.Variable.from_numpy_array(a.astype(np.float32), need_grad=True)
+                     for a in arrays[0]] if isinstance(arrays[0], list) else \
+                nn.Variable.from_numpy_array(arrays[0].astype(np.float32), need_grad=True)
+            rest = [nn.Variable.from_numpy_array(a.astype(np.float32)) for a in arrays[1:]]
+            loss = function(first, *rest) * 3.0
+            variables = first if isinstance(first, list) else [first]
+            for v in variables:
+                v.grad.fill(0.25)  # gradients accumulate
+            loss.forward()
+            loss.backward()
+            results.append((float(loss.d), [v.g.copy() for v in variables]))
+        assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+        for ours, theirs in zip(results[0][1], results[1][1]):
+            assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("xumx", [False, True])
+def test_the_gpu_network_equals_the_cpu_network(xumx, tmp_path):
+    """GPU contexts separate with the training graph in test mode (`GraphNetwork`); on the CPU
+    it runs too, and equals the folded inference network."""
+    from conftest import make_random_weights
+    from inference import GraphNetwork
+    if xumx:
+        path = str(tmp_path / "x-umx.h5")
+        write_random_xumx(path, UmxConfig(**SMALL))
+    else:
+        path = str(tmp_path / "umx")
+        make_random_weights(path, **dict(SMALL, xumx_branches=()))
+    cfgs = load_models(path, list(XUMX_TARGETS))
+    spec = np.abs(np.random.RandomState(0).randn(3, 40, 2, 129)).astype(np.float32)
+    cpu = InferenceNetwork.from_parameter_scopes(cfgs).run(spec, ["vocals", "bass"])
+    gpu = GraphNetwork.from_parameter_scopes(cfgs)
+    for _ in range(2):  # the graph is built once per shape
+        got = gpu.run(spec, ["vocals", "bass"])
+    assert len(gpu.graphs) == 1
+    for target in ("vocals", "bass"):
+        assert np.allclose(got[target], cpu[target], rtol=1e-4,
+                           atol=1e-5 * np.abs(cpu[target]).max()), target
