@@ -33,6 +33,13 @@ EPS = 1e-10
 
 def umx_loss(estimate, target):
     """UMX: the MSE of one target's magnitude estimate."""
+    if on_cpu():
+        return _MeanSquaredError(nn.get_current_context())(estimate, target)
+    return umx_loss_graph(estimate, target)
+
+
+def umx_loss_graph(estimate, target):
+    """`umx_loss` in NNabla's own functions (GPU contexts)."""
     return F.mean(F.squared_error(estimate, target))
 
 
@@ -92,6 +99,28 @@ class _ScalarLoss(PythonFunction):
         return True
 
 
+class _MeanSquaredError(_ScalarLoss):
+    """(estimate, target) → mean((estimate - target)²); gradients ±2 (estimate - target) / N."""
+
+    @property
+    def name(self):
+        return "MeanSquaredError"
+
+    def _error(self, inputs):
+        return inputs[0].data.get_data("r") - inputs[1].data.get_data("r")
+
+    def forward_impl(self, inputs, outputs):
+        error = self._error(inputs).ravel()
+        outputs[0].data.get_data("w")[...] = np.dot(error, error) / error.size
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        error = self._error(inputs)
+        error *= 2.0 * float(outputs[0].grad.get_data("r")) / error.size
+        for j, sign in ((0, 1.0), (1, -1.0)):
+            if propagate_down[j]:
+                set_grad(inputs[j], error if sign > 0 else -error, accum[j])
+
+
 class _FrequencyLoss(_ScalarLoss):
     """(4 estimates, targets [shape=(4, ...)]) → L_f = (4 Σ‖d_j‖² + 3 ‖Σ d_j‖²) / (14 N);
     its gradient for estimate j: (8 d_j + 6 Σ d) / (14 N)."""
@@ -148,7 +177,8 @@ class _TimeLoss(_ScalarLoss):
             total += np.sum(-alpha * terms - (1 - alpha) * noise_terms)
             if grad is not None:
                 # d/dŝ of -α cos(ŝ, s) - (1 - α) cos(m - ŝ, n); shared by the members
-                g = (-alpha[:, None] * g_s + (1 - alpha)[:, None] * g_n) * grad_scale
+                g = g_n * _column((1 - alpha) * grad_scale)
+                g -= g_s * _column(alpha * grad_scale)
                 for j in members:
                     grad[j] += g
         count = len(COMBINATIONS) * rows
@@ -164,14 +194,21 @@ class _TimeLoss(_ScalarLoss):
             set_grad(inputs[0], self._terms(inputs, scale)[1], accum[0])
 
 
+def _row_dot(x, y):
+    """Per-row inner products of float32 arrays [shape=(rows, L)] → float64 [shape=(rows,)], on
+    BLAS (float32 sums: the loss of a 16 x 6 s batch moved by 1e-7 relative; a float64 einsum
+    takes 4 times as long)."""
+    return np.matmul(x[:, None, :], y[:, :, None])[:, 0, 0].astype(np.float64)
+
+
 def _row_power(x):
-    return np.einsum("rl,rl->r", x, x, dtype=np.float64)
+    return _row_dot(x, x)
 
 
 def _cosine_terms(estimate, reference, with_grad):
     """Sony's regularized cosine per row of [shape=(rows, L)] arrays, and (with_grad) its
     gradient with respect to the estimate."""
-    dot = np.einsum("rl,rl->r", estimate, reference, dtype=np.float64)
+    dot = _row_dot(estimate, reference)
     a = np.sqrt(_row_power(estimate) + EPS)
     b = np.sqrt(_row_power(reference) + EPS)
     denominator = a * b + EPS
@@ -179,9 +216,15 @@ def _cosine_terms(estimate, reference, with_grad):
     if not with_grad:
         return cosine, None
     # d/dx [<x, r> / (sqrt(|x|² + ε) b + ε)] = r / D - <x, r> b x / (a D²)
-    grad = reference / denominator[:, None] - \
-        (dot * b / (a * denominator ** 2))[:, None] * estimate
-    return cosine, grad.astype(np.float32)
+    grad = reference * _column(1 / denominator)
+    grad -= _column(dot * b / (a * denominator ** 2)) * estimate
+    return cosine, grad
+
+
+def _column(per_row):
+    """float64 per-row factors [shape=(rows,)] → float32 [shape=(rows, 1)]: the signals stay
+    float32 (float64 factors would promote whole signals, at several times the cost)."""
+    return per_row.astype(np.float32)[:, None]
 
 
 def _combine(signals):

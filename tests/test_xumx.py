@@ -8,8 +8,6 @@ none of them.
 import itertools
 import json
 import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -17,7 +15,8 @@ import nnabla as nn
 import nnabla.functions as F
 import pytest
 
-from conftest import ROOT, import_script, music_like, run_script
+from conftest import (convert_fixture, fixture_reference, music_like, run_script,
+                      snr)
 from synth import generate_dataset
 from inference import InferenceNetwork
 from loss import frequency_loss, time_loss, time_loss_numpy
@@ -27,27 +26,18 @@ from separator import separate
 from spectral import istft, stft
 from weights import describe, load_models, write_random_xumx
 
-FIXTURE = os.path.join(ROOT, "tests", "fixtures", "xumx_small")
 SMALL = dict(hidden_size=16, max_bin=60, nb_output_bins=129, n_fft=256, n_hop=64,
              sample_rate=8000, xumx_branches=XUMX_TARGETS)
 
 
-def snr(reference, estimate):
-    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - estimate) ** 2))
-
-
 @pytest.fixture(scope="module")
 def reference():
-    with np.load(os.path.join(FIXTURE, "reference.npz")) as f:
-        return {k: f[k] for k in f.files}
+    return fixture_reference("xumx_small")
 
 
 @pytest.fixture
 def converted(tmp_path):
-    out = str(tmp_path / "converted")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "convert.py"), "--from-pytorch",
-                           FIXTURE, "--out", out], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    out = convert_fixture("xumx_small", str(tmp_path / "converted"))
     assert sorted(os.listdir(out)) == ["x-umx.h5", "x-umx.json"]
     return os.path.join(out, "x-umx.h5")
 
@@ -311,7 +301,6 @@ def test_a_tiny_xumx_trains_separates_and_resumes(root, tmp_path):
         code, _, err = run_script("train", "--root", root, "--output", resumed, "--epochs",
                                   epochs, *TRAIN)
         assert code == 0, err
-    train_module = import_script("train")  # noqa: F841 (the project's, not a stdlib module)
     with h5py.File(os.path.join(out, "x-umx.checkpoint", "parameters.h5"), "r") as a, \
             h5py.File(os.path.join(resumed, "x-umx.checkpoint", "parameters.h5"), "r") as b:
         for name in names:
@@ -329,22 +318,28 @@ def test_xumx_flags(root, tmp_path):
 
 def test_cpu_losses_equal_the_graph_losses_with_gradients():
     """The numpy loss functions (CPU) against the same losses in NNabla's functions (GPU)."""
-    from loss import frequency_loss_graph, time_loss_graph
+    from loss import frequency_loss_graph, time_loss_graph, umx_loss, umx_loss_graph
     rng = np.random.RandomState(4)
     mags = [rng.rand(5, 3, 2, 7) for _ in range(4)]
     ref = rng.rand(4, 5, 3, 2, 7)
     est_t, ref_t = rng.randn(4, 6, 50), rng.randn(4, 6, 50)
     mix = ref_t.sum(axis=0)[None] + 0.1 * rng.randn(1, 6, 50)
     for cpu, graph, arrays in ((frequency_loss, frequency_loss_graph, (mags, ref)),
-                               (time_loss, time_loss_graph, (est_t, ref_t, mix))):
+                               (time_loss, time_loss_graph, (est_t, ref_t, mix)),
+                               (umx_loss, umx_loss_graph, (mags[0], mags[1]))):
         results = []
         for function in (cpu, graph):
             first = [nn.Variable.from_numpy_array(a.astype(np.float32), need_grad=True)
                      for a in arrays[0]] if isinstance(arrays[0], list) else \
                 nn.Variable.from_numpy_array(arrays[0].astype(np.float32), need_grad=True)
-            rest = [nn.Variable.from_numpy_array(a.astype(np.float32)) for a in arrays[1:]]
+            # the MSE's target takes a gradient too (both of its inputs may)
+            rest = [nn.Variable.from_numpy_array(a.astype(np.float32),
+                                                 need_grad=function is umx_loss or
+                                                 function is umx_loss_graph)
+                    for a in arrays[1:]]
             loss = function(first, *rest) * 3.0
-            variables = first if isinstance(first, list) else [first]
+            variables = (first if isinstance(first, list) else [first]) + \
+                [v for v in rest if v.need_grad]
             for v in variables:
                 v.grad.fill(0.25)  # gradients accumulate
             loss.forward()
