@@ -81,6 +81,25 @@ def music_like(seconds, rate, channels=2, seed=0):
     return out
 
 
+def snr(reference, estimate):
+    """Signal-to-noise ratio of an estimate in dB."""
+    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - estimate) ** 2))
+
+
+def fixture_reference(name):
+    """The reference outputs of a fixture in tests/fixtures/<name>/ (reference.npz)."""
+    with np.load(os.path.join(ROOT, "tests", "fixtures", name, "reference.npz")) as f:
+        return {k: f[k] for k in f.files}
+
+
+def convert_fixture(name, out):
+    """convert.py (as a user runs it) on the checkpoints of tests/fixtures/<name>/ → out."""
+    code, _, err = run_script("convert", "--from-pytorch",
+                              os.path.join(ROOT, "tests", "fixtures", name), "--out", out)
+    assert code == 0, err
+    return out
+
+
 @pytest.fixture(scope="session")
 def stem_clip():
     """The real 6 s MUSDB18 track that the stempeg package ships (STEMS .mp4)."""

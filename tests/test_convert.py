@@ -13,7 +13,7 @@ import numpy as np
 import nnabla as nn
 import pytest
 
-from conftest import ROOT, import_script
+from conftest import ROOT, convert_fixture, fixture_reference, import_script, snr
 from model import OpenUnmix
 from separator import separate
 from weights import load_models
@@ -24,23 +24,14 @@ convert = import_script("convert")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
 
 
-def snr(reference, estimate):
-    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - estimate) ** 2))
-
-
 @pytest.fixture(scope="module")
 def reference():
-    with np.load(os.path.join(FIXTURE, "reference.npz")) as f:
-        return {k: f[k] for k in f.files}
+    return fixture_reference("openunmix_small")
 
 
 @pytest.fixture
 def converted(tmp_path):
-    out = str(tmp_path / "converted")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "convert.py"), "--from-pytorch",
-                           FIXTURE, "--out", out], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return convert_fixture("openunmix_small", str(tmp_path / "converted"))
 
 
 def test_both_serializations_read_without_torch():

@@ -4,7 +4,7 @@ import numpy as np
 import norbert
 import pytest
 
-from conftest import make_random_weights, music_like
+from conftest import make_random_weights, music_like, snr
 from separator import TARGETS, EstimateStore, estimate_spectrograms, plan_windows, separate
 from weights import load_models
 from wiener import WIENER_EPS, wiener_separate
@@ -15,10 +15,6 @@ def estimates(*args, **kw):
     """estimate_spectrograms' store, read into an array [shape=(frames, bins, C, J)]."""
     with estimate_spectrograms(*args, **kw) as store:
         return store.read()
-
-
-def snr(reference, estimate):
-    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - estimate) ** 2))
 
 
 @pytest.mark.parametrize("nb_frames,window,context", [(100, 16, 4), (100, 200, 4), (37, 10, 50),
