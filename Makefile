@@ -20,7 +20,7 @@ demo: setup
 	$(PY) demo.py
 
 bench: setup
-	$(PY) benchmark.py --seconds 60 180 600 --plot bench.png \
+	$(PY) benchmark.py --seconds 60 180 600 --xumx --plot bench.png \
 		$(if $(OPENUNMIX_PYTHON),--vs-openunmix $(OPENUNMIX_PYTHON))
 
 clean:

@@ -53,7 +53,7 @@ def write_song(path, seconds):
             remaining -= clip.shape[0]
 
 
-def nnabla_worker(seconds, model_dir, wav):
+def nnabla_worker(seconds, model_dir, wav, processes=None):
     """test.py's way: the WAV decoded into a temporary file, stems streamed to WAV files."""
     from inference import network_for
     from separator import TARGETS, separate_stream
@@ -74,7 +74,8 @@ def nnabla_worker(seconds, model_dir, wav):
             start = time.perf_counter()
             names, rate, blocks = separate_stream(audio, RATE, cfgs, TARGETS, niter=1,
                                                   progress=False, timings=timings,
-                                                  network=network)
+                                                  network=network,
+                                                  processes=processes)
             write_stream(names, rate, _timed_blocks(blocks, timings), out)
             total = time.perf_counter() - start
     return dict(timings, load=load, decode=decode, separate=total)
@@ -109,6 +110,35 @@ with torch.no_grad():
     est = sep(torch.as_tensor(audio.T[None]))
     total = time.perf_counter() - t0
 print(json.dumps({"load": load, "separate": total}))
+"""
+
+
+OPENUNMIX_TRAIN_WORKER = r"""
+import json, sys, time, types
+sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
+import torch
+from openunmix import model, transforms
+steps = int(sys.argv[1])
+torch.set_num_threads(2)
+torch.manual_seed(0)
+# open-unmix-pytorch's train.py step: STFT magnitudes of mixture and target, MSE, Adam
+stft, _ = transforms.make_filterbanks(n_fft=4096, n_hop=1024, sample_rate=44100.0)
+encoder = torch.nn.Sequential(stft, model.ComplexNorm(mono=False))
+unmix = model.OpenUnmix(nb_bins=2049, nb_channels=2, hidden_size=512, max_bin=1487).train()
+optimizer = torch.optim.Adam(unmix.parameters(), lr=1e-3, weight_decay=1e-5)
+x, y = torch.randn(16, 2, 6 * 44100), torch.randn(16, 2, 6 * 44100)
+def step():
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(unmix(encoder(x)), encoder(y))
+    loss.backward()
+    optimizer.step()
+step()  # warm-up
+t0 = time.perf_counter()
+for _ in range(steps):
+    step()
+seconds = (time.perf_counter() - t0) / steps
+print(json.dumps({"model": "open-unmix-pytorch", "processes": 1, "step_s": seconds,
+                  "samples_per_s": 16 / seconds}))
 """
 
 
@@ -275,10 +305,10 @@ def benchmark_loading():
             print("| %s | %.1f | %.1f | %.1f |" % ((name,) + tuple(rates)))
 
 
-def benchmark_training(steps):
+def benchmark_training(steps, vs_openunmix=None):
     """Training step and data-loading throughput; prints a table."""
     import shutil
-    rows = []
+    commands = []
     for model in ("umx", "xumx"):
         for procs in (1, 2):
             cmd = [sys.executable, __file__, "--train-worker", str(steps),
@@ -289,15 +319,21 @@ def benchmark_training(steps):
                     print("(no mpirun: 2-process training not measured)")
                     continue
                 cmd = [mpirun, "-n", "2", "--allow-run-as-root", "--oversubscribe"] + cmd
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
-            if proc.returncode:
-                raise SystemExit(proc.stderr[-2000:])
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            commands.append(cmd)
+    if vs_openunmix:
+        commands.append([vs_openunmix, "-c", OPENUNMIX_TRAIN_WORKER, str(steps)])
+    rows = []
+    for cmd in commands:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-2000:])
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    names = {"umx": "UMX (one target)", "xumx": "X-UMX (four bridged)",
+             "open-unmix-pytorch": "open-unmix-pytorch 1.3.0 UMX (2 threads)"}
     print("\n| training, full size, batch 16 x 6 s, CPU | processes | s/step | samples/s |")
     print("|---|---|---|---|")
     for r in rows:
-        print("| %s | %d | %.2f | %.2f |" % ("UMX (one target)" if r["model"] == "umx" else
-                                            "X-UMX (four bridged)", r["processes"], r["step_s"],
+        print("| %s | %d | %.2f | %.2f |" % (names[r["model"]], r["processes"], r["step_s"],
                                             r["samples_per_s"]))
     for r in rows:
         if "by_function" not in r:
@@ -326,7 +362,16 @@ def main(argv=None):
                              "about 27 MB per second of audio)")
     parser.add_argument("--plot", metavar="PNG", default=None,
                         help="also plot seconds and peak memory against the audio length")
+    parser.add_argument("--xumx", action="store_true",
+                        help="also separate with X-UMX (full-size random weights, Sony's layout)")
+    parser.add_argument("--parity", action="store_true",
+                        help="measure the agreement with open-unmix-pytorch and asteroid's X-UMX "
+                             "(the test fixtures) instead")
+    parser.add_argument("--threads", action="store_true",
+                        help="time the first --seconds with 1 or 2 worker processes x 1 or 2 BLAS "
+                             "threads instead")
     parser.add_argument("--worker", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--train-worker", nargs="+", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--wav", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -336,27 +381,37 @@ def main(argv=None):
         training_worker(16, 6.0, int(steps), comm_name, model)
         return
     if args.train:
-        benchmark_training(args.steps)
+        benchmark_training(args.steps, args.vs_openunmix)
+        return
+    if args.parity:
+        parity()
         return
 
     if args.worker is not None:
-        print(json.dumps(nnabla_worker(args.worker, args.model, args.wav)))
+        print(json.dumps(nnabla_worker(args.worker, args.model, args.wav, args.processes)))
+        return
+    if args.threads:
+        benchmark_threads(args.seconds[0])
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model
-        if model_dir is None:
-            from model import UmxConfig
-            from weights import write_random_weights
-            model_dir = os.path.join(tmp, "umxhq-random")
-            write_random_weights(model_dir, UmxConfig())
+        from model import XUMX_TARGETS, UmxConfig
+        from weights import write_random_weights, write_random_xumx
+        models = [("open-unmix-nnabla", args.model)]
+        if args.model is None:
+            models[0] = ("open-unmix-nnabla", os.path.join(tmp, "umxhq-random"))
+            write_random_weights(models[0][1], UmxConfig())
+        if args.xumx:
+            models.append(("open-unmix-nnabla X-UMX", os.path.join(tmp, "x-umx.h5")))
+            write_random_xumx(models[1][1], UmxConfig(xumx_branches=XUMX_TARGETS))
         rows = []
         for seconds in args.seconds:
             wav = os.path.join(tmp, "song.wav")
             write_song(wav, seconds)
-            ours = run_worker([sys.executable, __file__, "--worker", str(seconds),
-                               "--model", model_dir, "--wav", wav], seconds)
-            rows.append(("open-unmix-nnabla", seconds, ours))
+            for name, model_dir in models:
+                ours = run_worker([sys.executable, __file__, "--worker", str(seconds),
+                                   "--model", model_dir, "--wav", wav], seconds)
+                rows.append((name, seconds, ours))
             if args.vs_openunmix and seconds <= args.openunmix_max_seconds:
                 array = os.path.join(tmp, "song.npy")
                 np.save(array, song(seconds))
@@ -366,6 +421,30 @@ def main(argv=None):
     print_table(rows)
     if args.plot:
         plot(rows, args.plot)
+
+
+def benchmark_threads(seconds):
+    """Separation seconds with worker processes x BLAS threads per process, on `seconds` of
+    music (the decision behind runtime.limit_blas_threads)."""
+    from model import UmxConfig
+    from weights import write_random_weights
+    print("| worker processes | BLAS threads each | separate (s) | network (s) |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, wav = os.path.join(tmp, "umxhq-random"), os.path.join(tmp, "song.wav")
+        write_random_weights(model_dir, UmxConfig())
+        write_song(wav, seconds)
+        for processes, threads in ((2, 1), (1, 2), (2, 2), (1, 1)):
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+                       OPENBLAS_NUM_THREADS=str(threads))
+            cmd = [sys.executable, __file__, "--worker", str(seconds), "--model", model_dir,
+                   "--wav", wav, "--processes", str(processes)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, env=env)
+            if proc.returncode:
+                raise SystemExit("benchmark worker failed:\n" + proc.stderr[-3000:])
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print("| %d | %d | %.2f | %.2f |" % (processes, threads, r["separate"],
+                                                r["network (wall)"]))
 
 
 def plot(rows, path):
@@ -388,6 +467,50 @@ def plot(rows, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     print("plot: %s" % path)
+
+
+def parity():
+    """The agreement of convert.py + this project's separation with open-unmix-pytorch and with
+    asteroid's X-UMX, on the test fixtures (made by tests/fixtures/make_*_fixture.py)."""
+    from context import set_context
+    from convert import convert_folder
+    from separator import separate
+    from spectral import stft
+    from weights import load_models
+    import nnabla as nn
+    set_context("cpu", verbose=False)
+
+    def snr(ref, est):
+        return 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - est) ** 2))
+    print("| reference | network output (max relative difference) | SNR niter 0 (dB) | "
+          "SNR niter 1 (dB) |")
+    print("|---|---|---|---|")
+    for name, fixture, model in (("open-unmix-pytorch 1.3.0 (UMX)", "openunmix_small", None),
+                                 ("asteroid 0.7.0 (X-UMX)", "xumx_small", "x-umx.h5")):
+        folder = os.path.join(HERE, "tests", "fixtures", fixture)
+        with np.load(os.path.join(folder, "reference.npz")) as f:
+            ref = {k: f[k] for k in f.files}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "converted")
+            convert_folder(folder, out)
+            nn.clear_parameters()
+            targets = [str(t) for t in ref["targets"]]
+            cfgs = load_models(os.path.join(out, model) if model else out, targets)
+            cfg = cfgs[targets[0]]
+            from inference import network_for
+            network = network_for(cfgs, ["vocals"])
+            mag = np.abs(stft(ref["audio"], cfg.n_fft, cfg.n_hop))  # (C, frames, bins)
+            ours = network.run(mag.transpose(1, 0, 2)[None], ["vocals"])["vocals"][0]
+            theirs = ref["vocals_output"].transpose(2, 0, 1)
+            output = np.abs(ours - theirs).max() / np.abs(theirs).max()
+            snrs = []
+            for niter in (0, 1):
+                est, _ = separate(ref["audio"].T, int(ref["rate"]), cfgs, targets, niter=niter,
+                                  progress=False)
+                snrs.append([snr(ref["separated_niter%d" % niter][j], est[t].T)
+                             for j, t in enumerate(targets)])
+        print("| %s | %.1e | %.0f–%.0f | %.0f–%.0f |" % (name, output, min(snrs[0]), max(snrs[0]),
+                                                        min(snrs[1]), max(snrs[1])))
 
 
 def print_table(rows):
