@@ -33,13 +33,18 @@ def run(cmd):
 def run_parallel(commands, log_dir):
     """Run commands side by side, each logging to log_dir/<source>.log; fail if any fails."""
     os.makedirs(log_dir, exist_ok=True)
+    # the cores shared among the commands: each takes its share of BLAS threads (train.py
+    # alone would take them all), unless the user has chosen
+    env = dict(os.environ)
+    if not any(env.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+        env["OPENBLAS_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(commands)))
     procs = []
     for cmd in commands:
         log = os.path.join(log_dir, cmd[cmd.index("--source") + 1] + ".log")
         print("\n$ %s  > %s" % (" ".join(cmd), log), flush=True)
         with open(log, "w") as f:
             procs.append((subprocess.Popen(cmd, cwd=HERE, stdout=f, stderr=subprocess.STDOUT,
-                                           preexec_fn=die_with_parent), log))
+                                           env=env, preexec_fn=die_with_parent), log))
     failed = [log for proc, log in procs if proc.wait()]
     if failed:
         with open(failed[0]) as f:
