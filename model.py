@@ -35,7 +35,7 @@ import nnabla.functions as F
 import nnabla.initializer as I
 from nnabla.parameter import get_parameter_or_create
 
-from ops import dense, fused_lstm, lstm_recurrence, multiply
+from ops import batch_norm, dense, fused_lstm, lstm_recurrence, multiply
 from spectral import nnabla_spectrogram
 
 LSTM_DROPOUT = 0.4
@@ -232,8 +232,7 @@ def fc_bn(scope, x, nb_out, test, input_affine=None, output_affine=None):
         scale, shift = (F.reshape(v, shape) for v in output_affine)
         # (gamma xhat + beta) s + t = (gamma s) xhat + (beta s + t)
         gamma, beta = gamma * scale, beta * scale + shift
-    return F.batch_normalization(x, beta, gamma, mean, var, axes=[2], decay_rate=0.9,
-                                 eps=1e-5, batch_stat=not test)
+    return batch_norm(x, beta, gamma, mean, var, batch_stat=not test)
 
 
 class Branch:

@@ -16,6 +16,8 @@
 - `dense(x, W, b)`: `F.affine` (x @ W + b over the axes from base_axis on). NNabla's CPU
   Affine is single-threaded SSE Eigen (~20 GFLOP/s here); numpy's BLAS runs the same product
   several times faster.
+- `batch_norm(...)`: `F.batch_normalization` over the last axis; with batch statistics
+  (training) NNabla's CPU version took 1.8 s forward and backward on fc3's (4144, 4098).
 
 On CPU contexts these run as `PythonFunction`s on numpy (forward and backward, accumulating
 gradients as NNabla functions must; a PythonFunction costs ~0.3 ms per call, so they serve
@@ -286,6 +288,87 @@ def dense(x, w, b=None, base_axis=1):
         function = _Dense(nn.get_current_context(), base_axis)
         return function(x, w) if b is None else function(x, w, b)
     return F.affine(x, w, b, base_axis=base_axis)
+
+
+class _BatchNorm(PythonFunction):
+    """(x, beta, gamma, mean, var) → y: batch normalization with the batch's statistics over
+    all axes but the last, as F.batch_normalization(axes=[last], batch_stat=True): beta,
+    gamma [shape=(1, ..., C)]; the running mean and var are updated in place (var with the
+    unbiased batch variance, as NNabla does)."""
+
+    def __init__(self, ctx, decay_rate, eps):
+        super().__init__(ctx)
+        self.decay_rate, self.eps = decay_rate, eps
+
+    @property
+    def name(self):
+        return "BatchNorm"
+
+    @property
+    def args(self):
+        return {"decay_rate": self.decay_rate, "eps": self.eps}
+
+    def min_outputs(self):
+        return 1
+
+    def setup_impl(self, inputs, outputs):
+        outputs[0].reset_shape(inputs[0].shape, True)
+
+    def _normalized(self, inputs):
+        """→ x - mean [shape=(n, C)], 1 / std [shape=(C,)], batch mean and variance."""
+        width = inputs[0].shape[-1]
+        x = inputs[0].data.get_data("r").reshape(-1, width)
+        mean = x.mean(axis=0)
+        centered = x - mean
+        variance = np.einsum("nc,nc->c", centered, centered) / x.shape[0]
+        return centered, 1 / np.sqrt(variance + self.eps), mean, variance
+
+    def forward_impl(self, inputs, outputs):
+        centered, inv_std, mean, variance = self._normalized(inputs)
+        width = centered.shape[1]
+        beta, gamma = (inputs[k].data.get_data("r").reshape(width) for k in (1, 2))
+        y = outputs[0].data.get_data("w").reshape(-1, width)
+        np.multiply(centered, gamma * inv_std, out=y)
+        y += beta
+        n = centered.shape[0]
+        for k, batch_value in ((3, mean), (4, variance * n / max(n - 1, 1))):
+            running = inputs[k].data.get_data("rw").reshape(width)
+            running *= self.decay_rate
+            running += (1 - self.decay_rate) * batch_value
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        normalized, inv_std, _, _ = self._normalized(inputs)
+        normalized *= inv_std  # x̂
+        n, width = normalized.shape
+        dy = outputs[0].grad.get_data("r").reshape(-1, width)
+        d_beta = dy.sum(axis=0)
+        d_gamma = np.einsum("nc,nc->c", dy, normalized)
+        if propagate_down[0]:
+            gamma = inputs[2].data.get_data("r").reshape(width)
+            # dx = γ / σ (dy - mean(dy) - x̂ mean(dy x̂)), in the x̂ buffer
+            normalized *= d_gamma / n
+            normalized += d_beta / n
+            np.subtract(dy, normalized, out=normalized)
+            normalized *= gamma * inv_std
+            set_grad(inputs[0], normalized.reshape(inputs[0].shape), accum[0])
+        for k, grad in ((1, d_beta), (2, d_gamma)):
+            if propagate_down[k]:
+                set_grad(inputs[k], grad.reshape(inputs[k].shape), accum[k])
+
+    def grad_depends_output_data(self, i, o):
+        return False
+
+    def grad_depends_input_data(self, i, j):
+        return j == 0 or (i == 0 and j == 2)
+
+
+def batch_norm(x, beta, gamma, mean, var, batch_stat, decay_rate=0.9, eps=1e-5):
+    """F.batch_normalization over the last axis of x: with the batch's statistics (updating
+    the running mean and var) when batch_stat, else with the running ones."""
+    if batch_stat and on_cpu():
+        return _BatchNorm(nn.get_current_context(), decay_rate, eps)(x, beta, gamma, mean, var)
+    return F.batch_normalization(x, beta, gamma, mean, var, axes=[len(x.shape) - 1],
+                                 decay_rate=decay_rate, eps=eps, batch_stat=batch_stat)
 
 
 class _Istft(PythonFunction):

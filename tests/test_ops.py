@@ -105,3 +105,32 @@ def test_istft_and_its_gradient_equal_nnabla_istft():
     assert results[0][0].shape == (3, 11 * 64)
     for ours, theirs in zip(*results):
         assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4), (9, 2, 7)])
+@pytest.mark.parametrize("accum", [False, True])
+def test_batch_norm_equals_nnabla_batch_normalization(shape, accum):
+    """Training mode: outputs, gradients of x, beta and gamma, and the updated running
+    statistics, against F.batch_normalization (test mode is NNabla's own function)."""
+    from ops import batch_norm
+    rng = np.random.RandomState(len(shape) + shape[0])
+    width = shape[-1]
+    x, grad = rng.randn(*shape) * 3 + 1, rng.randn(*shape)
+    params = [rng.randn(1, 1, width), rng.rand(1, 1, width) + 0.5,   # beta, gamma
+              rng.randn(1, 1, width), rng.rand(1, 1, width) + 0.5]   # running mean, var
+    results = []
+    for ours in (True, False):
+        inputs = [V(x)] + [V(p, need_grad=k < 2) for k, p in enumerate(params)]
+        for v in inputs[:3]:
+            v.grad.fill(0.5 if accum else 0.0)
+        if ours:
+            y = batch_norm(*inputs, batch_stat=True)
+        else:
+            y = F.batch_normalization(*inputs, axes=[2], decay_rate=0.9, eps=1e-5,
+                                      batch_stat=True)
+        y.forward()
+        y.backward(grad.astype(np.float32), clear_buffer=False)  # leaves accumulate
+        results.append([y.d.copy()] + [v.g.copy() for v in inputs[:3]] +
+                       [v.d.copy() for v in inputs[3:]])
+    for k, (a, b) in enumerate(zip(*results)):
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-5), k
