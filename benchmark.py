@@ -167,10 +167,14 @@ def run_worker(cmd, seconds):
     return result
 
 
-def _run(cmd, sample_memory):
+def _run(cmd, sample_memory=False, env=None):
+    """Run a worker (killed if this process dies) → the JSON of its last output line, with
+    its wall time and (sample_memory) its peak PSS; a failed worker ends the benchmark."""
+    from runtime import die_with_parent
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=HERE)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=HERE, env=env,
+                                preexec_fn=die_with_parent)
         peak = 0.0
         while proc.poll() is None:
             if sample_memory:
@@ -322,12 +326,7 @@ def benchmark_training(steps, vs_openunmix=None):
             commands.append(cmd)
     if vs_openunmix:
         commands.append([vs_openunmix, "-c", OPENUNMIX_TRAIN_WORKER, str(steps)])
-    rows = []
-    for cmd in commands:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
-        if proc.returncode:
-            raise SystemExit(proc.stderr[-2000:])
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rows = [_run(cmd) for cmd in commands]
     names = {"umx": "UMX (one target)", "xumx": "X-UMX (four bridged)",
              "open-unmix-pytorch": "open-unmix-pytorch 1.3.0 UMX (2 threads)"}
     print("\n| training, full size, batch 16 x 6 s, CPU | processes | s/step | samples/s |")
@@ -439,10 +438,7 @@ def benchmark_threads(seconds):
                        OPENBLAS_NUM_THREADS=str(threads))
             cmd = [sys.executable, __file__, "--worker", str(seconds), "--model", model_dir,
                    "--wav", wav, "--processes", str(processes)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, env=env)
-            if proc.returncode:
-                raise SystemExit("benchmark worker failed:\n" + proc.stderr[-3000:])
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = _run(cmd, env=env)
             print("| %d | %d | %.2f | %.2f |" % (processes, threads, r["separate"],
                                                 r["network (wall)"]))
 

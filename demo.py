@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from runtime import UmxError, die_with_parent, run_cli
+from runtime import UmxError, blas_threads_chosen, die_with_parent, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = ["vocals", "drums", "bass", "other"]
@@ -37,7 +37,7 @@ def run_parallel(commands, log_dir):
     # threads set the summation order of the matrix products, whose rounding a training run
     # amplifies, so that the demo's scores would depend on the machine's cores
     env = dict(os.environ)
-    if not any(env.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+    if not blas_threads_chosen(env):
         env["OPENBLAS_NUM_THREADS"] = "1"
     procs = []
     for cmd in commands:

@@ -106,6 +106,13 @@ class _MeanSquaredError(_ScalarLoss):
     def name(self):
         return "MeanSquaredError"
 
+    def setup_impl(self, inputs, outputs):
+        # as F.squared_error: no broadcasting (a target of another shape is a bug, not data)
+        if tuple(inputs[0].shape) != tuple(inputs[1].shape):
+            raise ValueError("MSE of an estimate %s and a target %s" % (inputs[0].shape,
+                                                                       inputs[1].shape))
+        super().setup_impl(inputs, outputs)
+
     def _error(self, inputs):
         return inputs[0].data.get_data("r") - inputs[1].data.get_data("r")
 
@@ -116,9 +123,10 @@ class _MeanSquaredError(_ScalarLoss):
     def backward_impl(self, inputs, outputs, propagate_down, accum):
         error = self._error(inputs)
         error *= 2.0 * float(outputs[0].grad.get_data("r")) / error.size
-        for j, sign in ((0, 1.0), (1, -1.0)):
-            if propagate_down[j]:
-                set_grad(inputs[j], error if sign > 0 else -error, accum[j])
+        if propagate_down[0]:
+            set_grad(inputs[0], error, accum[0])
+        if propagate_down[1]:
+            set_grad(inputs[1], -error, accum[1])
 
 
 class _FrequencyLoss(_ScalarLoss):

@@ -107,11 +107,17 @@ def die_with_parent(parent_pid=None):
         os._exit(1)
 
 
+def blas_threads_chosen(environ=os.environ):
+    """Whether the user has chosen BLAS threads (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS /
+    MKL_NUM_THREADS set): then the project leaves them alone."""
+    return any(environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                        "MKL_NUM_THREADS"))
+
+
 def limit_blas_threads(count):
     """Let numpy's and scipy's BLAS use at most `count` threads in this process, unless the
-    user has chosen (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS set)."""
-    if any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                       "MKL_NUM_THREADS")):
+    user has chosen."""
+    if blas_threads_chosen():
         return
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=count, user_api="blas")

@@ -348,6 +348,9 @@ def test_cpu_losses_equal_the_graph_losses_with_gradients():
         assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
         for ours, theirs in zip(results[0][1], results[1][1]):
             assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+    with pytest.raises(Exception) as error:  # never broadcast silently
+        umx_loss(nn.Variable((2, 3)), nn.Variable((2, 1)))
+    assert "MSE of an estimate" in str(error.value.__cause__ or error.value)  # NNabla wraps it
 
 
 @pytest.mark.parametrize("xumx", [False, True])
