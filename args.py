@@ -11,7 +11,9 @@ import os
 # extension") would otherwise precede every one-line error
 logging.getLogger("nnabla").setLevel(logging.WARNING)
 
-TARGET_NAMES = ["vocals", "drums", "bass", "other"]
+from runtime import UmxError  # noqa: E402
+from vocabulary import AUGMENTATIONS, DATASET_KINDS, SOURCES  # noqa: E402
+
 
 
 class Parser(argparse.ArgumentParser):
@@ -103,7 +105,7 @@ def add_separation_args(parser, model_required=True):
                         help="run UMX inference (kept for the seed's command line)")
     parser.add_argument("--model", required=model_required, type=existing_path,
                         help="folder (or official .zip) with one <target>.h5 per target")
-    parser.add_argument("--targets", nargs="+", default=TARGET_NAMES,
+    parser.add_argument("--targets", nargs="+", default=list(SOURCES),
                         help="targets to separate (default: %(default)s)")
     parser.add_argument("--niter", type=nonnegative_int, default=1,
                         help="Wiener filter EM iterations; 0 keeps the network's masks")
@@ -184,7 +186,7 @@ def get_train_args(argv=None):
                         help="trackfolder_var: interferers from a random track")
     parser.add_argument("--source", default=None,
                         help="UMX's target source (%s; default vocals); X-UMX trains all four"
-                        % ", ".join(TARGET_NAMES))
+                        % ", ".join(SOURCES))
     parser.add_argument("--output", default="open-unmix", type=folder_to_write,
                         help="folder for <source>.h5, <source>.json, logs and checkpoints")
     parser.add_argument("--checkpoint", default=None, type=existing_dir,
@@ -215,8 +217,8 @@ def get_train_args(argv=None):
     parser.add_argument("--seed", type=seed_int, default=42)
     parser.add_argument("--samples-per-track", type=positive_int, default=None,
                         help="samples per track and epoch (64; not sourcefolder's)")
-    parser.add_argument("--source-augmentations", nargs="*", default=["gain", "channelswap"],
-                        choices=["gain", "channelswap"])
+    parser.add_argument("--source-augmentations", nargs="*", default=list(AUGMENTATIONS),
+                        choices=AUGMENTATIONS)
     parser.add_argument("--mcoef", type=nonnegative_float, default=None,
                         help="X-UMX: weight of the time-domain loss (loss = mcoef * L_t + L_f; "
                              "default 10)")
@@ -250,35 +252,22 @@ def get_train_args(argv=None):
     return args
 
 
-DATASET_KINDS = ["musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var"]
-# each kind's own flags: (required ones, optional ones with their defaults)
-DATASET_FLAGS = {
-    "musdb": ((), {"is_wav": False, "samples_per_track": 64}),
-    "aligned": (("input_file", "output_file"), {"samples_per_track": 64}),
-    "sourcefolder": (("target_dir", "interferer_dirs"),
-                     {"ext": ".wav", "nb_train_samples": 1000, "nb_valid_samples": 100}),
-    "trackfolder_fix": (("target_file", "interferer_files"),
-                        {"random_track_mix": False, "samples_per_track": 64}),
-    "trackfolder_var": (("target_file",), {"ext": ".wav", "silence_missing_targets": False,
-                                           "random_interferer_mix": False,
-                                           "samples_per_track": 64}),
-}
-
-
 def _dataset_flags(parser, args):
-    """Refuse a flag the chosen --dataset kind does not take, ask for the ones it needs,
-    and give the others their defaults."""
-    required, optional = DATASET_FLAGS[args.dataset]
-    every = {f for req, opt in DATASET_FLAGS.values() for f in req + tuple(opt)}
-    for flag in sorted(every - set(required) - set(optional)):
+    """Refuse a flag the chosen --dataset kind does not take, ask for the ones it needs, give
+    the others their defaults (`datasets.KINDS`), and refuse files or folders that would give
+    one source name twice."""
+    from datasets import KINDS
+    from tracks import source_names
+    kind = KINDS[args.dataset]
+    every = {f for k in KINDS.values() for f in k.required + tuple(k.defaults)}
+    for flag in sorted(every - set(kind.required) - set(kind.defaults)):
         if getattr(args, flag) is not None:
             parser.error("argument --%s: --dataset %s does not take it"
                          % (flag.replace("_", "-"), args.dataset))
-        setattr(args, flag, None)
-    for flag in required:
+    for flag in kind.required:
         if getattr(args, flag) is None:
             parser.error("--dataset %s needs --%s" % (args.dataset, flag.replace("_", "-")))
-    for flag, default in optional.items():
+    for flag, default in kind.defaults.items():
         if getattr(args, flag) is None:
             setattr(args, flag, default)
     if args.dataset != "musdb":
@@ -291,6 +280,27 @@ def _dataset_flags(parser, args):
         args.source = args.source or "vocals"
     if args.ext is not None and not args.ext.startswith("."):
         args.ext = "." + args.ext
+    named = {"aligned": [("input_file", "--input-file"), ("output_file", "--output-file")],
+             "sourcefolder": [("target_dir", "--target-dir"), ("interferer_dirs", "--interferer-dirs")],
+             "trackfolder_fix": [("target_file", "--target-file"),
+                                 ("interferer_files", "--interferer-files")]}.get(args.dataset, [])
+    try:
+        source_names([(value, flag) for attr, flag in named
+                      for value in ([getattr(args, attr)] if isinstance(getattr(args, attr), str)
+                                    else getattr(args, attr))])
+    except UmxError as exc:
+        parser.error("argument %s" % exc)
+    if args.dataset == "trackfolder_var" and not args.target_file.lower().endswith(args.ext.lower()):
+        parser.error("argument --target-file: %s does not end with --ext %s (the files of a "
+                     "track are those of --ext)" % (args.target_file, args.ext))
+
+
+def data_config(args):
+    """train.py's dataset flags as a `datasets.DataConfig`."""
+    from dataclasses import fields
+    from datasets import DataConfig
+    return DataConfig(**{f.name: getattr(args, f.name) for f in fields(DataConfig)
+                         if f.name != "kind"}, kind=args.dataset)
 
 
 def get_eval_args(argv=None):

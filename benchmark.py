@@ -56,13 +56,14 @@ def write_song(path, seconds):
 def nnabla_worker(seconds, model_dir, wav, processes=None):
     """test.py's way: the WAV decoded into a temporary file, stems streamed to WAV files."""
     from inference import network_for
-    from separator import TARGETS, separate_stream
+    from separator import separate_stream
+    from vocabulary import SOURCES
     from weights import load_models
     from audio import decode_audio, write_stream
     from context import set_context
     set_context("cpu", verbose=False)
     start = time.perf_counter()
-    cfgs = load_models(model_dir, TARGETS)
+    cfgs = load_models(model_dir, list(SOURCES))
     network = network_for(cfgs)  # as test.py: once per model
     load = time.perf_counter() - start
     timings = {}
@@ -72,7 +73,7 @@ def nnabla_worker(seconds, model_dir, wav, processes=None):
         decode = time.perf_counter() - start
         with audio:
             start = time.perf_counter()
-            names, rate, blocks = separate_stream(audio, RATE, cfgs, TARGETS, niter=1,
+            names, rate, blocks = separate_stream(audio, RATE, cfgs, list(SOURCES), niter=1,
                                                   progress=False, timings=timings,
                                                   network=network,
                                                   processes=processes)
@@ -197,7 +198,8 @@ def training_worker(batch, seconds, steps, comm_name, model="umx"):
     prints JSON."""
     import nnabla as nn
     import nnabla.solvers as S
-    from model import XUMX_TARGETS, UmxConfig
+    from layout import UmxConfig
+    from vocabulary import XUMX_BRANCHES
     from train import build_training_graph, dropout_rngs, train_step
     from context import set_context
     from runtime import limit_blas_threads
@@ -208,7 +210,7 @@ def training_worker(batch, seconds, steps, comm_name, model="umx"):
         limit_blas_threads(max(1, (os.cpu_count() or 1) // comm.size))  # as train.py does
     set_context("cpu", verbose=False)
     xumx = model == "xumx"
-    cfg = UmxConfig(xumx_branches=XUMX_TARGETS if xumx else ())
+    cfg = UmxConfig(xumx_branches=XUMX_BRANCHES if xumx else ())
     scope = "x-umx" if xumx else "vocals"
     samples = int(seconds * cfg.sample_rate)
     graph = build_training_graph(cfg, scope, batch, samples)
@@ -277,9 +279,10 @@ LOADING_KINDS = [
 def loading_worker(root, kind, flags, workers, batches):
     """Training samples per second (batches of 16 x 6 s) of one dataset kind."""
     from args import get_train_args
+    from args import data_config
     from datasets import epoch_batches, load_dataset
     args = get_train_args(["--umx-train", "--root", root, "--dataset", kind] + flags)
-    data = load_dataset(args, [args.source], log=lambda *a: None)
+    data = load_dataset(data_config(args), log=lambda *a: None)
     start = time.perf_counter()
     n = 0
     for _, (x, _) in zip(range(batches), epoch_batches(data.train, 0, 16, workers)):
@@ -394,15 +397,16 @@ def main(argv=None):
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        from model import XUMX_TARGETS, UmxConfig
-        from weights import write_random_weights, write_random_xumx
+        from layout import UmxConfig
+        from vocabulary import XUMX_BRANCHES
+        from tools.random_weights import write_random_weights, write_random_xumx
         models = [("open-unmix-nnabla", args.model)]
         if args.model is None:
             models[0] = ("open-unmix-nnabla", os.path.join(tmp, "umxhq-random"))
             write_random_weights(models[0][1], UmxConfig())
         if args.xumx:
             models.append(("open-unmix-nnabla X-UMX", os.path.join(tmp, "x-umx.h5")))
-            write_random_xumx(models[1][1], UmxConfig(xumx_branches=XUMX_TARGETS))
+            write_random_xumx(models[1][1], UmxConfig(xumx_branches=XUMX_BRANCHES))
         rows = []
         for seconds in args.seconds:
             wav = os.path.join(tmp, "song.wav")
@@ -425,8 +429,8 @@ def main(argv=None):
 def benchmark_threads(seconds):
     """Separation seconds with worker processes x BLAS threads per process, on `seconds` of
     music (the decision behind runtime.limit_blas_threads)."""
-    from model import UmxConfig
-    from weights import write_random_weights
+    from layout import UmxConfig
+    from tools.random_weights import write_random_weights
     print("| worker processes | BLAS threads each | separate (s) | network (s) |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -469,7 +473,7 @@ def parity():
     """The agreement of convert.py + this project's separation with open-unmix-pytorch and with
     asteroid's X-UMX, on the test fixtures (made by tests/fixtures/make_*_fixture.py)."""
     from context import set_context
-    from convert import convert_folder
+    from conversion import convert_checkpoints, write_converted
     from separator import separate
     from spectral import stft
     from weights import load_models
@@ -488,7 +492,7 @@ def parity():
             ref = {k: f[k] for k in f.files}
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "converted")
-            convert_folder(folder, out)
+            write_converted(convert_checkpoints(folder), out)
             nn.clear_parameters()
             targets = [str(t) for t in ref["targets"]]
             cfgs = load_models(os.path.join(out, model) if model else out, targets)

@@ -1,4 +1,5 @@
-"""Training checkpoints: everything a run needs to continue bit for bit, verified before use.
+"""Training outputs and checkpoints: what a run writes, by name (`output_files`), and
+everything it needs to continue bit for bit, verified before use (`resume_point`).
 
 A checkpoint is a folder holding the parameters (`parameters.h5`), the solver's state
 (`solver.h5`, by exact parameter name), the run's state (`state.json`: epoch, history,
@@ -92,7 +93,7 @@ def load_checkpoint(folder, scope, solver, config):
 
 # model configuration fields → the flag (or data) that sets them
 CONFIG_SOURCES = {
-    "targets": "the targets (--source, X-UMX)", "n_fft": "--nfft", "n_hop": "--nhop",
+    "n_fft": "--nfft", "n_hop": "--nhop",
     "hidden_size": "--hidden-size", "nb_channels": "--nb-channels",
     "unidirectional": "--unidirectional", "nb_layers": "the number of LSTM layers",
     "sample_rate": "the dataset's sample rate", "max_bin": "--bandwidth",
@@ -111,3 +112,28 @@ def check_same_config(saved, config, where):
                            "flags, or another --output" % (where, key, saved.get(key),
                                                            CONFIG_SOURCES.get(key, key),
                                                            config.get(key)))
+
+
+def output_files(output, name):
+    """What a run writes into --output, by name (`name`: the UMX target, or x-umx)."""
+    return {"weights": os.path.join(output, name + ".h5"),
+            "summary": os.path.join(output, name + ".json"),
+            "plot": os.path.join(output, name + "_loss.png"),
+            "checkpoint": os.path.join(output, name + ".checkpoint")}
+
+
+def resume_point(output, checkpoint, paths, cfg):
+    """The verified checkpoint to resume from (--checkpoint, or the one in --output), or None
+    for a new run; refuses to start over where a finished run's weights would be replaced, or
+    where another model was trained."""
+    found = find_checkpoint(checkpoint or paths["checkpoint"])
+    if checkpoint and found is None:
+        raise UmxError("no checkpoint in %s" % checkpoint)
+    if os.path.isfile(paths["summary"]):
+        summary = read_json(paths["summary"], "training summary")
+        if isinstance(summary, dict) and isinstance(summary.get("config"), dict):
+            check_same_config(summary["config"], cfg.to_dict(), output)
+    if found is None and os.path.isfile(paths["weights"]):
+        raise UmxError("%s holds %s but no checkpoint to resume from: use another --output, or "
+                       "move the weights away to train anew" % (output, paths["weights"]))
+    return found

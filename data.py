@@ -16,7 +16,7 @@ def run(args):
                          kind=args.kind)
         print("generated %s (%s layout)" % (args.generate, args.kind))
     else:
-        from datasets import decode_stems
+        from tracks import decode_stems
         from files import output_folder, refuse_overlaps
         src, dst = args.decode_stems
         refuse_overlaps([(src, "the STEMS root")], [(dst, "the WAV root")])

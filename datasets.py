@@ -29,325 +29,17 @@ sample decodable and finite.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from runtime import UmxError
+from tracks import (aligned_tracks, fixed_tracks, load_tracks, source_name, source_pools,
+                    variable_tracks)
+from vocabulary import AUGMENTATIONS, DATASET_KINDS, SOURCES
 
-SOURCES = ["vocals", "drums", "bass", "other"]
-AUGMENTATIONS = ["gain", "channelswap"]
-KINDS = ["musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var"]
-# STEMS excerpts: the AAC decoder may deliver a few samples more or fewer than asked at an
-# excerpt's end; those are trimmed or zero-extended (any larger shortfall is an error)
-STEMS_READ_TOLERANCE = 64
 # sourcefolder: fixed unaugmented samples of the training folders for the statistics
 STATISTICS_SAMPLES = 64
-
-
-# --------------------------------------------------------------------------------------
-# files and tracks
-# --------------------------------------------------------------------------------------
-
-class Source:
-    """One stream of audio in a dataset file (a WAV/FLAC/OGG file, or stream `stem_id` of a
-    STEMS .mp4), probed once: rate, channels, frames. Reads are thread-safe."""
-
-    def __init__(self, path, stem_id=None):
-        self.path, self.stem_id = path, stem_id
-        try:
-            if stem_id is None:
-                import soundfile as sf
-                info = sf.info(path)
-                self.rate, self.channels, self.frames = info.samplerate, info.channels, info.frames
-            else:
-                import stempeg
-                info = stempeg.Info(path)
-                self.rate, self.channels = int(info.rate(stem_id)), int(info.channels(stem_id))
-                self.frames = int(info.samples(stem_id))
-        except Exception as exc:
-            raise UmxError("cannot read %s: %s" % (self.describe(), _reason(exc)))
-
-    def describe(self):
-        return self.path if self.stem_id is None else "%s (stream %d)" % (self.path, self.stem_id)
-
-    def read(self, start=0, frames=None):
-        """frames start..start+frames-1 (all by default) → float32 [shape=(n, 2)]: mono is
-        duplicated (stereo models), as `check_sources` documents."""
-        frames = self.frames - start if frames is None else frames
-        if start < 0 or start + frames > self.frames:
-            raise UmxError("%s: frames %d..%d asked of %d" % (self.describe(), start,
-                                                             start + frames, self.frames))
-        try:
-            if self.stem_id is None:
-                import soundfile as sf
-                audio, _ = sf.read(self.path, start=start, frames=frames, dtype="float32",
-                                   always_2d=True)
-            else:
-                import stempeg
-                audio, _ = stempeg.read_stems(self.path, start=start / self.rate or None,
-                                              duration=frames / self.rate, stem_id=self.stem_id,
-                                              dtype=np.float32)
-        except Exception as exc:
-            raise UmxError("cannot read %s: %s" % (self.describe(), _reason(exc)))
-        if audio.shape[0] != frames:
-            if self.stem_id is None or frames - audio.shape[0] > STEMS_READ_TOLERANCE:
-                raise UmxError("%s gave %d samples where %d were asked"
-                               % (self.describe(), audio.shape[0], frames))
-            audio = audio[:frames] if audio.shape[0] > frames else \
-                np.pad(audio, ((0, frames - audio.shape[0]), (0, 0)))
-        if audio.shape[1] == 1:
-            audio = np.repeat(audio, 2, axis=1)
-        return np.ascontiguousarray(audio, np.float32)
-
-    def fingerprint(self):
-        """What identifies this file's content for the check cache: path, size, mtime."""
-        stat = os.stat(self.path)
-        return "%s|%s|%d|%d" % (os.path.realpath(self.path), self.stem_id, stat.st_size,
-                                stat.st_mtime_ns)
-
-
-def _reason(exc):
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
-
-
-class Track:
-    """One track: named sources (None: a missing target, read as silence) and the mixture,
-    when the dataset has a file of it; all of one length."""
-
-    def __init__(self, name, sources, mixture=None):
-        self.name, self.sources, self.mixture = name, dict(sources), mixture
-        first = mixture or next(s for s in self.sources.values() if s is not None)
-        self.rate, self.frames = first.rate, first.frames
-        self.duration = self.frames / float(self.rate)
-
-    def files(self):
-        return ([self.mixture] if self.mixture else []) + \
-            [s for s in self.sources.values() if s is not None]
-
-    def read(self, source, start=0.0, duration=None):
-        """source 'mixture' or a source name → float32 [shape=(nb_timesteps, 2)]"""
-        item = self.mixture if source == "mixture" else self.sources[source]
-        first = int(round(start * self.rate))
-        frames = None if duration is None else int(round(duration * self.rate))
-        return item.read(first, frames)
-
-
-def check_sources(tracks, cache_path=None, progress=True, log=print):
-    """Check the dataset before training; one UmxError naming the file otherwise.
-
-    - every file has 1 or 2 channels (mono is duplicated for stereo models: logged);
-    - every file has the dataset's one rate (that of the first file): no silent resampling;
-    - the files of a track have one length (that of its mixture);
-    - every file decodes to its end and holds finite samples. This reads all of the data
-      once; files already checked (same path, size and time, in `cache_path`) are skipped.
-    """
-    import json
-    from tqdm import tqdm
-    reference = tracks[0].files()[0]
-    mono = []
-    for track in tracks:
-        for item in track.files():
-            if item.channels not in (1, 2):
-                raise UmxError("%s has %d channels: only mono and stereo files can be used"
-                               % (item.describe(), item.channels))
-            if item.rate != reference.rate:
-                raise UmxError("%s is at %d Hz, but %s at %d Hz: all files of a dataset need "
-                               "one rate (resample the dataset first)"
-                               % (item.describe(), item.rate, reference.describe(), reference.rate))
-            if item.frames != track.frames:
-                first = track.files()[0]
-                raise UmxError("%s has %d samples, but %s %d: the files of a track need one "
-                               "length" % (item.describe(), item.frames, first.describe(),
-                                           track.frames))
-            if item.channels == 1:
-                mono.append(item.describe())
-    if mono:
-        log("%d mono files are used as stereo (both channels alike), e.g. %s" % (len(mono), mono[0]))
-    checked = {}
-    if cache_path and os.path.isfile(cache_path):
-        try:
-            with open(cache_path) as f:
-                checked = dict(json.load(f))
-        except (OSError, ValueError, TypeError):
-            checked = {}
-    todo = [item for track in tracks for item in track.files() if item.fingerprint() not in checked]
-    for item in tqdm(todo, desc="checking the data", disable=not progress or not todo, leave=False):
-        audio = item.read()
-        if not np.all(np.isfinite(audio)):
-            raise UmxError("%s holds NaN or infinite samples" % item.describe())
-        checked[item.fingerprint()] = True
-    if cache_path and todo:
-        from files import write_json_atomic
-        write_json_atomic(cache_path, checked)
-
-
-# --------------------------------------------------------------------------------------
-# MUSDB18
-# --------------------------------------------------------------------------------------
-
-def check_root(root, subset):
-    """Fail with one line unless `root` is a folder holding `subset`."""
-    if not os.path.isdir(root):
-        raise UmxError("dataset root not found: %s" % root)
-    if not os.path.isdir(os.path.join(root, subset)):
-        raise UmxError("%s has no '%s' folder: not a MUSDB18 root" % (root, subset))
-
-
-def musdb_setup():
-    """musdb's description of MUSDB18 (file names, STEMS stream ids, validation tracks)."""
-    import musdb
-    import yaml
-    with open(os.path.join(os.path.dirname(musdb.__file__), "configs", "mus.yaml")) as f:
-        return yaml.safe_load(f)
-
-
-def list_musdb(root, subset, is_wav):
-    """The tracks of root/subset in musdb's layout (WAV folders, or STEMS files), each file
-    probed: a missing or unreadable one is named."""
-    setup = musdb_setup()
-    folder = os.path.join(root, subset)
-    tracks = []
-    for entry in sorted(os.listdir(folder)):
-        path = os.path.join(folder, entry)
-        if is_wav and os.path.isdir(path):
-            files = {s: os.path.join(path, setup["sources"][s]) for s in SOURCES}
-            missing = [s for s in SOURCES if not os.path.isfile(files[s])]
-            if missing:
-                raise UmxError("track '%s' is missing the '%s' stem (%s)"
-                               % (entry, missing[0], files[missing[0]]))
-            mixture = os.path.join(path, setup["mixture"])
-            if not os.path.isfile(mixture):
-                raise UmxError("track '%s' has no %s" % (entry, mixture))
-            tracks.append(Track(entry, {s: Source(files[s]) for s in SOURCES}, Source(mixture)))
-        elif not is_wav and entry.endswith(".stem.mp4") and os.path.isfile(path):
-            ids = setup["stem_ids"]
-            tracks.append(Track(entry[:-len(".stem.mp4")],
-                                {s: Source(path, ids[s]) for s in SOURCES},
-                                Source(path, ids["mixture"])))
-    return tracks
-
-
-def load_tracks(root=None, is_wav=False, subset="train", split=None, log=print):
-    """Tracks of a MUSDB18 folder (musdb's layout), every file probed.
-
-    subset 'train' with split 'train'/'valid' applies musdb's fixed 14-track validation split;
-    a dataset without any of those names holds out every 5th track (at least one) instead.
-    root None → musdb's 7-second previews (downloaded once).
-    """
-    if root is None:
-        import musdb
-        try:
-            db = musdb.DB(download=True, subsets=subset)
-        except Exception as exc:
-            raise UmxError("could not download the MUSDB18 previews (%s): pass --root with a "
-                           "local MUSDB18 folder" % type(exc).__name__)
-        root = db.root
-    check_root(root, subset)
-    tracks = list_musdb(root, subset, is_wav)
-    if not tracks:
-        raise UmxError("no tracks in %s/%s%s" % (root, subset, "" if is_wav else
-                                                  " (for decoded WAV folders pass --is-wav)"))
-    if split is None:
-        return tracks
-    valid_names = set(musdb_setup()["validation_tracks"])
-    if not any(t.name in valid_names for t in tracks):
-        held = [t.name for t in tracks[::5]] if len(tracks) > 1 else []
-        log("no MUSDB18 validation track in %s: holding out %d of %d tracks for validation (%s)"
-            % (root, len(held), len(tracks), ", ".join(held)))
-        valid_names = set(held)
-    chosen = [t for t in tracks if (t.name in valid_names) == (split == "valid")]
-    if not chosen:
-        raise UmxError("the %s split of %s is empty" % (split, root))
-    return chosen
-
-
-# --------------------------------------------------------------------------------------
-# the folder kinds of open-unmix-pytorch
-# --------------------------------------------------------------------------------------
-
-def _split_folder(root, split, kind, layout):
-    folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
-        raise UmxError("%s has no '%s' folder (--dataset %s: %s)" % (root, split, kind, layout))
-    return folder
-
-
-def _audio_files(folder, ext):
-    return sorted(f for f in os.listdir(folder)
-                  if f.lower().endswith(ext.lower()) and os.path.isfile(os.path.join(folder, f)))
-
-
-def _name(filename):
-    """The target name a file gives: vocals.flac → vocals."""
-    return os.path.splitext(os.path.basename(filename))[0]
-
-
-def list_track_folders(root, split, kind, layout, make_track):
-    """Tracks of ROOT/split/<track>/ (one per folder): make_track(name, folder) → Track."""
-    folder = _split_folder(root, split, kind, layout)
-    names = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
-    if not names:
-        raise UmxError("%s holds no track folder (--dataset %s: %s)" % (folder, kind, layout))
-    return [make_track(name, os.path.join(folder, name)) for name in names]
-
-
-def _need_file(folder, filename, flag):
-    path = os.path.join(folder, filename)
-    if not os.path.isfile(path):
-        raise UmxError("track '%s' has no %s (%s %s)" % (os.path.basename(folder), path, flag,
-                                                        filename))
-    return Source(path)
-
-
-def aligned_tracks(root, split, input_file, output_file):
-    layout = "ROOT/{train,valid}/<track>/{%s,%s}" % (input_file, output_file)
-    return list_track_folders(root, split, "aligned", layout, lambda name, folder: Track(
-        name, {_name(output_file): _need_file(folder, output_file, "--output-file")},
-        mixture=_need_file(folder, input_file, "--input-file")))
-
-
-def fixed_tracks(root, split, target_file, interferer_files):
-    layout = "ROOT/{train,valid}/<track>/{%s}" % ",".join([target_file] + interferer_files)
-    return list_track_folders(root, split, "trackfolder_fix", layout, lambda name, folder: Track(
-        name, dict([(_name(target_file), _need_file(folder, target_file, "--target-file"))] +
-                   [(_name(f), _need_file(folder, f, "--interferer-files"))
-                    for f in interferer_files])))
-
-
-def variable_tracks(root, split, target_file, ext, silence_missing):
-    layout = "ROOT/{train,valid}/<track>/*%s" % ext
-
-    def make(name, folder):
-        files = _audio_files(folder, ext)
-        if target_file not in files and not silence_missing:
-            raise UmxError("track '%s' has no %s (--target-file; or pass "
-                           "--silence-missing-targets)" % (name, os.path.join(folder, target_file)))
-        sources = {_name(target_file): Source(os.path.join(folder, target_file))
-                   if target_file in files else None}
-        sources.update((_name(f), Source(os.path.join(folder, f))) for f in files if f != target_file)
-        if all(s is None for s in sources.values()):
-            raise UmxError("track '%s' holds no %s file" % (name, ext))
-        return Track(name, sources)
-    return list_track_folders(root, split, "trackfolder_var", layout, make)
-
-
-def source_pools(root, split, target_dir, interferer_dirs, ext):
-    """{folder: [one Track per file]} of ROOT/split/<folder>/*ext."""
-    layout = "ROOT/{train,valid}/{%s}/*%s" % (",".join([target_dir] + interferer_dirs), ext)
-    base = _split_folder(root, split, "sourcefolder", layout)
-    pools = {}
-    for name in [target_dir] + interferer_dirs:
-        folder = os.path.join(base, name)
-        if not os.path.isdir(folder):
-            raise UmxError("%s has no '%s' folder (--dataset sourcefolder: %s)"
-                           % (base, name, layout))
-        files = _audio_files(folder, ext)
-        if not files:
-            raise UmxError("%s holds no %s file (--ext)" % (folder, ext))
-        pools[name] = [Track("%s/%s" % (name, f), {name: Source(os.path.join(folder, f))})
-                       for f in files]
-    return pools
 
 
 # --------------------------------------------------------------------------------------
@@ -626,103 +318,162 @@ class Dataset:
             yield self._whole(track)[0]
 
 
-def load_dataset(args, targets, log=print):
-    """The dataset of `--dataset` (args: train.py's), for `targets` (musdb: the given ones;
-    the folder kinds: their target file or folder's name). Validation splits are fixed."""
-    kind = args.dataset
-    description = {"root": os.path.abspath(args.root) if args.root else None}
-    if kind == "musdb":
-        train = load_tracks(args.root, args.is_wav, "train", "train", log=log)
-        valid = load_tracks(args.root, args.is_wav, "train", "valid", log=lambda *a: None)
-        if not args.is_wav:
-            log("reading MUSDB18 STEMS, which is slow (about 1 sample/s): decode it once with "
-                "'python data.py --decode-stems %s %s-wav' and train with --is-wav"
-                % (args.root or "MUSDB18", (args.root or "MUSDB18").rstrip("/")))
-        samples = MusdbSamples(train, targets, args.samples_per_track,
-                               **_common(args, train, log))
-        return Dataset(kind, samples, valid, targets, description=dict(description,
-                                                                        is_wav=args.is_wav))
-    if kind == "sourcefolder":
-        pools = {split: source_pools(args.root, split, args.target_dir, args.interferer_dirs,
-                                     args.ext) for split in ("train", "valid")}
-        targets = [args.target_dir]
-        common = _common(args, [t for pool in pools["train"].values() for t in pool], log)
-        train = SourceFolderSamples(pools["train"], targets, args.nb_train_samples, **common)
-        # fixed validation samples: seeded apart from training, never augmented
-        valid = SourceFolderSamples(pools["valid"], targets, args.nb_valid_samples,
-                                    **dict(common, seed=args.seed + 1, augmentations=[]))
-        return Dataset(kind, train, None, targets, valid_samples=valid,
-                       description=dict(description, ext=args.ext))
-    if kind == "aligned":
-        splits = {s: aligned_tracks(args.root, s, args.input_file, args.output_file)
-                  for s in ("train", "valid")}
-        targets, samples, mix = [_name(args.output_file)], AlignedSamples, None
-    elif kind == "trackfolder_fix":
-        splits = {s: fixed_tracks(args.root, s, args.target_file, args.interferer_files)
-                  for s in ("train", "valid")}
-        targets, samples = [_name(args.target_file)], TrackSamples
-        mix = "each" if args.random_track_mix else None
-    else:
-        splits = {s: variable_tracks(args.root, s, args.target_file, args.ext,
-                                     args.silence_missing_targets) for s in ("train", "valid")}
-        targets, samples = [_name(args.target_file)], TrackSamples
-        mix = "track" if args.random_interferer_mix else None
-    train = samples(splits["train"], targets, args.samples_per_track, random_mix=mix,
-                    **_common(args, splits["train"], log))
-    return Dataset(kind, train, splits["valid"], targets, description=description)
+@dataclass
+class DataConfig:
+    """What a dataset is made of: train.py's dataset flags (`args.data_config` builds it),
+    each kind using its own (`Kind.required`, `Kind.defaults`)."""
+    kind: str = "musdb"
+    root: str = None
+    seq_dur: float = 6.0
+    source_augmentations: tuple = AUGMENTATIONS
+    seed: int = 42
+    samples_per_track: int = 64
+    source: str = None  # musdb, UMX: the target
+    is_wav: bool = False
+    input_file: str = None
+    output_file: str = None
+    target_dir: str = None
+    interferer_dirs: tuple = None
+    ext: str = None
+    nb_train_samples: int = None
+    nb_valid_samples: int = None
+    target_file: str = None
+    interferer_files: tuple = None
+    random_track_mix: bool = None
+    silence_missing_targets: bool = None
+    random_interferer_mix: bool = None
 
 
-def _common(args, train_tracks, log):
+def load_dataset(config, targets=None, log=print):
+    """The dataset of `config.kind` for `targets` (musdb: the given ones, by default
+    config.source; the folder kinds: their target file or folder's name). Validation splits
+    are fixed."""
+    return KINDS[config.kind].build(config, list(targets or [config.source]), log)
+
+
+def _musdb(config, targets, log):
+    train = load_tracks(config.root, config.is_wav, "train", "train", log=log)
+    valid = load_tracks(config.root, config.is_wav, "train", "valid", log=lambda *a: None)
+    if not config.is_wav:
+        root = config.root or "MUSDB18"
+        log("reading MUSDB18 STEMS, which is slow (about 1 sample/s): decode it once with "
+            "'python data.py --decode-stems %s %s-wav' and train with --is-wav"
+            % (root, root.rstrip("/")))
+    samples = MusdbSamples(train, targets, config.samples_per_track,
+                           **_common(config, train, log))
+    return Dataset(config.kind, samples, valid, targets,
+                   description=_description(config, is_wav=config.is_wav))
+
+
+def _sourcefolder(config, targets, log):
+    pools = {split: source_pools(config.root, split, config.target_dir, config.interferer_dirs,
+                                 config.ext) for split in ("train", "valid")}
+    targets = [config.target_dir]
+    common = _common(config, [t for pool in pools["train"].values() for t in pool], log)
+    train = SourceFolderSamples(pools["train"], targets, config.nb_train_samples, **common)
+    # fixed validation samples: seeded apart from training, never augmented
+    valid = SourceFolderSamples(pools["valid"], targets, config.nb_valid_samples,
+                                **dict(common, seed=config.seed + 1, augmentations=[]))
+    return Dataset(config.kind, train, None, targets, valid_samples=valid,
+                   description=_description(config, ext=config.ext))
+
+
+def _track_folders(list_tracks, target_file, samples, mix=None):
+    """A builder for the kinds of one folder per track: list_tracks(config, split) → tracks,
+    target_file(config): the target's file (it names the target), samples: the SampleSet
+    class, mix(config): the interferers' random mixing."""
+    def build(config, targets, log):
+        splits = {s: list_tracks(config, s) for s in ("train", "valid")}
+        targets = [source_name(target_file(config))]
+        train = samples(splits["train"], targets, config.samples_per_track,
+                        random_mix=mix(config) if mix else None,
+                        **_common(config, splits["train"], log))
+        return Dataset(config.kind, train, splits["valid"], targets,
+                       description=_description(config))
+    return build
+
+
+def _description(config, **more):
+    return dict(more, root=os.path.abspath(config.root) if config.root else None)
+
+
+def _common(config, train_tracks, log):
     """The sampling arguments every kind takes; --seq-dur <= 0 (whole files): one graph needs
     one length, that of the shortest training track or file."""
-    seq_dur = args.seq_dur
+    seq_dur = config.seq_dur
     if seq_dur <= 0:
         seq_dur = min(t.duration for t in train_tracks)
-        log("--seq-dur %g: training on whole tracks (%.2f s, the shortest)" % (args.seq_dur, seq_dur))
-    return dict(seq_dur=seq_dur, augmentations=args.source_augmentations, seed=args.seed, log=log)
+        log("--seq-dur %g: training on whole tracks (%.2f s, the shortest)" % (config.seq_dur,
+                                                                                seq_dur))
+    return dict(seq_dur=seq_dur, augmentations=config.source_augmentations, seed=config.seed,
+                log=log)
 
 
 # --------------------------------------------------------------------------------------
-# MUSDB18 STEMS → WAV, once
+# the dataset kinds, each described once
 # --------------------------------------------------------------------------------------
 
-def decode_stems(src, dst, pcm16=False, progress=True):
-    """Decode a MUSDB18 STEMS root into musdb's WAV layout (dst/<subset>/<track>/
-    {mixture,drums,bass,other,vocals}.wav), float WAV (or 16-bit PCM, refused where a sample
-    would clip). Each track is written into a staging folder and published whole; complete
-    tracks are kept, so a killed run, re-run, finishes the rest. Every stream's decoded length
-    is checked against the file's and the mixture's. → the number of tracks decoded."""
-    import soundfile as sf
-    from tqdm import tqdm
-    from files import staged_folder
-    setup = musdb_setup()
-    names = ["mixture"] + SOURCES
-    subsets = [s for s in ("train", "test") if os.path.isdir(os.path.join(src, s))]
-    if not subsets:
-        raise UmxError("%s has no 'train' or 'test' folder: not a MUSDB18 root" % src)
-    jobs = [(subset, entry) for subset in subsets
-            for entry in sorted(os.listdir(os.path.join(src, subset)))
-            if entry.endswith(".stem.mp4")]
-    if not jobs:
-        raise UmxError("no .stem.mp4 files in %s" % ", ".join(os.path.join(src, s) for s in subsets))
-    done = 0
-    for subset, entry in tqdm(jobs, desc="decoding STEMS", disable=not progress):
-        folder = os.path.join(dst, subset, entry[:-len(".stem.mp4")])
-        if all(os.path.isfile(os.path.join(folder, n + ".wav")) for n in names):
-            continue
-        path = os.path.join(src, subset, entry)
-        streams = {n: Source(path, setup["stem_ids"][n]) for n in names}
-        with staged_folder(folder) as staging:
-            for name, source in streams.items():
-                audio = source.read()  # checks the decoded length against the file's
-                if source.frames != streams["mixture"].frames:
-                    raise UmxError("%s has %d samples, the mixture %d"
-                                   % (source.describe(), source.frames, streams["mixture"].frames))
-                if pcm16 and np.abs(audio).max() > 1.0:
-                    raise UmxError("%s exceeds full scale (peak %.3f): 16-bit PCM would clip it; "
-                                   "decode without --pcm16" % (source.describe(),
-                                                               np.abs(audio).max()))
-                sf.write(os.path.join(staging, name + ".wav"), audio, source.rate,
-                         subtype="PCM_16" if pcm16 else "FLOAT")
-        done += 1
-    return done
+@dataclass(frozen=True)
+class Kind:
+    """One dataset kind: its train.py flags (`required`, and `defaults` of the optional ones),
+    how its dataset is built (`build(config, targets, log)`), and the layout of a generated
+    dataset of this kind (`synth.py`): its two splits and `song(name, rng)` → {stem or
+    'mixture': path in a split} (rng: the song's own), with `example` the train.py flags that
+    train on that layout."""
+    required: tuple
+    defaults: dict
+    build: object
+    splits: tuple
+    song: object
+    example: tuple
+    duration_spread: float = 0.0  # generated songs' lengths vary by this fraction
+
+
+def _in_folder(extension, stems=SOURCES, mixture=False):
+    def song(name, rng):
+        files = {s: os.path.join(name, s + extension) for s in stems}
+        return dict(files, mixture=os.path.join(name, "mixture.wav")) if mixture else files
+    return song
+
+
+def _some_stems(name, rng):  # vocals and two or three of the others
+    kept = ["vocals"] + sorted(rng.choice(SOURCES[1:], rng.randint(2, 4), replace=False))
+    return {s: os.path.join(name, s + ".wav") for s in kept}
+
+
+KINDS = {
+    "musdb": Kind(
+        (), {"is_wav": False, "samples_per_track": 64}, _musdb, ("train", "test"),
+        _in_folder(".wav", mixture=True), ("--is-wav", "--source", "vocals")),
+    "aligned": Kind(
+        ("input_file", "output_file"), {"samples_per_track": 64},
+        _track_folders(lambda c, split: aligned_tracks(c.root, split, c.input_file,
+                                                       c.output_file),
+                       lambda c: c.output_file, AlignedSamples),
+        ("train", "valid"), _in_folder(".wav", ["vocals"], mixture=True),
+        ("--input-file", "mixture.wav", "--output-file", "vocals.wav")),
+    "sourcefolder": Kind(
+        ("target_dir", "interferer_dirs"),
+        {"ext": ".wav", "nb_train_samples": 1000, "nb_valid_samples": 100}, _sourcefolder,
+        ("train", "valid"), lambda name, rng: {s: os.path.join(s, name + ".wav") for s in SOURCES},
+        ("--target-dir", "vocals", "--interferer-dirs", "drums", "bass", "other"),
+        duration_spread=0.2),
+    "trackfolder_fix": Kind(
+        ("target_file", "interferer_files"), {"random_track_mix": False, "samples_per_track": 64},
+        _track_folders(lambda c, split: fixed_tracks(c.root, split, c.target_file,
+                                                     c.interferer_files),
+                       lambda c: c.target_file, TrackSamples,
+                       lambda c: "each" if c.random_track_mix else None),
+        ("train", "valid"), _in_folder(".flac"),
+        ("--target-file", "vocals.flac", "--interferer-files", "drums.flac", "bass.flac",
+         "other.flac")),
+    "trackfolder_var": Kind(
+        ("target_file",), {"ext": ".wav", "silence_missing_targets": False,
+                           "random_interferer_mix": False, "samples_per_track": 64},
+        _track_folders(lambda c, split: variable_tracks(c.root, split, c.target_file, c.ext,
+                                                        c.silence_missing_targets),
+                       lambda c: c.target_file, TrackSamples,
+                       lambda c: "track" if c.random_interferer_mix else None),
+        ("train", "valid"), _some_stems, ("--target-file", "vocals.wav")),
+}
+assert tuple(KINDS) == DATASET_KINDS

@@ -19,7 +19,7 @@ import time
 from runtime import UmxError, blas_threads_chosen, die_with_parent, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TARGETS = ["vocals", "drums", "bass", "other"]
+from vocabulary import SOURCES as TARGETS
 
 
 def run(cmd):

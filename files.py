@@ -1,7 +1,9 @@
 """Files written safely, one mechanism each:
 
 - `output_folder`: an output folder checked before any work (not a file, writable), created if
-  needed and removed again if the run fails before publishing anything into it;
+  needed, held by this run alone (an exclusive lock; a second run into it stops at once, naming
+  the first; the kernel drops the lock when a run dies, so a killed run never blocks), and
+  removed again if the run fails before publishing anything into it;
 - `staged_folder` / `atomic_path`: write into a staging folder or a temporary file in the
   destination's folder, then rename: a reader never sees half-written files. A staging entry
   (`.tmp-umx-...`) is locked (flock) by its writer while it lives; the kernel drops the lock
@@ -139,18 +141,15 @@ def check_not_a_file(path, flag):
 
 @contextmanager
 def output_folder(path, flag):
-    """Check, create and clean an output folder (named by its CLI flag for the messages).
+    """Check, create, lock and clean an output folder (named by its CLI flag for the messages).
 
     Before the work: `path` must not be a file and must be writable (created if missing,
-    stale staging removed). If the block fails and the folder was created here and holds
-    nothing, it is removed again: a failed run leaves nothing behind.
+    stale staging removed), and no other run may be writing into it (`locked_folder`). If the
+    block fails, the folders created here are removed again while they are empty: a failed run
+    leaves nothing behind.
     """
     check_not_a_file(path, flag)
-    created = []
-    head = os.path.abspath(path)
-    while not os.path.exists(head):
-        created.append(head)
-        head = os.path.dirname(head)
+    created = _missing_folders(path)
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -158,12 +157,79 @@ def output_folder(path, flag):
     except OSError as exc:
         _remove_empty(created)
         raise UmxError("cannot write to %s %s: %s" % (flag, path, exc.strerror or exc)) from None
-    remove_stale_staging(path)
+    try:
+        with locked_folder(path, flag):
+            remove_stale_staging(path)
+            yield path
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+@contextmanager
+def removed_on_failure(path):
+    """For a block that may create the folder `path` (and its missing parents): if the block
+    fails, the folders it created are removed again while they are empty."""
+    created = _missing_folders(path)
     try:
         yield path
     except BaseException:
         _remove_empty(created)
         raise
+
+
+def _missing_folders(path):
+    """The folders that creating `path` would create, innermost first."""
+    created, head = [], os.path.abspath(path)
+    while not os.path.exists(head):
+        created.append(head)
+        head = os.path.dirname(head)
+    return created
+
+
+_HELD = {}  # real path of a folder this process has locked → [descriptor, depth]
+
+
+@contextmanager
+def locked_folder(path, flag):
+    """Hold an exclusive lock (flock) on the folder `path` for the block: one run at a time
+    writes into an output folder. Another run's lock is one UmxError naming that run; a dead
+    run's lock is gone with it (the kernel drops it). Re-entrant within this process."""
+    import fcntl
+    real = os.path.realpath(path)
+    if real in _HELD:
+        _HELD[real][1] += 1
+    else:
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UmxError("%s %s is being written by another run%s: wait for it to end, or "
+                           "choose another folder" % (flag, path, _lock_holder(real))) from None
+        _HELD[real] = [fd, 1]
+    try:
+        yield path
+    finally:
+        _HELD[real][1] -= 1
+        if not _HELD[real][1]:
+            os.close(_HELD.pop(real)[0])
+
+
+def _lock_holder(path):
+    """' (pid N: its command line)' of the process holding the flock on `path`, from
+    /proc/locks, or '' when it cannot be told."""
+    try:
+        stat = os.stat(path)
+        device = "%02x:%02x:%d" % (os.major(stat.st_dev), os.minor(stat.st_dev), stat.st_ino)
+        with open("/proc/locks") as f:
+            pids = [line.split()[4] for line in f
+                    if "FLOCK" in line and line.split()[5] == device]
+        with open("/proc/%s/cmdline" % pids[0], "rb") as f:
+            command = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
+        return " (pid %s: %s)" % (pids[0], command[:200])
+    except (OSError, IndexError, ValueError):
+        return ""
 
 
 def _remove_empty(folders):
@@ -204,13 +270,14 @@ def atomic_path(path):
 @contextmanager
 def staged_folder(folder, staging_root=None):
     """Yield an empty staging folder; if the block succeeds, move its files into `folder`
-    (created if needed). A failure leaves `folder` as it was: all or nothing.
+    (created if needed). A failure leaves `folder` as it was: all or nothing (the folders
+    created for the staging are removed again while empty).
 
     The staging folder lies in `staging_root` (default: `folder` itself), on the
     destination's filesystem, so that publishing is a rename.
     """
     root = staging_root or folder
-    created = not os.path.isdir(root)
+    created = _missing_folders(root)
     with writing_into(root):
         os.makedirs(root, exist_ok=True)
         remove_stale_staging(root)
@@ -223,8 +290,7 @@ def staged_folder(folder, staging_root=None):
                 os.replace(os.path.join(staging, name), os.path.join(folder, name))
     except BaseException:
         _release(staging)
-        if created:
-            _remove_empty([os.path.abspath(root)])
+        _remove_empty(created)
         raise
     _release(staging)
 

@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _small():
-    from model import UmxConfig
+    from layout import UmxConfig
     return UmxConfig(hidden_size=32, max_bin=200, nb_output_bins=257, n_fft=512, n_hop=256)
 
 
@@ -143,7 +143,7 @@ def step_worker(context, quick):
     import nnabla as nn
     import nnabla.solvers as S
     from context import set_context
-    from model import UmxConfig
+    from layout import UmxConfig
     from train import build_training_graph, dropout_rngs, train_step
     set_context(context, verbose=False)
     cfg = _small() if quick else UmxConfig()
@@ -182,8 +182,8 @@ def check_separation(context, quick, tmp):
     """3. test.py on real music; the stems against the CPU's."""
     import soundfile as sf
     from benchmark import write_song
-    from model import UmxConfig
-    from weights import write_random_weights
+    from layout import UmxConfig
+    from tools.random_weights import write_random_weights
     model = os.path.join(tmp, "model")
     write_random_weights(model, _small() if quick else UmxConfig())  # random weights, real music
     ok = True

@@ -6,6 +6,7 @@ import nnabla as nn
 import nnabla.functions as F
 
 from ops import dense, lstm_recurrence
+from runtime import signals_deferred
 
 BN_EPS = 1e-5
 
@@ -13,7 +14,7 @@ BN_EPS = 1e-5
 def fold_for_inference(params, cfg):
     """One target's parameters rewritten for inference: {name: float32 ndarray}.
 
-    params: {name: ndarray} in the layout of `parameter_shapes(cfg)`. In inference the batch
+    params: {name: ndarray or Variable} in the layout of `parameter_shapes(cfg)`. In inference the batch
     norms are fixed affine maps, so the input standardization, each batch norm and the output
     scaling fold into their dense layer's weights and a bias (computed in float64):
 
@@ -23,7 +24,7 @@ def fold_for_inference(params, cfg):
         lstm{l}_W_in (I, D * 4H), lstm{l}_b (D * 4H,), lstm{l}_W_rec (D, 4H, H)  per layer l
     (gates in NNabla's order i, f, g, o).
     """
-    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    p = {k: np.asarray(getattr(v, "d", v), np.float64) for k, v in params.items()}
     dirs, hid = cfg.nb_directions, cfg.lstm_hidden_size
 
     def bn(layer):
@@ -102,16 +103,6 @@ class InferenceNetwork:
         """Whether some targets are X-UMX branches (which run together, not one by one)."""
         return any(cfg.xumx_branches for cfg in self.cfgs.values())
 
-    @classmethod
-    def from_parameter_scopes(cls, cfgs, **kw):
-        """Build from the parameters in nn.parameter_scope(target) for each target of cfgs."""
-        models = {}
-        for target, cfg in cfgs.items():
-            with nn.parameter_scope(target):
-                params = {k: v.d for k, v in nn.get_parameters(grad_only=False).items()}
-            models[target] = (cfg, params)
-        return cls(models, **kw)
-
     def _per_frame(self, layer, weights, inputs, nb_out, write=None):
         """Apply a per-frame layer to row arrays, in blocks of equal size (at most block_rows).
 
@@ -142,7 +133,8 @@ class InferenceNetwork:
                 if stop - start < size:  # the last block, padded with zeros
                     var.data.zero()
                 var.d[:stop - start] = array[start:stop]
-            output.forward(clear_buffer=True)
+            with signals_deferred():
+                output.forward(clear_buffer=True)
             if write is None:
                 out[start:stop] = output.d[:stop - start]
             else:
@@ -177,7 +169,8 @@ class InferenceNetwork:
         [shape=(T, G, B, H)]: one NNabla function (`ops.lstm_recurrence`) for all steps."""
         hs = lstm_recurrence(nn.Variable.from_numpy_array(gates),
                              nn.Variable.from_numpy_array(w_rec), keep=False)
-        hs.forward()
+        with signals_deferred():
+            hs.forward()
         return hs.d
 
     def run(self, spec, targets=None, write=None):
@@ -263,21 +256,30 @@ class GraphNetwork:
     batch shape. A batch's input goes to the device once and its estimates come back once:
     GPU memory is bounded by the window batch, whatever the track's length. Same interface
     as `InferenceNetwork` (`run`, `cfgs`, `bridged`).
+
+    models: {target: (UmxConfig, {UMX name: Variable})}: the parameters are used as they are
+    (no copy), under the names the graphs ask for in a scope of this network's own.
     """
     bridged = False  # X-UMX's branches run in one graph: windows are never split by target
 
-    def __init__(self, cfgs):
-        self.cfgs = dict(cfgs)
+    def __init__(self, models):
+        from layout import branch_name
+        self.cfgs = {t: cfg for t, (cfg, _) in models.items()}
+        self.scope = "_graph_network_%d" % id(self)
+        with nn.parameter_scope(self.scope):
+            for target, (cfg, params) in models.items():
+                # UMX: one scope per target; X-UMX: Sony's suffixed names in one scope
+                scope = "xumx" if cfg.xumx_branches else target
+                with nn.parameter_scope(scope):
+                    for name, var in params.items():
+                        nn.parameter.set_parameter(
+                            branch_name(name, target) if cfg.xumx_branches else name, var)
         self.graphs = {}
-
-    @classmethod
-    def from_parameter_scopes(cls, cfgs):
-        return cls(cfgs)
 
     def _graph(self, nb_frames, nb_samples):
         """Input Variable [shape=(nb_frames, nb_samples, 2, nb_bins)] and {target: estimate
         Variable [shape=(nb_frames, nb_samples, C, nb_bins)]} for this batch shape."""
-        from model import CrossNet, OpenUnmix, branch_name
+        from model import CrossNet, OpenUnmix
         key = (nb_frames, nb_samples)
         if key in self.graphs:
             return self.graphs[key]
@@ -285,24 +287,16 @@ class GraphNetwork:
         bins = next(iter(self.cfgs.values())).nb_output_bins
         x = nn.Variable((nb_frames, nb_samples, 2, bins))
         outputs = {}
-        xumx = [t for t, cfg in self.cfgs.items() if cfg.xumx_branches]
-        if xumx:
-            cfg = self.cfgs[xumx[0]]
-            # the branches' parameters (loaded under UMX's names, one scope per target) under
-            # Sony's names in one scope: the same Variables, no copy
-            aliases = {}
-            for target in cfg.xumx_branches:
-                with nn.parameter_scope(target):
-                    for name, var in nn.get_parameters(grad_only=False).items():
-                        aliases[branch_name(name, target)] = var
-            with nn.parameter_scope("_xumx_graph"):
-                for name, var in aliases.items():
-                    nn.parameter.set_parameter(name, var)
-                outputs.update(CrossNet(cfg, cfg.xumx_branches)(x, test=True))
-        for target, cfg in self.cfgs.items():
-            if not cfg.xumx_branches:
-                with nn.parameter_scope(target):
-                    outputs[target] = OpenUnmix(cfg)(x, test=True)
+        with nn.parameter_scope(self.scope):
+            xumx = [t for t, cfg in self.cfgs.items() if cfg.xumx_branches]
+            if xumx:
+                cfg = self.cfgs[xumx[0]]
+                with nn.parameter_scope("xumx"):
+                    outputs.update(CrossNet(cfg, cfg.xumx_branches)(x, test=True))
+            for target, cfg in self.cfgs.items():
+                if not cfg.xumx_branches:
+                    with nn.parameter_scope(target):
+                        outputs[target] = OpenUnmix(cfg)(x, test=True)
         for estimate in outputs.values():
             estimate.persistent = True  # read after the forward pass, which frees the rest
         self.graphs[key] = (x, outputs)
@@ -314,7 +308,8 @@ class GraphNetwork:
         nb_samples, nb_frames, _, nb_bins = spec.shape
         x, outputs = self._graph(nb_frames, nb_samples)
         x.d = spec.transpose(1, 0, 2, 3)  # (samples, frames, ...) -> (frames, samples, ...)
-        F.sink(*[outputs[t] for t in targets]).forward(clear_buffer=True)
+        with signals_deferred():
+            F.sink(*[outputs[t] for t in targets]).forward(clear_buffer=True)
         results = {}
         for target in targets:
             # (frames, samples, C, bins) -> (samples, frames, C, bins): one copy to the host
@@ -326,9 +321,24 @@ class GraphNetwork:
         return None if write else results
 
 
-def network_for(cfgs, targets=None):
-    """The network that separates on the current context: the folded `InferenceNetwork` on
-    CPU contexts, the training graph's (`GraphNetwork`, cuDNN) on GPU contexts."""
-    from ops import on_cpu
-    chosen = {t: cfgs[t] for t in networks_to_run(cfgs, targets or list(cfgs))}
-    return (InferenceNetwork if on_cpu() else GraphNetwork).from_parameter_scopes(chosen)
+def scope_parameters(scope):
+    """{name: Variable} of nn.parameter_scope(scope), as `weights.load_models` leaves each
+    target's."""
+    with nn.parameter_scope(scope):
+        return nn.get_parameters(grad_only=False)
+
+
+def network_for(cfgs, targets=None, params=None):
+    """The one builder of "the network of these parameters" that separates (or validates) on
+    the current context: the folded `InferenceNetwork` where the numpy kernels run (CPU
+    contexts), the training graph's (`GraphNetwork`, cuDNN's LSTM) elsewhere.
+
+    cfgs: {target: UmxConfig}; targets: those to separate (an X-UMX's branches all run);
+    params: {target: {UMX name: Variable}} (default: each target's parameter scope).
+    """
+    from ops import numpy_kernels
+    chosen = networks_to_run(cfgs, targets or list(cfgs))
+    if params is None:
+        params = {t: scope_parameters(t) for t in chosen}
+    models = {t: (cfgs[t], params[t]) for t in chosen}
+    return InferenceNetwork(models) if numpy_kernels() else GraphNetwork(models)

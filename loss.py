@@ -1,4 +1,5 @@
-"""Training losses: UMX's MSE, and X-UMX's multi-domain loss with the combination scheme.
+"""Training losses: UMX's MSE, and X-UMX's multi-domain loss with the combination scheme, with
+X-UMX's time-domain pieces (the mixture's phase, the estimates' ISTFT).
 
 X-UMX (Sawata et al., ICASSP 2021) scores every combination of 1, 2 or 3 of its four targets
 (14 combinations c), in two domains:
@@ -13,15 +14,18 @@ X-UMX (Sawata et al., ICASSP 2021) scores every combination of 1, 2 or 3 of its 
   (‖s_c‖² + ‖n_c‖²), on the time signals of the ISTFT of the estimates with the mixture's
   phase, `TRIM` samples left out at both ends (where the ISTFT of an excerpt lacks overlap);
 - loss = mcoef L_t + L_f.
+
+Each loss has one numpy implementation (`mse`, `frequency_loss_value`, `time_loss_value`,
+with their gradients), which the CPU functions of the training graph and the validation both
+call, and one in NNabla's functions (`*_graph`, what GPU contexts run), tested equal.
 """
 import itertools
 
 import numpy as np
 import nnabla as nn
 import nnabla.functions as F
-from nnabla.function import PythonFunction
 
-from ops import dense, on_cpu, set_grad
+from ops import NumpyFunction, dense, istft, multiply, numpy_kernels, set_grad
 
 # the 14 combinations of 1, 2 or 3 of the 4 targets, as rows of 0/1 weights
 COMBINATIONS = np.array([[1.0 if j in c else 0.0 for j in range(4)]
@@ -31,181 +35,66 @@ TRIM = 200  # samples of each time signal left out at both ends
 EPS = 1e-10
 
 
-def umx_loss(estimate, target):
-    """UMX: the MSE of one target's magnitude estimate."""
-    if on_cpu():
-        return _MeanSquaredError(nn.get_current_context())(estimate, target)
-    return umx_loss_graph(estimate, target)
+# --------------------------------------------------------------------------------------
+# the numpy implementations
+# --------------------------------------------------------------------------------------
+
+def mse(estimate, target):
+    """UMX's loss: mean((estimate - target)²) of float32 arrays of one shape → (value, the
+    error estimate - target)."""
+    if estimate.shape != target.shape:  # as F.squared_error: no broadcasting
+        raise ValueError("MSE of an estimate %s and a target %s" % (estimate.shape, target.shape))
+    error = estimate - target
+    flat = error.ravel()
+    return float(np.dot(flat, flat)) / flat.size, error
 
 
-def umx_loss_graph(estimate, target):
-    """`umx_loss` in NNabla's own functions (GPU contexts)."""
-    return F.mean(F.squared_error(estimate, target))
+def frequency_loss_value(errors):
+    """X-UMX's L_f of the 4 targets' errors d_j [one shape] → (4 Σ‖d_j‖² + 3 ‖Σ d_j‖²) / (14 N),
+    sums in float64."""
+    total = sum(errors)
+    squares = sum(np.dot(e.ravel().astype(np.float64), e.ravel()) for e in errors)
+    return float((4 * squares + 3 * np.dot(total.ravel().astype(np.float64), total.ravel()))
+                 / (14.0 * errors[0].size))
 
 
-def frequency_loss(estimates, targets):
-    """X-UMX's L_f. estimates: 4 Variables, targets: a Variable [shape=(4, ...)] (each
-    target's magnitude spectrogram, same shapes)."""
-    if on_cpu():
-        return _FrequencyLoss(nn.get_current_context())(*estimates, targets)
-    return frequency_loss_graph(estimates, targets)
+def frequency_loss_grads(errors, scale):
+    """d L_f / d ŝ_j = (8 d_j + 6 Σ d) / (14 N), times `scale`."""
+    total = sum(errors)
+    factor = scale / (14.0 * errors[0].size)
+    return [(8 * error + 6 * total) * factor for error in errors]
 
 
-def frequency_loss_graph(estimates, targets):
-    """`frequency_loss` in NNabla's own functions (GPU contexts)."""
-    errors = [estimate - F.reshape(target, estimate.shape)
-              for estimate, target in zip(estimates, F.split(targets, axis=0))]
-    squares = F.add_n(*[F.sum(F.pow_scalar(e, 2.0)) for e in errors])
-    size = float(np.prod(errors[0].shape))
-    return (4.0 * squares + 3.0 * F.sum(F.pow_scalar(F.add_n(*errors), 2.0))) / (14.0 * size)
-
-
-def time_loss(estimates, targets, mixture):
-    """X-UMX's L_t. estimates, targets: Variables [shape=(4, rows, L)] (time signals, rows =
-    samples x channels), mixture: Variable [shape=(1, rows, L)], already trimmed."""
-    if on_cpu():
-        return _TimeLoss(nn.get_current_context())(estimates, targets, mixture)
-    return time_loss_graph(estimates, targets, mixture)
-
-
-def time_loss_graph(estimates, targets, mixture):
-    """`time_loss` in NNabla's own functions (GPU contexts)."""
-    estimate = _combine(estimates)  # (14, rows, L)
-    target = _combine(targets)
-    mix = F.broadcast(mixture, estimate.shape)
-    noise, noise_estimate = mix - target, mix - estimate
-    target_power, noise_power = _power(target), _power(noise)
-    alpha = target_power / (target_power + noise_power + EPS)
-    return 1.0 + F.mean(-alpha * _cosine(estimate, target, target_power)
-                        - (1.0 - alpha) * _cosine(noise_estimate, noise, noise_power))
-
-
-# On CPU contexts the two losses run as single functions in numpy: NNabla's elementwise
-# functions on the 14 combinations' signals (14 x batch x 2 x 6 s) took most of a step.
-
-class _ScalarLoss(PythonFunction):
-    """A loss of a few Variables → a scalar; the gradient of the first `nb_grad` inputs."""
-
-    def min_outputs(self):
-        return 1
-
-    def setup_impl(self, inputs, outputs):
-        outputs[0].reset_shape((), True)
-
-    def grad_depends_output_data(self, i, o):
-        return False
-
-    def grad_depends_input_data(self, i, j):
-        return True
-
-
-class _MeanSquaredError(_ScalarLoss):
-    """(estimate, target) → mean((estimate - target)²); gradients ±2 (estimate - target) / N."""
-
-    @property
-    def name(self):
-        return "MeanSquaredError"
-
-    def setup_impl(self, inputs, outputs):
-        # as F.squared_error: no broadcasting (a target of another shape is a bug, not data)
-        if tuple(inputs[0].shape) != tuple(inputs[1].shape):
-            raise ValueError("MSE of an estimate %s and a target %s" % (inputs[0].shape,
-                                                                       inputs[1].shape))
-        super().setup_impl(inputs, outputs)
-
-    def _error(self, inputs):
-        return inputs[0].data.get_data("r") - inputs[1].data.get_data("r")
-
-    def forward_impl(self, inputs, outputs):
-        error = self._error(inputs).ravel()
-        outputs[0].data.get_data("w")[...] = np.dot(error, error) / error.size
-
-    def backward_impl(self, inputs, outputs, propagate_down, accum):
-        error = self._error(inputs)
-        error *= 2.0 * float(outputs[0].grad.get_data("r")) / error.size
-        if propagate_down[0]:
-            set_grad(inputs[0], error, accum[0])
-        if propagate_down[1]:
-            set_grad(inputs[1], -error, accum[1])
-
-
-class _FrequencyLoss(_ScalarLoss):
-    """(4 estimates, targets [shape=(4, ...)]) → L_f = (4 Σ‖d_j‖² + 3 ‖Σ d_j‖²) / (14 N);
-    its gradient for estimate j: (8 d_j + 6 Σ d) / (14 N)."""
-
-    @property
-    def name(self):
-        return "FrequencyLoss"
-
-    def _errors(self, inputs):
-        targets = inputs[-1].data.get_data("r")
-        return [inputs[j].data.get_data("r") - targets[j].reshape(inputs[j].shape)
-                for j in range(len(inputs) - 1)]
-
-    def forward_impl(self, inputs, outputs):
-        errors = self._errors(inputs)
-        total = sum(errors)
-        squares = sum(np.dot(e.ravel().astype(np.float64), e.ravel()) for e in errors)
-        value = (4 * squares + 3 * np.dot(total.ravel().astype(np.float64), total.ravel())) / \
-            (14.0 * errors[0].size)
-        outputs[0].data.get_data("w")[...] = value
-
-    def backward_impl(self, inputs, outputs, propagate_down, accum):
-        errors = self._errors(inputs)
-        total = sum(errors)
-        scale = float(outputs[0].grad.get_data("r")) / (14.0 * errors[0].size)
-        for j, error in enumerate(errors):
-            if propagate_down[j]:
-                set_grad(inputs[j], (8 * error + 6 * total) * scale, accum[j])
-
-
-class _TimeLoss(_ScalarLoss):
-    """(estimates, targets [shape=(4, rows, L)], mixture [shape=(1, rows, L)]) → L_t, one
-    combination at a time (memory: one combination's signals)."""
-
-    @property
-    def name(self):
-        return "TimeLoss"
-
-    def _terms(self, inputs, grad_scale=None):
-        """→ the loss; with grad_scale, also d loss / d estimates [shape=(4, rows, L)]."""
-        estimates, targets, mixture = (inputs[k].data.get_data("r") for k in range(3))
-        mixture = mixture[0]
-        rows = mixture.shape[0]
-        total = 0.0
-        grad = np.zeros(estimates.shape, np.float32) if grad_scale is not None else None
-        for weights in COMBINATIONS:
-            members = np.flatnonzero(weights)
-            s_hat, s = estimates[members].sum(axis=0), targets[members].sum(axis=0)
-            n_hat, n = mixture - s_hat, mixture - s
-            terms, g_s = _cosine_terms(s_hat, s, grad_scale is not None)
-            noise_terms, g_n = _cosine_terms(n_hat, n, grad_scale is not None)
-            power_s = _row_power(s)
-            alpha = power_s / (power_s + _row_power(n) + EPS)  # (rows,)
-            total += np.sum(-alpha * terms - (1 - alpha) * noise_terms)
-            if grad is not None:
-                # d/dŝ of -α cos(ŝ, s) - (1 - α) cos(m - ŝ, n); shared by the members
-                g = g_n * _column((1 - alpha) * grad_scale)
-                g -= g_s * _column(alpha * grad_scale)
-                for j in members:
-                    grad[j] += g
-        count = len(COMBINATIONS) * rows
-        return 1.0 + total / count, grad
-
-    def forward_impl(self, inputs, outputs):
-        outputs[0].data.get_data("w")[...] = self._terms(inputs)[0]
-
-    def backward_impl(self, inputs, outputs, propagate_down, accum):
-        if propagate_down[0]:
-            rows = inputs[2].shape[1]
-            scale = float(outputs[0].grad.get_data("r")) / (len(COMBINATIONS) * rows)
-            set_grad(inputs[0], self._terms(inputs, scale)[1], accum[0])
+def time_loss_value(estimates, targets, mixture, grad_scale=None):
+    """X-UMX's L_t: estimates, targets float32 [shape=(4, rows, L)] (time signals, rows =
+    samples x channels), mixture [shape=(rows, L)], already trimmed; one combination at a
+    time (memory: one combination's signals). → (value, and with grad_scale, d value /
+    d estimates times grad_scale [shape=(4, rows, L)], else None)."""
+    rows = mixture.shape[0]
+    total = 0.0
+    grad = np.zeros(estimates.shape, np.float32) if grad_scale is not None else None
+    count = len(COMBINATIONS) * rows
+    for weights in COMBINATIONS:
+        members = np.flatnonzero(weights)
+        s_hat, s = estimates[members].sum(axis=0), targets[members].sum(axis=0)
+        n_hat, n = mixture - s_hat, mixture - s
+        terms, g_s = _cosine_terms(s_hat, s, grad is not None)
+        noise_terms, g_n = _cosine_terms(n_hat, n, grad is not None)
+        power_s = _row_power(s)
+        alpha = power_s / (power_s + _row_power(n) + EPS)  # (rows,)
+        total += np.sum(-alpha * terms - (1 - alpha) * noise_terms)
+        if grad is not None:
+            # d/dŝ of -α cos(ŝ, s) - (1 - α) cos(m - ŝ, n); shared by the members
+            g = g_n * _column((1 - alpha) * grad_scale / count)
+            g -= g_s * _column(alpha * grad_scale / count)
+            for j in members:
+                grad[j] += g
+    return 1.0 + total / count, grad
 
 
 def _row_dot(x, y):
     """Per-row inner products of float32 arrays [shape=(rows, L)] → float64 [shape=(rows,)], on
-    BLAS (float32 sums: the loss of a 16 x 6 s batch moved by 1e-7 relative; a float64 einsum
-    takes 4 times as long)."""
+    BLAS (float32 sums; a float64 computation would take several times as long)."""
     return np.matmul(x[:, None, :], y[:, :, None])[:, 0, 0].astype(np.float64)
 
 
@@ -235,6 +124,133 @@ def _column(per_row):
     return per_row.astype(np.float32)[:, None]
 
 
+def mixture_phasor(spec):
+    """The mixture's phase as a unit phasor: spec (complex) → spec / |spec|, and 1 where the
+    mixture is silent (as the Wiener filter's start)."""
+    magnitude = np.abs(spec)
+    return np.where(magnitude > 0, spec / np.maximum(magnitude, 1e-30), 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# the losses in the training graph: the numpy implementations as functions on CPU contexts,
+# NNabla's own functions on GPU contexts
+# --------------------------------------------------------------------------------------
+
+class _ScalarLoss(NumpyFunction):
+    """A loss of a few Variables → a scalar."""
+
+    def output_shape(self, inputs):
+        return ()
+
+
+class _MeanSquaredError(_ScalarLoss):
+    """(estimate, target) → `mse`; gradients ±2 (estimate - target) / N."""
+
+    def output_shape(self, inputs):
+        if tuple(inputs[0].shape) != tuple(inputs[1].shape):
+            raise ValueError("MSE of an estimate %s and a target %s" % (inputs[0].shape,
+                                                                       inputs[1].shape))
+        return ()
+
+    def _mse(self, inputs):
+        return mse(inputs[0].data.get_data("r"), inputs[1].data.get_data("r"))
+
+    def forward_impl(self, inputs, outputs):
+        outputs[0].data.get_data("w")[...] = self._mse(inputs)[0]
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        _, error = self._mse(inputs)
+        error *= 2.0 * float(outputs[0].grad.get_data("r")) / error.size
+        if propagate_down[0]:
+            set_grad(inputs[0], error, accum[0])
+        if propagate_down[1]:
+            set_grad(inputs[1], -error, accum[1])
+
+
+def umx_loss(estimate, target):
+    """UMX: the MSE of one target's magnitude estimate."""
+    if numpy_kernels():
+        return _MeanSquaredError()(estimate, target)
+    return umx_loss_graph(estimate, target)
+
+
+def umx_loss_graph(estimate, target):
+    """`umx_loss` in NNabla's own functions (GPU contexts)."""
+    return F.mean(F.squared_error(estimate, target))
+
+
+class _FrequencyLoss(_ScalarLoss):
+    """(4 estimates, targets [shape=(4, ...)]) → `frequency_loss_value`."""
+
+    def _errors(self, inputs):
+        targets = inputs[-1].data.get_data("r")
+        return [inputs[j].data.get_data("r") - targets[j].reshape(inputs[j].shape)
+                for j in range(len(inputs) - 1)]
+
+    def forward_impl(self, inputs, outputs):
+        outputs[0].data.get_data("w")[...] = frequency_loss_value(self._errors(inputs))
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        grads = frequency_loss_grads(self._errors(inputs), float(outputs[0].grad.get_data("r")))
+        for j, grad in enumerate(grads):
+            if propagate_down[j]:
+                set_grad(inputs[j], grad, accum[j])
+
+
+def frequency_loss(estimates, targets):
+    """X-UMX's L_f. estimates: 4 Variables, targets: a Variable [shape=(4, ...)] (each
+    target's magnitude spectrogram, same shapes)."""
+    if numpy_kernels():
+        return _FrequencyLoss()(*estimates, targets)
+    return frequency_loss_graph(estimates, targets)
+
+
+def frequency_loss_graph(estimates, targets):
+    """`frequency_loss` in NNabla's own functions (GPU contexts)."""
+    errors = [estimate - F.reshape(target, estimate.shape)
+              for estimate, target in zip(estimates, F.split(targets, axis=0))]
+    squares = F.add_n(*[F.sum(F.pow_scalar(e, 2.0)) for e in errors])
+    size = float(np.prod(errors[0].shape))
+    return (4.0 * squares + 3.0 * F.sum(F.pow_scalar(F.add_n(*errors), 2.0))) / (14.0 * size)
+
+
+class _TimeLoss(_ScalarLoss):
+    """(estimates, targets [shape=(4, rows, L)], mixture [shape=(1, rows, L)]) →
+    `time_loss_value`."""
+
+    def _value(self, inputs, grad_scale=None):
+        estimates, targets, mixture = (inputs[k].data.get_data("r") for k in range(3))
+        return time_loss_value(estimates, targets, mixture[0], grad_scale)
+
+    def forward_impl(self, inputs, outputs):
+        outputs[0].data.get_data("w")[...] = self._value(inputs)[0]
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        if propagate_down[0]:
+            grad = self._value(inputs, float(outputs[0].grad.get_data("r")))[1]
+            set_grad(inputs[0], grad, accum[0])
+
+
+def time_loss(estimates, targets, mixture):
+    """X-UMX's L_t. estimates, targets: Variables [shape=(4, rows, L)] (time signals, rows =
+    samples x channels), mixture: Variable [shape=(1, rows, L)], already trimmed."""
+    if numpy_kernels():
+        return _TimeLoss()(estimates, targets, mixture)
+    return time_loss_graph(estimates, targets, mixture)
+
+
+def time_loss_graph(estimates, targets, mixture):
+    """`time_loss` in NNabla's own functions (GPU contexts)."""
+    estimate = _combine(estimates)  # (14, rows, L)
+    target = _combine(targets)
+    mix = F.broadcast(mixture, estimate.shape)
+    noise, noise_estimate = mix - target, mix - estimate
+    target_power, noise_power = _power(target), _power(noise)
+    alpha = target_power / (target_power + noise_power + EPS)
+    return 1.0 + F.mean(-alpha * _cosine(estimate, target, target_power)
+                        - (1.0 - alpha) * _cosine(noise_estimate, noise, noise_power))
+
+
 def _combine(signals):
     """Variable [shape=(4, rows, L)] → the 14 combinations' sums [shape=(14, rows, L)]."""
     nb_targets, rows, length = signals.shape
@@ -255,22 +271,66 @@ def _cosine(estimate, reference, reference_power):
     return dot / (norms + EPS)
 
 
-def combine(signals):
-    """signals [shape=(4, ...)] → the 14 combinations' sums [shape=(14, ...)]."""
-    flat = signals.reshape(signals.shape[0], -1)
-    return (COMBINATIONS @ flat).reshape((len(COMBINATIONS),) + signals.shape[1:])
+# --------------------------------------------------------------------------------------
+# X-UMX's time-domain signals
+# --------------------------------------------------------------------------------------
+
+def estimate_signals(estimates, phase_real, phase_imag, cfg, length):
+    """The training graph's time signals of the estimates: each magnitude estimate with the
+    mixture's phase through the ISTFT, `TRIM` samples left out at both ends.
+
+    estimates: Variables [shape=(nb_frames, batch, nb_channels, bins)]; phase_real, phase_imag:
+    the mixture's phasor [shape=(batch * 2, bins, nb_frames)] → [shape=(J, batch * 2, length)]
+    (a mono estimate serves both channels).
+    """
+    signals = []
+    for estimate in estimates:
+        nb_frames, batch = estimate.shape[:2]
+        # (T, B, C, bins) -> (B, C, bins, T) -> (B * 2, bins, T)
+        estimate = F.transpose(estimate, (1, 2, 3, 0))
+        if cfg.nb_channels == 1:
+            estimate = F.broadcast(estimate, (batch, 2) + estimate.shape[2:])
+        estimate = F.reshape(estimate, phase_real.shape)
+        signal = istft(multiply(estimate, phase_real), multiply(estimate, phase_imag),
+                       cfg.n_fft, cfg.n_hop)
+        signals.append(signal[:, TRIM:TRIM + length])
+    return F.stack(*signals, axis=0)
 
 
-def time_loss_numpy(estimates, targets, mixture):
-    """L_t in numpy (validation): estimates, targets [shape=(4, rows, L)], mixture [shape=(rows,
-    L)], trimmed. → float"""
-    est, ref = combine(estimates.astype(np.float64)), combine(targets.astype(np.float64))
-    noise, noise_est = mixture[None] - ref, mixture[None] - est
+def xumx_loss(estimates, inputs, cfg, mcoef):
+    """The training graph's multi-domain loss mcoef L_t + L_f of X-UMX's estimates (`inputs`:
+    the graph's Variables mixture's phasor, targets' magnitudes and time signals, mixture's
+    time signal)."""
+    length = inputs["target_time"].shape[-1]
+    signals = estimate_signals(estimates, inputs["phase_real"], inputs["phase_imag"], cfg, length)
+    return mcoef * time_loss(signals, inputs["target_time"], inputs["mixture_time"]) + \
+        frequency_loss(estimates, inputs["targets"])
 
-    def power(x):
-        return np.sum(x * x, axis=-1)
 
-    def cosine(a, b):
-        return np.sum(a * b, axis=-1) / (np.sqrt(power(a) + EPS) * np.sqrt(power(b) + EPS) + EPS)
-    alpha = power(ref) / (power(ref) + power(noise) + EPS)
-    return float(1.0 + np.mean(-alpha * cosine(est, ref) - (1 - alpha) * cosine(noise_est, noise)))
+def reference_magnitudes(sources, cfg):
+    """The targets' magnitudes of a whole track (validation): sources [shape=(J, 2, n)] →
+    [shape=(frames, bins, C, J)], downmixed for mono models."""
+    from spectral import stft
+    reference = np.abs(stft(sources, cfg.n_fft, cfg.n_hop)).transpose(2, 3, 1, 0)
+    return reference.mean(axis=2, keepdims=True) if cfg.nb_channels == 1 else reference
+
+
+def xumx_validation_loss(estimates, reference, mixture, sources, cfg, mcoef, valid_dur):
+    """X-UMX's loss on a whole track (validation): estimates and the targets' magnitudes
+    [shape=(frames, bins, C, J)], the estimates with the mixture's [shape=(n, 2)] phase
+    against sources [shape=(J, 2, n)]; the time term is the mean over segments of `valid_dur`
+    seconds (each trimmed by TRIM at both ends; a shorter track: one)."""
+    from spectral import istft as istft_numpy, stft
+    spec = stft(mixture.T, cfg.n_fft, cfg.n_hop)  # (2, frames, bins)
+    errors = [estimates[..., j] - reference[..., j] for j in range(estimates.shape[-1])]
+    # (frames, bins, C, J) -> (J, C, frames, bins), with the mixture's phase
+    signals = istft_numpy(estimates.transpose(3, 2, 0, 1) * mixture_phasor(spec)[None],
+                          mixture.shape[0], cfg.n_fft, cfg.n_hop).astype(np.float32)
+    n = mixture.shape[0]
+    span = min(n, int(round(valid_dur * cfg.sample_rate)))
+    mix = np.ascontiguousarray(mixture.T, np.float32)
+    terms = [time_loss_value(np.ascontiguousarray(signals[..., a + TRIM:a + span - TRIM]),
+                             np.ascontiguousarray(sources[..., a + TRIM:a + span - TRIM]),
+                             np.ascontiguousarray(mix[:, a + TRIM:a + span - TRIM]))[0]
+             for a in range(0, n - span + 1, span)]
+    return mcoef * float(np.mean(terms)) + frequency_loss_value(errors)

@@ -1,163 +1,25 @@
-"""The Open-Unmix networks in NNabla, with the parameter layouts of the published weights:
-UMX (one network per target) and X-UMX (CrossNet-Open-Unmix: four UMX branches bridged by two
-averages). Both are built from one `Branch`: UMX is a branch alone, X-UMX four of them whose
-LSTMs read the average of their encodings and whose output stages read the average of their
-skip connections (`CrossNet.__call__`, a few lines).
+"""The Open-Unmix networks in NNabla, on the parameter layout of the published weights
+(`layout.py`): UMX (one network per target) and X-UMX (CrossNet-Open-Unmix: four UMX branches
+bridged by two averages). Both are built from one `Branch`: UMX is a branch alone, X-UMX four
+of them whose LSTMs read the average of their encodings and whose output stages read the
+average of their skip connections (`CrossNet.__call__`, a few lines).
 
-One branch's parameters, relative to its `nn.parameter_scope(target)` for UMX (the official
-`<target>.h5`), or with the target as a suffix of the first name part for X-UMX (Sony's
-`x-umx.h5`, no outer scope: `fc1_vocals/affine/W`, `lstm_vocals/lstm/bias`,
-`input_mean_vocals`, ...):
-
-    input_mean (max_bin,)            stores -mean of the mixture magnitude per bin
-    input_scale (max_bin,)           stores 1 / std
-    fc1/affine/W (nb_channels * max_bin, hidden)       fc1/bn/{beta,gamma,mean,var} (1, 1, hidden)
-    lstm/lstm/weight_l0 (D, 4, H, hidden + H)          first LSTM layer, gates (i, f, g, o), [x | h]
-    lstm/lstm/weight (nb_layers - 1, D, 4, H, D*H + H) the other layers
-    lstm/lstm/bias (nb_layers, D, 4, H)
-    fc2/affine/W (2 * hidden, hidden)                  fc2/bn/* (1, 1, hidden)
-    fc3/affine/W (hidden, nb_channels * nb_output_bins)  fc3/bn/* (1, 1, nb_channels * nb_output_bins)
-    output_scale (nb_output_bins,)   output_mean (nb_output_bins,)
-
-with D = 2 directions of H = hidden / 2 units (bidirectional), or D = 1 of H = hidden
-(unidirectional). This is the layout `PF.lstm` creates, so `F.lstm` can run the same
-parameters; the network here runs them through `unrolled_lstm`, which is the same LSTM written
-with batched NNabla functions (one matrix product for the input projections of all frames,
-one batched product per step for both directions) and which also applies dropout between
-layers while training, on every context.
+The LSTM runs the parameters of `PF.lstm`'s layout either as NNabla's fused `F.lstm`
+(`ops.fused_lstm()`: GPU contexts) or as `unrolled_lstm`, the same LSTM written with batched
+functions (one matrix product for the input projections of all frames, the recurrence of
+both directions in one function), which also applies dropout between layers while training.
 """
-import re
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import nnabla as nn
 import nnabla.functions as F
 import nnabla.initializer as I
 from nnabla.parameter import get_parameter_or_create
 
+from layout import branch_name, parameter_shapes
 from ops import batch_norm, dense, fused_lstm, lstm_recurrence, multiply
-from spectral import nnabla_spectrogram
+from vocabulary import XUMX_BRANCHES
 
 LSTM_DROPOUT = 0.4
-# X-UMX's branches, in the order of Sony's code and weights
-XUMX_TARGETS = ("bass", "drums", "vocals", "other")
-
-
-@dataclass
-class UmxConfig:
-    """Everything that fixes the shapes of a UMX model or of one X-UMX branch (and how its
-    STFT is taken). xumx_branches: the targets of the X-UMX this branch is bridged with (all
-    its branches), or () for a UMX target."""
-    nb_channels: int = 2
-    hidden_size: int = 512
-    max_bin: int = 1487
-    nb_output_bins: int = 2049
-    nb_layers: int = 3
-    unidirectional: bool = False
-    n_fft: int = 4096
-    n_hop: int = 1024
-    sample_rate: int = 44100
-    xumx_branches: tuple = ()
-
-    @property
-    def nb_directions(self):
-        return 1 if self.unidirectional else 2
-
-    @property
-    def lstm_hidden_size(self):
-        return self.hidden_size // self.nb_directions
-
-    def to_dict(self):
-        out = asdict(self)
-        out["xumx_branches"] = list(self.xumx_branches)
-        return out
-
-
-def bandwidth_to_max_bin(rate, n_fft, bandwidth):
-    """Number of STFT bins up to `bandwidth` Hz (16 kHz at 44.1 kHz / 4096 → 1487)."""
-    freqs = np.linspace(0, float(rate) / 2, n_fft // 2 + 1, endpoint=True)
-    return int(np.max(np.where(freqs <= bandwidth)[0])) + 1
-
-
-def branch_name(name, target=None):
-    """A branch parameter's stored name: UMX's as it is, X-UMX's with the target as a suffix
-    of its first part (fc1/affine/W → fc1_vocals/affine/W, input_mean → input_mean_vocals)."""
-    if target is None:
-        return name
-    head, sep, rest = name.partition("/")
-    return head + "_" + target + sep + rest
-
-
-_XUMX_NAME = re.compile(r"^(input_mean|input_scale|output_scale|output_mean|fc1|fc2|fc3|lstm)_"
-                        r"(.+?)(/.*)?$")
-
-
-def split_branches(params):
-    """X-UMX parameters {stored name: value} → {target: {UMX name: value}}; {} when the names
-    are not X-UMX's. A name of neither layout is kept under the target None."""
-    out = {}
-    for name, value in params.items():
-        match = _XUMX_NAME.match(name)
-        if match:
-            out.setdefault(match.group(2), {})[match.group(1) + (match.group(3) or "")] = value
-        else:
-            out.setdefault(None, {})[name] = value
-    return out if set(out) - {None} else {}
-
-
-def parameter_shapes(cfg, target=None):
-    """The name → shape table of one branch's parameters (relative to the target scope for
-    UMX; with `target`, X-UMX's suffixed names)."""
-    hid, dirs, h = cfg.hidden_size, cfg.nb_directions, cfg.lstm_hidden_size
-    out = cfg.nb_channels * cfg.nb_output_bins
-    shapes = {
-        "input_mean": (cfg.max_bin,),
-        "input_scale": (cfg.max_bin,),
-        "fc1/affine/W": (cfg.nb_channels * cfg.max_bin, hid),
-        "lstm/lstm/weight_l0": (dirs, 4, h, hid + h),
-        "lstm/lstm/bias": (cfg.nb_layers, dirs, 4, h),
-        "fc2/affine/W": (2 * hid, hid),
-        "fc3/affine/W": (hid, out),
-        "output_scale": (cfg.nb_output_bins,),
-        "output_mean": (cfg.nb_output_bins,),
-    }
-    if cfg.nb_layers > 1:
-        shapes["lstm/lstm/weight"] = (cfg.nb_layers - 1, dirs, 4, h, dirs * h + h)
-    for layer, width in (("fc1", hid), ("fc2", hid), ("fc3", out)):
-        for name in ("beta", "gamma", "mean", "var"):
-            shapes["%s/bn/%s" % (layer, name)] = (1, 1, width)
-    return {branch_name(k, target): v for k, v in shapes.items()}
-
-
-def xumx_parameter_shapes(cfg, targets=XUMX_TARGETS):
-    """The name → shape table of an X-UMX file (Sony's layout: all branches, suffixed)."""
-    shapes = {}
-    for target in targets:
-        shapes.update(parameter_shapes(cfg, target))
-    return shapes
-
-
-def config_from_shapes(shapes, n_hop=1024, sample_rate=44100):
-    """Infer the architecture from one branch's parameter shapes (UMX names).
-
-    Raises KeyError naming a missing parameter, ValueError for inconsistent shapes.
-    """
-    for key in ("input_mean", "fc1/affine/W", "lstm/lstm/weight_l0", "output_scale"):
-        if key not in shapes:
-            raise KeyError(key)
-    max_bin = shapes["input_mean"][0]
-    fc1 = shapes["fc1/affine/W"]
-    if len(fc1) != 2 or fc1[0] % max_bin:
-        raise ValueError("fc1/affine/W has shape %s, not (nb_channels * %d, hidden)" % (fc1, max_bin))
-    lstm = shapes["lstm/lstm/weight_l0"]
-    if len(lstm) != 4 or lstm[0] not in (1, 2):
-        raise ValueError("lstm/lstm/weight_l0 has shape %s, not (directions, 4, H, hidden + H)" % (lstm,))
-    nb_output_bins = shapes["output_scale"][0]
-    nb_layers = 1 + (shapes["lstm/lstm/weight"][0] if "lstm/lstm/weight" in shapes else 0)
-    return UmxConfig(nb_channels=fc1[0] // max_bin, hidden_size=fc1[1], max_bin=max_bin,
-                     nb_output_bins=nb_output_bins, nb_layers=nb_layers,
-                     unidirectional=lstm[0] == 1, n_fft=2 * (nb_output_bins - 1), n_hop=n_hop,
-                     sample_rate=sample_rate)
 
 
 def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout_masks=None):
@@ -248,8 +110,9 @@ class Branch:
             [shape=(nb_frames, nb_samples, nb_channels, nb_output_bins)]
     """
 
-    def __init__(self, cfg, target=None, input_mean=None, input_scale=None):
-        self.cfg, self.target = cfg, target
+    def __init__(self, cfg, target=None, input_mean=None, input_scale=None,
+                 dropout=LSTM_DROPOUT):
+        self.cfg, self.target, self.dropout = cfg, target, dropout
         self.dropout_masks = []
         if input_mean is None:
             input_mean = np.zeros(cfg.max_bin, np.float32)
@@ -296,7 +159,7 @@ class Branch:
             state = (cfg.nb_layers, cfg.nb_directions, nb_samples, cfg.lstm_hidden_size)
             y, _, _ = F.lstm(x, F.constant(0.0, state), F.constant(0.0, state), self.lstm_w0,
                              self.lstm_w, self.lstm_b, num_layers=cfg.nb_layers,
-                             dropout=LSTM_DROPOUT if training else 0.0,
+                             dropout=self.dropout if training else 0.0,
                              bidirectional=cfg.nb_directions == 2, training=training)
             return y
         masks = None
@@ -320,34 +183,30 @@ class Branch:
         x = F.reshape(x, (nb_frames, nb_samples, nb_channels, nb_bins))
         return multiply(F.relu(x), mix)  # exact zeros: not F.mul_n (see ops.py)
 
-    def sample_dropout(self, rngs, p=LSTM_DROPOUT):
+    def sample_dropout(self, rngs):
         """Draw new inverted-dropout masks (keep with probability 1 - p, scaled by 1 / (1 - p)).
 
         rngs: one RandomState per sample of the batch, so that a sample's masks do not depend
         on which batch or process it is in.
         """
+        p = self.dropout
         for mask in self.dropout_masks:
             nb_frames, nb_samples, width = mask.shape
             mask.d = np.stack([rng.uniform(size=(nb_frames, width)) >= p for rng in rngs],
                               axis=1) / (1.0 - p)
 
 
-def _magnitudes(x, cfg):
-    """Time-domain input [shape=(nb_samples, nb_channels, nb_timesteps)] → its magnitude
-    spectrogram; magnitudes [shape=(nb_frames, nb_samples, nb_channels, nb_bins)] as they are;
-    a mono model's input downmixed to one channel."""
-    if x.ndim == 3:
-        x = nnabla_spectrogram(x, cfg.n_fft, cfg.n_hop)
-    if cfg.nb_channels == 1 and x.shape[2] > 1:
-        x = F.mean(x, axis=2, keepdims=True)
-    return x
+def _downmixed(mix, cfg):
+    """A mono model's input: the mixture magnitude downmixed to one channel."""
+    if cfg.nb_channels == 1 and mix.shape[2] > 1:
+        return F.mean(mix, axis=2, keepdims=True)
+    return mix
 
 
 class OpenUnmix:
     """UMX for one target; create and call it inside `nn.parameter_scope(target)`.
 
     Input: magnitude spectrogram [shape=(nb_frames, nb_samples, nb_channels, nb_output_bins)]
-           or time-domain audio [shape=(nb_samples, nb_channels, nb_timesteps)]
     Output: magnitude estimate [shape=(nb_frames, nb_samples, nb_channels, nb_output_bins)]
     (nb_channels == 1 models downmix their input and give a mono estimate.)
 
@@ -356,25 +215,23 @@ class OpenUnmix:
     states, so a resumed run draws the same ones.
     """
 
-    def __init__(self, cfg, input_mean=None, input_scale=None):
+    def __init__(self, cfg, input_mean=None, input_scale=None, dropout=LSTM_DROPOUT):
         self.cfg = cfg
-        self.branch = Branch(cfg, None, input_mean, input_scale)
+        self.branch = Branch(cfg, None, input_mean, input_scale, dropout)
 
     @property
     def dropout_masks(self):
         return self.branch.dropout_masks
 
-    def __call__(self, x, test=True, freeze_bn=False):
-        """freeze_bn: while training, normalize with the running statistics instead of the
-        batch's (then samples do not interact: used to check data-parallel equivalence)."""
-        mix = _magnitudes(x, self.cfg)
-        h = self.branch.encode(mix, test or freeze_bn)  # (T, B, hidden)
+    def __call__(self, x, test=True):
+        mix = _downmixed(x, self.cfg)
+        h = self.branch.encode(mix, test)  # (T, B, hidden)
         lstm = self.branch.recur(h, training=not test)
         # skip connection: (T, B, 2 * hidden)
-        return self.branch.decode(F.concatenate(h, lstm, axis=2), mix, test or freeze_bn)
+        return self.branch.decode(F.concatenate(h, lstm, axis=2), mix, test)
 
-    def sample_dropout(self, rngs, p=LSTM_DROPOUT):
-        self.branch.sample_dropout(rngs, p)
+    def sample_dropout(self, rngs):
+        self.branch.sample_dropout(rngs)
 
 
 class CrossNet:
@@ -385,28 +242,29 @@ class CrossNet:
     nb_samples, nb_channels, nb_output_bins)]} for the branches, in `targets` order.
     """
 
-    def __init__(self, cfg, targets=XUMX_TARGETS, input_mean=None, input_scale=None):
+    def __init__(self, cfg, targets=XUMX_BRANCHES, input_mean=None, input_scale=None,
+                 dropout=LSTM_DROPOUT):
         self.cfg, self.targets = cfg, tuple(targets)
-        self.branches = {t: Branch(cfg, t, input_mean, input_scale) for t in self.targets}
+        self.branches = {t: Branch(cfg, t, input_mean, input_scale, dropout)
+                         for t in self.targets}
 
     @property
     def dropout_masks(self):
         return [m for b in self.branches.values() for m in b.dropout_masks]
 
-    def __call__(self, x, test=True, freeze_bn=False):
-        mix = _magnitudes(x, self.cfg)
-        bn_test = test or freeze_bn
+    def __call__(self, x, test=True):
+        mix = _downmixed(x, self.cfg)
         branches = self.branches.values()
-        h = [b.encode(mix, bn_test) for b in branches]
+        h = [b.encode(mix, test) for b in branches]
         cross_1 = _average(h)  # what every branch's LSTM reads
         skips = [F.concatenate(h_t, b.recur(cross_1, training=not test), axis=2)
                  for h_t, b in zip(h, branches)]
         cross_2 = _average(skips)  # what every branch's output stage reads
-        return {t: b.decode(cross_2, mix, bn_test) for t, b in self.branches.items()}
+        return {t: b.decode(cross_2, mix, test) for t, b in self.branches.items()}
 
-    def sample_dropout(self, rngs, p=LSTM_DROPOUT):
+    def sample_dropout(self, rngs):
         for branch in self.branches.values():
-            branch.sample_dropout(rngs, p)
+            branch.sample_dropout(rngs)
 
 
 def _average(variables):

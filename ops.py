@@ -1,28 +1,25 @@
-"""NNabla functions whose implementation is chosen by the context, in this one place.
+"""NNabla functions whose implementation is chosen in this one place: NNabla's own on GPU
+contexts, numpy-backed `PythonFunction`s (`NumpyFunction`) on CPU contexts, where NNabla's CPU
+kernels are slow (its matrix product is single-threaded Eigen, its elementwise functions slow on
+large arrays).
 
 - `multiply(a, b)`: the elementwise product of two Variables of one shape, with a gradient
-  that holds where an input is zero. NNabla's `F.mul_n` divides the product by each input in
-  its backward pass (NaN where a ReLU output, a silent bin or an LSTM gate is 0: checked in
-  tests/test_ops.py), and `F.mul2` is about five times slower on the CPU.
-- `lstm_recurrence(proj, w_rec)`: an LSTM layer's recurrence, all steps in one function.
-  Unrolled into NNabla functions it is ~10 small functions per step forward and backward
-  (and `F.mul_n`'s division made its gradient NaN on real data); as one function its
-  products run on numpy's BLAS.
+  that holds where an input is zero (NNabla's `F.mul_n` divides the product by each input in
+  its backward pass: NaN where a ReLU output or a gate is 0).
+- `lstm_recurrence(proj, w_rec)`: an LSTM layer's recurrence, all steps in one function (its
+  products on BLAS); on GPU contexts unrolled into batch_matmul, sigmoid, tanh and mul2.
+- `dense(x, W, b)`: `F.affine`.
+- `batch_norm(...)`: `F.batch_normalization` over the last axis.
+- `istft(real, imag)`: `F.istft(center=True)`.
+- `fused_lstm()`: whether the LSTM is NNabla's fused `F.lstm` (cuDNN's, on cudnn contexts) or
+  the unrolled one (`model.unrolled_lstm`: CPU, and cuda contexts, where `F.lstm` would be
+  NNabla's generic LSTM, which ignores dropout).
 
-- `fused_lstm()`: whether the LSTM is NNabla's fused `F.lstm` (GPU contexts: cuDNN's) or
-  the unrolled one (CPU contexts).
-- `istft(real, imag)`: `F.istft` (center=True), whose CPU version is slow (~2 min of an X-UMX
-  training step).
-- `dense(x, W, b)`: `F.affine` (x @ W + b over the axes from base_axis on). NNabla's CPU
-  Affine is single-threaded SSE Eigen (~20 GFLOP/s here); numpy's BLAS runs the same product
-  several times faster.
-- `batch_norm(...)`: `F.batch_normalization` over the last axis; with batch statistics
-  (training) NNabla's CPU version took 1.8 s forward and backward on fc3's (4144, 4098).
-
-On CPU contexts these run as `PythonFunction`s on numpy (forward and backward, accumulating
-gradients as NNabla functions must; a PythonFunction costs ~0.3 ms per call, so they serve
-large tensors or replace many functions at once); GPU contexts use NNabla's own functions
-(`F.mul2`; the recurrence unrolled into batch_matmul, sigmoid, tanh and mul2).
+`numpy_kernels()` makes the choice: on a CPU context, unless `UMX_OPS=nnabla`, which makes
+every choice (here, in `loss.py` and in the training graph's STFT) take the branch that GPU
+contexts take, on any context: so that the test suite runs every line a GPU runs, on the CPU.
+`UMX_LSTM=fused|unrolled` overrides the LSTM's choice alone. Each numpy function is tested equal
+to NNabla's own in values and gradients (tests/test_ops.py).
 """
 import os
 
@@ -37,31 +34,80 @@ def on_cpu():
     return nn.get_current_context().backend[0].split(":")[0] == "cpu"
 
 
+def numpy_kernels():
+    """Whether the project's numpy functions run (CPU contexts), rather than NNabla's own (GPU
+    contexts, or any context with UMX_OPS=nnabla)."""
+    choice = os.environ.get("UMX_OPS", "")
+    if choice not in ("", "numpy", "nnabla"):
+        raise ValueError("UMX_OPS must be 'numpy' or 'nnabla', not %r" % choice)
+    return on_cpu() and choice != "nnabla"
+
+
 def fused_lstm():
-    """Whether the LSTM runs as NNabla's fused `F.lstm` (cuDNN's on GPU contexts, as the seed's
-    PF.lstm did) rather than `model.unrolled_lstm` (CPU contexts: NNabla's CPU F.lstm ignores
-    dropout and is slower). UMX_LSTM=fused or =unrolled overrides the choice (checks)."""
+    """Whether the LSTM runs as NNabla's fused `F.lstm`: on cudnn contexts (cuDNN's LSTM, with
+    dropout), and with UMX_OPS=nnabla (as a cudnn context would). UMX_LSTM=fused or =unrolled
+    overrides the choice (checks)."""
     choice = os.environ.get("UMX_LSTM", "")
     if choice not in ("", "fused", "unrolled"):
         raise ValueError("UMX_LSTM must be 'fused' or 'unrolled', not %r" % choice)
-    return choice == "fused" if choice else not on_cpu()
+    if choice:
+        return choice == "fused"
+    backend = nn.get_current_context().backend[0].split(":")[0]
+    return backend == "cudnn" or (backend == "cpu" and not numpy_kernels())
 
 
-class _Multiply(PythonFunction):
-    """y = a * b (one shape), forward and backward in numpy."""
+class NumpyFunction(PythonFunction):
+    """A function computed with numpy, forward and backward (accumulating gradients as NNabla
+    functions must). Keyword arguments are its `args`; the name is the class's (without its
+    leading underscore); one output, of `output_shape(inputs)`. A Python function costs more
+    per call than an NNabla function: these serve large arrays or replace many small
+    functions at once."""
+
+    def __init__(self, **arguments):
+        super().__init__(nn.get_current_context())
+        self.arguments = arguments
+        vars(self).update(arguments)
 
     @property
     def name(self):
-        return "Multiply"
+        return type(self).__name__.lstrip("_")
+
+    @property
+    def args(self):
+        return dict(self.arguments)
 
     def min_outputs(self):
         return 1
 
+    def output_shape(self, inputs):
+        return inputs[0].shape
+
     def setup_impl(self, inputs, outputs):
+        outputs[0].reset_shape(tuple(self.output_shape(inputs)), True)
+
+    def grad_depends_output_data(self, i, o):
+        return False
+
+    def grad_depends_input_data(self, i, j):
+        return True
+
+
+def set_grad(variable, value, accumulate):
+    if accumulate:
+        grad = variable.grad.get_data("rw")
+        grad += value
+    else:
+        variable.grad.get_data("w")[...] = value
+
+
+class _Multiply(NumpyFunction):
+    """y = a * b (one shape), forward and backward in numpy."""
+
+    def output_shape(self, inputs):
         if inputs[0].shape != inputs[1].shape:
             raise ValueError("multiply: shapes %s and %s differ" % (inputs[0].shape,
                                                                     inputs[1].shape))
-        outputs[0].reset_shape(inputs[0].shape, True)
+        return inputs[0].shape
 
     def forward_impl(self, inputs, outputs):
         np.multiply(inputs[0].data.get_data("r"), inputs[1].data.get_data("r"),
@@ -74,21 +120,15 @@ class _Multiply(PythonFunction):
                 continue
             set_grad(inputs[i], dy * inputs[other].data.get_data("r"), accum[i])
 
-    def grad_depends_output_data(self, i, o):
-        return False
-
-    def grad_depends_input_data(self, i, j):
-        return True
-
 
 def multiply(a, b):
     """a * b [one shape], with a gradient that is right where an input is zero."""
-    if on_cpu():
-        return _Multiply(nn.get_current_context())(a, b)
+    if numpy_kernels():
+        return _Multiply()(a, b)
     return F.mul2(a, b)
 
 
-class _LstmRecurrence(PythonFunction):
+class _LstmRecurrence(NumpyFunction):
     """The recurrence of an LSTM layer (all steps, any number of independent directions):
     proj [shape=(T, D, B, 4H)] (input projections with bias, gates in NNabla's order i, f, g, o,
     each direction in its own time order), w_rec [shape=(D, 4H, H)] → hs [shape=(T, D, B, H)],
@@ -96,28 +136,13 @@ class _LstmRecurrence(PythonFunction):
     the last forward pass are kept for the backward pass (training graphs run forward, then
     backward)."""
 
-    def __init__(self, ctx, keep=True):
-        super().__init__(ctx)
-        self.keep = keep
-
-    @property
-    def args(self):
-        return {"keep": self.keep}
-
-    @property
-    def name(self):
-        return "LstmRecurrence"
-
-    def min_outputs(self):
-        return 1
-
-    def setup_impl(self, inputs, outputs):
+    def output_shape(self, inputs):
         proj, w_rec = inputs
         steps, dirs, batch, width = proj.shape
         if w_rec.shape != (dirs, width, width // 4) or width % 4:
             raise ValueError("lstm_recurrence: projections %s do not fit weights %s"
                              % (proj.shape, w_rec.shape))
-        outputs[0].reset_shape((steps, dirs, batch, width // 4), True)
+        return (steps, dirs, batch, width // 4)
 
     def forward_impl(self, inputs, outputs):
         proj = inputs[0].data.get_data("r")
@@ -181,19 +206,8 @@ class _LstmRecurrence(PythonFunction):
         if propagate_down[1]:
             set_grad(inputs[1], dw, accum[1])
 
-    def grad_depends_output_data(self, i, o):
-        return False
-
     def grad_depends_input_data(self, i, j):
         return j == 1
-
-
-def set_grad(variable, value, accumulate):
-    if accumulate:
-        grad = variable.grad.get_data("rw")
-        grad += value
-    else:
-        variable.grad.get_data("w")[...] = value
 
 
 def lstm_recurrence(proj, w_rec, keep=True):
@@ -201,8 +215,8 @@ def lstm_recurrence(proj, w_rec, keep=True):
     projections with bias, gates i, f, g, o; each of the D independent directions in its own
     time order), w_rec [shape=(D, 4H, H)] → hs [shape=(T, D, B, H)]. keep=False: for
     inference only (no backward pass, no activations kept)."""
-    if on_cpu():
-        return _LstmRecurrence(nn.get_current_context(), keep)(proj, w_rec)
+    if numpy_kernels():
+        return _LstmRecurrence(keep=keep)(proj, w_rec)
     steps, dirs, batch, width = proj.shape
     hid = width // 4
     h, c, outputs = None, None, []
@@ -217,33 +231,18 @@ def lstm_recurrence(proj, w_rec, keep=True):
     return F.stack(*outputs, axis=0)
 
 
-class _Dense(PythonFunction):
+class _Dense(NumpyFunction):
     """y = x @ W (+ b): x [shape=(*lead, nb_in...)] flattened from `base_axis` on, W [shape=
     (nb_in, nb_out)], b [shape=(nb_out,)] → y [shape=(*lead, nb_out)], as F.affine."""
 
-    def __init__(self, ctx, base_axis):
-        super().__init__(ctx)
-        self.base_axis = base_axis
-
-    @property
-    def name(self):
-        return "Dense"
-
-    @property
-    def args(self):
-        return {"base_axis": self.base_axis}
-
-    def min_outputs(self):
-        return 1
-
-    def setup_impl(self, inputs, outputs):
+    def output_shape(self, inputs):
         x, w = inputs[0], inputs[1]
         nb_in = int(np.prod(x.shape[self.base_axis:]))
         if w.shape[0] != nb_in or len(w.shape) != 2:
             raise ValueError("dense: input %s does not fit weights %s" % (x.shape, w.shape))
         if len(inputs) > 2 and inputs[2].shape != (w.shape[1],):
             raise ValueError("dense: bias %s does not fit weights %s" % (inputs[2].shape, w.shape))
-        outputs[0].reset_shape(tuple(x.shape[:self.base_axis]) + (w.shape[1],), True)
+        return tuple(x.shape[:self.base_axis]) + (w.shape[1],)
 
     def _flat(self, array, width):
         return array.reshape(-1, width)
@@ -275,44 +274,23 @@ class _Dense(PythonFunction):
         if len(inputs) > 2 and propagate_down[2]:
             set_grad(inputs[2], dy.sum(axis=0), accum[2])
 
-    def grad_depends_output_data(self, i, o):
-        return False
-
     def grad_depends_input_data(self, i, j):
         return i != 2 and j != 2 and i != j
 
 
 def dense(x, w, b=None, base_axis=1):
     """x @ W (+ b) over the axes of x from `base_axis` on, as `F.affine`."""
-    if on_cpu():
-        function = _Dense(nn.get_current_context(), base_axis)
+    if numpy_kernels():
+        function = _Dense(base_axis=base_axis)
         return function(x, w) if b is None else function(x, w, b)
     return F.affine(x, w, b, base_axis=base_axis)
 
 
-class _BatchNorm(PythonFunction):
+class _BatchNorm(NumpyFunction):
     """(x, beta, gamma, mean, var) → y: batch normalization with the batch's statistics over
     all axes but the last, as F.batch_normalization(axes=[last], batch_stat=True): beta,
     gamma [shape=(1, ..., C)]; the running mean and var are updated in place (var with the
     unbiased batch variance, as NNabla does)."""
-
-    def __init__(self, ctx, decay_rate, eps):
-        super().__init__(ctx)
-        self.decay_rate, self.eps = decay_rate, eps
-
-    @property
-    def name(self):
-        return "BatchNorm"
-
-    @property
-    def args(self):
-        return {"decay_rate": self.decay_rate, "eps": self.eps}
-
-    def min_outputs(self):
-        return 1
-
-    def setup_impl(self, inputs, outputs):
-        outputs[0].reset_shape(inputs[0].shape, True)
 
     def _normalized(self, inputs):
         """→ x - mean [shape=(n, C)], 1 / std [shape=(C,)], batch mean and variance."""
@@ -355,9 +333,6 @@ class _BatchNorm(PythonFunction):
             if propagate_down[k]:
                 set_grad(inputs[k], grad.reshape(inputs[k].shape), accum[k])
 
-    def grad_depends_output_data(self, i, o):
-        return False
-
     def grad_depends_input_data(self, i, j):
         return j == 0 or (i == 0 and j == 2)
 
@@ -365,38 +340,23 @@ class _BatchNorm(PythonFunction):
 def batch_norm(x, beta, gamma, mean, var, batch_stat, decay_rate=0.9, eps=1e-5):
     """F.batch_normalization over the last axis of x: with the batch's statistics (updating
     the running mean and var) when batch_stat, else with the running ones."""
-    if batch_stat and on_cpu():
-        return _BatchNorm(nn.get_current_context(), decay_rate, eps)(x, beta, gamma, mean, var)
+    if batch_stat and numpy_kernels():
+        return _BatchNorm(decay_rate=decay_rate, eps=eps)(x, beta, gamma, mean, var)
     return F.batch_normalization(x, beta, gamma, mean, var, axes=[len(x.shape) - 1],
                                  decay_rate=decay_rate, eps=eps, batch_stat=batch_stat)
 
 
-class _Istft(PythonFunction):
+class _Istft(NumpyFunction):
     """(real, imag) [shape=(rows, bins, frames)] → the project's ISTFT (`spectral.istft`: least
     squares, centered) [shape=(rows, (frames - 1) hop)], as F.istft(center=True); backward:
     `spectral.istft_adjoint`."""
 
-    def __init__(self, ctx, n_fft, n_hop):
-        super().__init__(ctx)
-        self.n_fft, self.n_hop = n_fft, n_hop
-
-    @property
-    def name(self):
-        return "Istft"
-
-    @property
-    def args(self):
-        return {"n_fft": self.n_fft, "n_hop": self.n_hop}
-
-    def min_outputs(self):
-        return 1
-
-    def setup_impl(self, inputs, outputs):
+    def output_shape(self, inputs):
         rows, bins, frames = inputs[0].shape
         if inputs[1].shape != inputs[0].shape or bins != self.n_fft // 2 + 1:
             raise ValueError("istft: spectra %s, %s for n_fft %d" % (inputs[0].shape,
                                                                    inputs[1].shape, self.n_fft))
-        outputs[0].reset_shape((rows, (frames - 1) * self.n_hop), True)
+        return (rows, (frames - 1) * self.n_hop)
 
     def forward_impl(self, inputs, outputs):
         from spectral import istft
@@ -414,9 +374,6 @@ class _Istft(PythonFunction):
             if propagate_down[k]:
                 set_grad(inputs[k], part, accum[k])
 
-    def grad_depends_output_data(self, i, o):
-        return False
-
     def grad_depends_input_data(self, i, j):
         return False
 
@@ -426,7 +383,7 @@ def istft(real, imag, n_fft, n_hop):
     [shape=(rows, (frames - 1) n_hop)], as F.istft(center=True). NNabla's CPU ISTFT took most
     of an X-UMX training step (its backward especially); on CPU contexts this one runs the
     project's own (scipy's FFT)."""
-    if on_cpu():
-        return _Istft(nn.get_current_context(), n_fft, n_hop)(real, imag)
+    if numpy_kernels():
+        return _Istft(n_fft=n_fft, n_hop=n_hop)(real, imag)
     return F.istft(real, imag, n_fft, n_hop, n_fft, window_type="hanning", center=True,
                    pad_mode="constant")

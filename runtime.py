@@ -9,6 +9,9 @@
   is killed with SIGKILL (Linux `PR_SET_PDEATHSIG`), ignore Ctrl-C (the parent handles it and
   ends them), and are killed at once when the parent's work fails or is interrupted.
 - `die_with_parent`: the same guarantee for other child processes (the ffmpeg decoder).
+- `signals_deferred()`: Ctrl-C, SIGTERM and SIGHUP held while NNabla runs a graph, raised when
+  it returns: an exception raised inside a Python function that NNabla's C++ called becomes
+  an unexpected SystemError, never the "interrupted" line.
 - `timed`: stage timings.
 """
 import os
@@ -32,6 +35,41 @@ class Interrupted(BaseException):
 
 def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_held = {"depth": 0, "signal": None, "handlers": {}}
+
+
+def _hold(signum, frame):
+    if _held["signal"] is None:
+        _held["signal"] = signum
+
+
+@contextmanager
+def signals_deferred():
+    """Hold Ctrl-C, SIGTERM and SIGHUP for the block (one NNabla forward or backward pass that
+    may call Python functions), then let the first one arrive as it would have: raised as
+    KeyboardInterrupt / Interrupted, ignored if it was ignored. Nests; outside the main thread
+    it does nothing (only the main thread receives signals)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _held["depth"] == 0:
+        _held["handlers"] = {s: signal.signal(s, _hold) for s in INTERRUPTS}
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+        if _held["depth"] == 0:
+            for signum, handler in _held["handlers"].items():
+                # None: a handler set outside Python, which cannot be restored from here
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+            pending, _held["signal"] = _held["signal"], None
+            if pending is not None:
+                signal.raise_signal(pending)  # the restored handler runs now
 
 
 def run_cli(work, *args, on_error=None):

@@ -21,7 +21,6 @@ import nnabla as nn
 from tqdm import tqdm
 
 from audio import prepare_audio
-from datasets import SOURCES as TARGETS  # noqa: F401 (the default targets)
 from files import TemporaryArrayFile, writing_into
 from inference import network_for
 from runtime import UmxError, timed, worker_pool

@@ -5,7 +5,8 @@ Convention: periodic Hann window, `n_fft`-sample frames every `n_hop` samples, *
 signal is reflect-padded by n_fft // 2 on both sides), no normalization — the conventions of
 `torch.stft` and of NNabla's `F.stft(..., window_type='hanning', center=True,
 pad_mode='reflect')`. Two backends: `stft`/`istft` (numpy/scipy FFT, wherever no gradient
-flows) and `nnabla_spectrogram` (NNabla functions, when the model is fed time-domain Variables).
+flows and the data is on the host) and `nnabla_stft`/`nnabla_spectrogram` (NNabla's F.stft, in
+training graphs on GPU contexts, where the audio goes to the device and the STFT runs there).
 """
 import os
 
@@ -190,6 +191,15 @@ class PaddedSignal:
         return np.asarray(self.signal[start:stop], np.float32)
 
 
+def nnabla_stft(x, n_fft=4096, n_hop=1024):
+    """The STFT with NNabla's F.stft (same convention as `stft`), for graphs on the device.
+
+    x [shape=(rows, nb_timesteps)] Variable → (real, imag) [shape=(rows, nb_bins, nb_frames)]
+    """
+    import nnabla.functions as F
+    return F.stft(x, n_fft, n_hop, n_fft, window_type="hanning", center=True, pad_mode="reflect")
+
+
 def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False):
     """Magnitude spectrogram with NNabla's F.stft (same convention as `stft`).
 
@@ -198,15 +208,21 @@ def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False):
     """
     import nnabla.functions as F
     nb_samples, nb_channels, _ = x.shape
-    real, imag = F.stft(F.reshape(x, (nb_samples * nb_channels, -1)), n_fft, n_hop, n_fft,
-                        window_type="hanning", center=True, pad_mode="reflect")
-    mag = F.pow_scalar(real ** 2 + imag ** 2, 0.5)
-    # (nb_samples * nb_channels, nb_bins, nb_frames) -> (nb_samples, nb_channels, nb_bins, nb_frames)
-    mag = F.reshape(mag, (nb_samples, nb_channels, n_fft // 2 + 1, -1))
+    real, imag = nnabla_stft(F.reshape(x, (nb_samples * nb_channels, -1)), n_fft, n_hop)
+    return magnitude_layout(F.pow_scalar(real ** 2 + imag ** 2, 0.5), nb_samples, mono)
+
+
+def magnitude_layout(magnitude, nb_samples, mono=False):
+    """NNabla STFT magnitudes [shape=(nb_samples * nb_channels, nb_bins, nb_frames)] → the
+    models' layout [shape=(nb_frames, nb_samples, nb_channels or 1, nb_bins)]."""
+    import nnabla.functions as F
+    rows, nb_bins, nb_frames = magnitude.shape
+    # -> (nb_samples, nb_channels, nb_bins, nb_frames)
+    magnitude = F.reshape(magnitude, (nb_samples, rows // nb_samples, nb_bins, nb_frames))
     if mono:
-        mag = F.mean(mag, axis=1, keepdims=True)
+        magnitude = F.mean(magnitude, axis=1, keepdims=True)
     # -> (nb_frames, nb_samples, nb_channels, nb_bins)
-    return F.transpose(mag, (3, 0, 1, 2))
+    return F.transpose(magnitude, (3, 0, 1, 2))
 
 
 def model_layout(spec, mono=False):

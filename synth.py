@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from datasets import SOURCES
+from vocabulary import SOURCES
 from runtime import UmxError
 
 RATE = 44100
@@ -84,16 +84,6 @@ def synth_track(duration, rng, rate=RATE):
     return out
 
 
-# what each kind's generated layout holds: subsets, and how a song is written (see _write_song)
-LAYOUTS = {
-    "musdb": ("train", "test"),
-    "aligned": ("train", "valid"),
-    "sourcefolder": ("train", "valid"),
-    "trackfolder_fix": ("train", "valid"),
-    "trackfolder_var": ("train", "valid"),
-}
-
-
 def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progress=True,
                      kind="musdb"):
     """Write a small dataset of synthetic songs in the layout of `kind` (float WAV, or FLAC
@@ -115,8 +105,9 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
     """
     from tqdm import tqdm
     from files import read_json, write_json_atomic, writing_into
-    if kind not in LAYOUTS:
-        raise UmxError("unknown dataset kind '%s' (choose from %s)" % (kind, ", ".join(LAYOUTS)))
+    from datasets import KINDS
+    if kind not in KINDS:
+        raise UmxError("unknown dataset kind '%s' (choose from %s)" % (kind, ", ".join(KINDS)))
     settings = dict(nb_train=nb_train, nb_test=nb_test, duration=duration, seed=seed, kind=kind)
     record = os.path.join(root, "generated.json")
     if os.path.isfile(record):
@@ -130,45 +121,38 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
         os.makedirs(root, exist_ok=True)
     write_json_atomic(record, settings)
     rng = np.random.RandomState(seed)
-    first, second = LAYOUTS[kind]
+    first, second = KINDS[kind].splits
     jobs = [(first, "Synth %02d" % i) for i in range(nb_train)] + \
            [(second, "Synth Test %02d" % i) for i in range(nb_test)]
     for subset, name in tqdm(jobs, desc="generating %s" % root, disable=not progress):
         song_rng = np.random.RandomState(rng.randint(2 ** 31))
-        _write_song(os.path.join(root, subset), name, kind, duration, song_rng)
+        _write_song(os.path.join(root, subset), name, KINDS[kind], duration, song_rng)
     return root
 
 
 def _write_song(folder, name, kind, duration, rng):
-    """One song's files in `folder` (a subset), the last one written last; kept if complete."""
+    """One song's files in `folder` (a split) in the layout of `kind` (a `datasets.Kind`), the
+    mixture (the sum of the stems as written) last; kept if complete."""
     import soundfile as sf
     from audio import write_audio_atomic
     from files import writing_into
-    if kind == "sourcefolder":
-        duration *= rng.uniform(0.8, 1.2)
+    if kind.duration_spread:
+        duration *= rng.uniform(1 - kind.duration_spread, 1 + kind.duration_spread)
     stems = synth_track(duration, rng)
     peak = np.abs(sum(stems.values())).max()
     stems = {s: a * (0.9 / peak if peak > 0.9 else 1.0) for s, a in stems.items()}
-    if kind == "sourcefolder":
-        paths = {s: os.path.join(folder, s, name + ".wav") for s in SOURCES}
-    elif kind == "trackfolder_fix":
-        paths = {s: os.path.join(folder, name, s + ".flac") for s in SOURCES}
-    elif kind == "trackfolder_var":
-        kept = ["vocals"] + sorted(rng.choice(SOURCES[1:], rng.randint(2, 4), replace=False))
-        paths = {s: os.path.join(folder, name, s + ".wav") for s in kept}
-    else:
-        paths = {s: os.path.join(folder, name, s + ".wav")
-                 for s in (SOURCES if kind == "musdb" else ["vocals"])}
-        paths["mixture"] = os.path.join(folder, name, "mixture.wav")
+    paths = {s: os.path.join(folder, p) for s, p in kind.song(name, rng).items()}
     if all(os.path.isfile(p) for p in paths.values()):
         return
     for path in paths.values():
         with writing_into(folder):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-    for source, path in paths.items():
-        if source == "mixture":  # the sum of the stems as written, last: a song with it is complete
-            audio = sum(sf.read(paths[s], dtype="float32")[0] for s in SOURCES if s in paths) \
-                if kind == "musdb" else sum(stems.values())
+    written = [s for s in paths if s != "mixture"]
+    for source, path in list((s, paths[s]) for s in written) + \
+            ([("mixture", paths["mixture"])] if "mixture" in paths else []):
+        if source == "mixture":
+            audio = sum(sf.read(paths[s], dtype="float32")[0] for s in written) \
+                if len(written) == len(SOURCES) else sum(stems.values())
         else:
             audio = stems[source]
         write_audio_atomic(path, audio, RATE, subtype="PCM_24" if path.endswith(".flac")

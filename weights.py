@@ -1,7 +1,12 @@
 """Weight files: UMX's `<target>.h5` (the official NNabla layout, one target per file, names
-relative to `nn.parameter_scope(target)`), read, checked against the layout, loaded and saved.
+relative to `nn.parameter_scope(target)`) and X-UMX's one file (Sony's `x-umx.h5`): found,
+checked against the layout (`layout.py`) before their data is read, loaded and saved.
+
+Every name and shape is checked and every value must be finite (NNabla's own loader would
+silently initialize a missing name at random); the STFT hop and the sample rate, which the
+shapes cannot tell, come from a `<name>.json` beside the file (training and convert.py write
+it), checked like every configuration (`layout.check_config`), or are the published models'.
 """
-import json
 import os
 import tempfile
 import zipfile
@@ -10,42 +15,67 @@ from dataclasses import replace
 import numpy as np
 import nnabla as nn
 
-from datasets import SOURCES as TARGETS
-from files import atomic_path, write_json_atomic
-from model import (XUMX_TARGETS, OpenUnmix, config_from_shapes, parameter_shapes, split_branches,
-                   xumx_parameter_shapes)
+from files import atomic_path, read_json
+from layout import (check_config, config_field, config_from_shapes, parameter_shapes,
+                    split_branches, xumx_parameter_shapes)
 from runtime import UmxError
+from vocabulary import SOURCES, XUMX_BRANCHES
+
+PUBLISHED_HOP, PUBLISHED_RATE = 1024, 44100
+# the fields of a `<name>.json` config checked against the shapes (hop and rate come from it)
+DESCRIBED_FIELDS = ("nb_channels", "hidden_size", "max_bin", "nb_output_bins", "nb_layers",
+                    "unidirectional", "n_fft")
 
 
-def read_parameter_file(path):
-    """The parameters of one NNabla .h5 file: {name: ndarray} (names as stored), all finite."""
+def parameter_shapes_in(path):
+    """{name: shape} of the datasets of an .h5 file, read without their data."""
     import h5py
+    shapes = {}
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: shapes.__setitem__(name, tuple(obj.shape))
+                         if isinstance(obj, h5py.Dataset) else None)
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
+        raise UmxError("%s is not an NNabla weight file (.h5), or it is damaged" % path) from None
+    if not shapes:
+        raise UmxError("%s holds no parameters" % path)
+    return shapes
+
+
+def read_parameter_file(path, expected=None):
+    """The parameters of one NNabla .h5 file: {name: ndarray} (names as stored), all finite
+    floats. expected {name: shape}: the names and shapes are checked first (`check_parameters`),
+    before any data is read."""
+    import h5py
+    if expected is not None:
+        check_parameters(parameter_shapes_in(path), expected, path)
     try:
         with h5py.File(path, "r") as f:
             params = {}
             f.visititems(lambda name, obj: params.__setitem__(name, obj[()])
                          if isinstance(obj, h5py.Dataset) else None)
-    except (OSError, RuntimeError, ValueError, KeyError):
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
         raise UmxError("%s is not an NNabla weight file (.h5), or it is damaged" % path) from None
     if not params:
         raise UmxError("%s holds no parameters" % path)
     for name, value in params.items():
-        if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
-            raise UmxError("%s: parameter %s holds %s values" % (
-                path, name, "non-float" if not np.issubdtype(value.dtype, np.floating)
-                else "NaN or infinite"))
+        if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating):
+            raise UmxError("%s: parameter %s holds non-float values" % (path, name))
+        if not np.all(np.isfinite(value)):
+            raise UmxError("%s: parameter %s holds NaN or infinite values" % (path, name))
     return params
 
 
 def check_parameters(params, expected, path):
     """Raise UmxError naming the first parameter whose name or shape differs from `expected`
-    ({name: shape}); NNabla's own loader would silently skip or re-initialize it."""
+    ({name: shape}); params: {name: array or shape}."""
     for name, shape in expected.items():
         if name not in params:
             raise UmxError("%s: missing parameter %s" % (path, name))
-        if tuple(params[name].shape) != tuple(shape):
+        found = getattr(params[name], "shape", params[name])
+        if tuple(found) != tuple(shape):
             raise UmxError("%s: parameter %s has shape %s, expected %s"
-                           % (path, name, tuple(params[name].shape), tuple(shape)))
+                           % (path, name, tuple(found), tuple(shape)))
     extra = sorted(set(params) - set(expected))
     if extra:
         raise UmxError("%s: unexpected parameter %s" % (path, extra[0]))
@@ -56,33 +86,39 @@ def restore_parameters(path, scope):
     exactly those names and shapes."""
     with nn.parameter_scope(scope):
         current = nn.get_parameters(grad_only=False)
-    params = read_parameter_file(path)
-    check_parameters(params, {k: v.shape for k, v in current.items()}, path)
+    params = read_parameter_file(path, {k: v.shape for k, v in current.items()})
     for name, var in current.items():
         var.d = params[name]
 
 
-def model_description(path, n_hop=1024, sample_rate=44100):
-    """(n_hop, sample_rate) from the `.json` that training and convert.py write beside a
-    weight file (the weights cannot tell them), or the published models' values."""
+def model_description(path):
+    """The configuration fields of the `.json` that training and convert.py write beside a
+    weight file ({} without one), each checked where it is read."""
     meta_path = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(meta_path):
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)["config"]
-            n_hop, sample_rate = int(meta["n_hop"]), int(meta["sample_rate"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UmxError("%s is not a model description written by train.py" % meta_path)
-    return n_hop, sample_rate
+    if not os.path.isfile(meta_path):
+        return {}
+    meta = read_json(meta_path, "model description")
+    config = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(config, dict):
+        raise UmxError("%s is not a model description written by train.py or convert.py (no "
+                       "'config')" % meta_path)
+    fields = {key: config_field(config, key, meta_path, kind=bool if key == "unidirectional"
+                                else int) for key in DESCRIBED_FIELDS + ("n_hop", "sample_rate")}
+    fields["path"] = meta_path
+    return {k: v for k, v in fields.items() if v is not None}
 
 
-def _config(shapes, path, n_hop, sample_rate):
-    try:
-        return config_from_shapes(shapes, n_hop, sample_rate)
-    except KeyError as exc:
-        raise UmxError("%s: missing parameter %s" % (path, exc.args[0]))
-    except ValueError as exc:
-        raise UmxError("%s: %s" % (path, exc))
+def branch_config(shapes, path):
+    """The configuration of one branch (UMX names) from its shapes and the file's `.json`, the
+    two cross-checked, the whole checked (`check_config`)."""
+    described = model_description(path)
+    cfg = config_from_shapes(shapes, described.get("n_hop", PUBLISHED_HOP),
+                             described.get("sample_rate", PUBLISHED_RATE), where=path)
+    for key in DESCRIBED_FIELDS:
+        if key in described and described[key] != getattr(cfg, key):
+            raise UmxError("%s says %s = %s, but the weights in %s have %s"
+                           % (described["path"], key, described[key], path, getattr(cfg, key)))
+    return check_config(cfg, "%s (with %s)" % (path, described["path"]) if described else path)
 
 
 def _into_scope(scope, params):
@@ -92,40 +128,37 @@ def _into_scope(scope, params):
             var.d = value
 
 
-def load_target(path, target):
-    """Load a UMX `<target>.h5` into `nn.parameter_scope(target)`; return its UmxConfig.
+def is_xumx_file(path):
+    """Whether an .h5 holds an X-UMX (Sony's suffixed names), from its names alone."""
+    return bool(split_branches(parameter_shapes_in(path)))
 
-    The architecture comes from the parameter shapes; n_hop and sample_rate from a
-    `<target>.json` beside the file when there is one.
-    """
-    params = read_parameter_file(path)
-    if split_branches(params):
+
+def load_target(path, target):
+    """Load a UMX `<target>.h5` into `nn.parameter_scope(target)`; return its UmxConfig."""
+    shapes = parameter_shapes_in(path)
+    if split_branches(shapes):
         raise UmxError("%s holds an X-UMX (branches %s), not one UMX target: pass the file "
                        "itself as --model" % (path, ", ".join(
-                           t for t in split_branches(params) if t)))
-    cfg = _config({k: v.shape for k, v in params.items()}, path, *model_description(path))
-    check_parameters(params, parameter_shapes(cfg), path)
-    _into_scope(target, params)
+                           t for t in split_branches(shapes) if t)))
+    cfg = branch_config(shapes, path)
+    _into_scope(target, read_parameter_file(path, parameter_shapes(cfg)))
     return cfg
 
 
 def load_xumx(path):
     """Load an X-UMX file (Sony's `x-umx.h5` layout) → {target: UmxConfig} for all of its
     branches, each branch's parameters in nn.parameter_scope(target) under UMX's names."""
-    params = read_parameter_file(path)
-    branches = split_branches(params)
+    branches = split_branches(parameter_shapes_in(path))
     if not branches:
         raise UmxError("%s holds no X-UMX (no parameter named like fc1_<target>/affine/W)" % path)
     if None in branches:
         raise UmxError("%s: unexpected parameter %s" % (path, sorted(branches[None])[0]))
-    names = tuple([t for t in XUMX_TARGETS if t in branches] +
-                  sorted(t for t in branches if t not in XUMX_TARGETS))
-    first = branches[names[0]]
-    cfg = _config({k: v.shape for k, v in first.items()}, path, *model_description(path))
-    cfg = replace(cfg, xumx_branches=names)
-    check_parameters(params, xumx_parameter_shapes(cfg, names), path)
+    names = tuple([t for t in XUMX_BRANCHES if t in branches] +
+                  sorted(t for t in branches if t not in XUMX_BRANCHES))
+    cfg = replace(branch_config(branches[names[0]], path), xumx_branches=names)
+    params = split_branches(read_parameter_file(path, xumx_parameter_shapes(cfg, names)))
     for target in names:
-        _into_scope(target, branches[target])
+        _into_scope(target, params[target])
     return {target: cfg for target in names}
 
 
@@ -181,90 +214,34 @@ def save_target(path, target):
     save_parameters_atomic(path, params)
 
 
-def _randomize(params, cfg, rng):
-    """Random values in a realistic range for {name: Variable} of UMX or X-UMX names."""
-    for name, var in params.items():
-        if name.endswith("bn/var"):
-            var.d = rng.rand(*var.shape) + 0.5
-        elif name.endswith("/W"):
-            var.d = rng.randn(*var.shape) / np.sqrt(var.shape[0])
-        elif "/bn/" in name or name.startswith("output"):
-            var.d = rng.randn(*var.shape) * 0.1 + (1.0 if name.endswith("gamma") else 0)
-        elif name.startswith("lstm"):
-            var.d = rng.uniform(-1, 1, var.shape) / np.sqrt(cfg.lstm_hidden_size)
+def save_arrays(path, params):
+    """{name: array} as an NNabla parameter file, atomically."""
+    save_parameters_atomic(path, {name: nn.Variable.from_numpy_array(value)
+                                  for name, value in params.items()})
 
 
-def write_random_weights(folder, cfg, targets=TARGETS, seed=0):
-    """Random UMX `<target>.h5` files in the official layout (for tests and benchmarks)."""
-    rng = np.random.RandomState(seed)
-    os.makedirs(folder, exist_ok=True)
-    for target in targets:
-        with nn.parameter_scope("random"):
-            OpenUnmix(cfg, input_mean=rng.rand(cfg.nb_output_bins) * 0.1,
-                      input_scale=rng.rand(cfg.nb_output_bins) + 0.5)(
-                nn.Variable((2, 1, cfg.nb_channels, cfg.nb_output_bins)))
-            _randomize(nn.get_parameters(grad_only=False), cfg, rng)
-        save_target(os.path.join(folder, target + ".h5"), "random")
-        write_json_atomic(os.path.join(folder, target + ".json"), {"config": cfg.to_dict()})
-        with nn.parameter_scope("random"):
-            nn.clear_parameters()
-
-
-def write_random_xumx(path, cfg, seed=0):
-    """A random X-UMX file in Sony's layout (and its .json), for tests and benchmarks."""
-    from model import CrossNet
-    rng = np.random.RandomState(seed)
-    with nn.parameter_scope("random"):
-        CrossNet(cfg, input_mean=rng.rand(cfg.nb_output_bins) * 0.1,
-                 input_scale=rng.rand(cfg.nb_output_bins) + 0.5)(
-            nn.Variable((2, 1, cfg.nb_channels, cfg.nb_output_bins)))
-        _randomize(nn.get_parameters(grad_only=False), cfg, rng)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_target(path, "random")
-    write_json_atomic(os.path.splitext(path)[0] + ".json", {"config": cfg.to_dict()})
-    with nn.parameter_scope("random"):
-        nn.clear_parameters()
-
-
-def load_models(model, targets):
-    """Load the weights for `targets` from --model → {target: UmxConfig}, the parameters in
+def load_models(model, targets=None):
+    """Load the weights of --model → {target: UmxConfig}, the parameters in
     nn.parameter_scope(target) (UMX's names).
 
     model: a UMX folder holding `<target>.h5` per target (the official layout; an official
     `umx*.zip` as it is), or an X-UMX file (Sony's `x-umx.h5`; or a folder or zip holding one).
-    For an X-UMX every branch is loaded (its bridges need them all), and the configs say so
-    (`xumx_branches`).
+    targets: the ones to load (None: every target the model holds). For an X-UMX every branch
+    is loaded (its bridges need them all), and the configs say so (`xumx_branches`). A folder
+    or zip holding more than one model is refused, naming them.
     """
     if not os.path.exists(model):
         raise UmxError("model not found: %s" % model)
     if os.path.isfile(model) and zipfile.is_zipfile(model):
         with tempfile.TemporaryDirectory() as tmp:
-            try:
-                with zipfile.ZipFile(model) as z:
-                    z.extractall(tmp)
-            except (OSError, zipfile.BadZipFile) as exc:
-                raise UmxError("cannot extract %s: %s" % (model, exc))
-            # the official archives hold the files at the top or in one folder
-            folders = [r for r, _, files in os.walk(tmp) if any(f.endswith(".h5") for f in files)]
-            if not folders:
-                raise UmxError("%s holds no .h5 weight files" % model)
-            return load_models(folders[0], targets)
+            return load_models(_extracted_model(model, tmp), targets)
     if os.path.isfile(model):
         if not model.endswith(".h5"):
             raise UmxError("--model %s is neither a folder, a .zip nor an .h5 weight file" % model)
         cfgs = load_xumx(model)
     else:
-        files = sorted(f for f in os.listdir(model) if f.endswith(".h5"))
-        if not all(t + ".h5" in files for t in targets) and len(files) == 1 and \
-                split_branches(read_parameter_file(os.path.join(model, files[0]))):
-            cfgs = load_xumx(os.path.join(model, files[0]))  # a folder holding one X-UMX
-        else:
-            cfgs = {}
-            for target in targets:
-                if target + ".h5" not in files:
-                    raise UmxError("no weights for target '%s' in %s (found: %s)"
-                                   % (target, model, ", ".join(f[:-3] for f in files) or "none"))
-                cfgs[target] = load_target(os.path.join(model, target + ".h5"), target)
+        cfgs = _load_folder(model, targets)
+    targets = list(targets or cfgs)
     missing = [t for t in targets if t not in cfgs]
     if missing:
         raise UmxError("the X-UMX in %s has no branch '%s' (branches: %s)"
@@ -274,3 +251,54 @@ def load_models(model, targets):
         if (cfg.n_fft, cfg.n_hop, cfg.sample_rate) != (first.n_fft, first.n_hop, first.sample_rate):
             raise UmxError("target '%s' uses another STFT or rate than '%s'" % (target, targets[0]))
     return cfgs
+
+
+def _load_folder(folder, targets):
+    """A folder's one model: an X-UMX file, or UMX `<target>.h5` files (those asked for, or
+    all of them in SOURCES' order first)."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".h5") and
+                   os.path.isfile(os.path.join(folder, f)))
+    xumx = [f for f in files if is_xumx_file(os.path.join(folder, f))]
+    if xumx and len(files) > 1:
+        raise UmxError("%s holds more than one model (%s): pass one file, or a folder of one "
+                       "model" % (folder, ", ".join(files)))
+    if xumx:
+        return load_xumx(os.path.join(folder, xumx[0]))
+    found = [f[:-3] for f in files]
+    if not found:
+        pth = sorted(f for f in os.listdir(folder) if f.endswith(".pth"))
+        hint = (": it holds PyTorch weights (%s), convert them first: python convert.py "
+                 "--from-pytorch %s --out %s-nnabla" % (", ".join(pth), folder,
+                                                         folder.rstrip("/"))) if pth else ""
+        raise UmxError("no weight files (.h5) in %s%s" % (folder, hint))
+    if targets is None:
+        targets = [t for t in SOURCES if t in found] + [t for t in found if t not in SOURCES]
+    cfgs = {}
+    for target in targets:
+        if target not in found:
+            raise UmxError("no weights for target '%s' in %s (found: %s)"
+                           % (target, folder, ", ".join(found)))
+        cfgs[target] = load_target(os.path.join(folder, target + ".h5"), target)
+    return cfgs
+
+
+def _extracted_model(archive, tmp):
+    """Extract a weights zip into `tmp` → the one folder of it that holds .h5 files (the
+    official archives hold the files at the top or in one folder); more is refused."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            for name in z.namelist():  # members stay inside tmp
+                if name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
+                    raise UmxError("%s holds a file outside its folder (%s)" % (archive, name))
+            z.extractall(tmp)
+    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise UmxError("cannot extract %s: %s" % (archive, exc))
+    folders = sorted(r for r, _, files in os.walk(tmp) if any(f.endswith(".h5") for f in files))
+    if not folders:
+        raise UmxError("%s holds no .h5 weight files" % archive)
+    if len(folders) > 1:
+        names = [os.path.relpath(f, tmp).replace(".", "(top)", 1) if f == tmp
+                 else os.path.relpath(f, tmp) + "/" for f in folders]
+        raise UmxError("%s holds more than one model (%s): extract the one to use"
+                       % (archive, ", ".join(names)))
+    return folders[0]

@@ -49,8 +49,8 @@ def cpu_and_clean_parameters():
 
 def make_random_weights(folder, targets=("vocals", "drums", "bass", "other"), seed=0, **cfg_kw):
     """Write random `<target>.h5` files in the official layout; return the config."""
-    from model import UmxConfig
-    from weights import write_random_weights
+    from layout import UmxConfig
+    from tools.random_weights import write_random_weights
     cfg = UmxConfig(**cfg_kw)
     write_random_weights(folder, cfg, targets, seed)
     return cfg

@@ -25,8 +25,9 @@ def main():
     import nnabla as nn
     import nnabla.solvers as S
     from comm import get_communicator
-    from datasets import MusdbSamples, epoch_batches, load_tracks
-    from model import UmxConfig
+    from datasets import MusdbSamples, epoch_batches
+    from tracks import load_tracks
+    from layout import UmxConfig
     from train import build_training_graph, dropout_rngs, train_step
     from context import set_context
 
@@ -37,8 +38,11 @@ def main():
     cfg = UmxConfig(hidden_size=8, max_bin=40, nb_output_bins=129, n_fft=256, n_hop=64)
     tracks = load_tracks(args.root, True, "train", log=lambda *a: None)
     dataset = MusdbSamples(tracks, "vocals", seq_dur=0.25, samples_per_track=8, seed=1)
-    graph = build_training_graph(cfg, "vocals", args.batch, 11025,
-                                 freeze_bn=args.freeze_bn)
+    if args.freeze_bn:  # normalize with the running statistics: samples do not interact
+        import model
+        import ops
+        model.batch_norm = lambda *a, batch_stat, **k: ops.batch_norm(*a, batch_stat=False, **k)
+    graph = build_training_graph(cfg, "vocals", args.batch, 11025)
     solver = S.Adam(alpha=0.01)
     with nn.parameter_scope("vocals"):
         solver.set_parameters(nn.get_parameters())

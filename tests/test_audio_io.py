@@ -94,17 +94,18 @@ def test_padded_signal_equals_pad_for_stft(from_file, tmp_path):
 
 
 def test_separating_a_decoded_file_equals_separating_the_array(small_model, tmp_path):
-    from separator import TARGETS, separate
+    from separator import separate
+    from vocabulary import SOURCES
     from weights import load_models
     folder, cfg = small_model
-    cfgs = load_models(folder, TARGETS)
+    cfgs = load_models(folder, list(SOURCES))
     signal = music_like(4.0, cfg.sample_rate)
     path = str(tmp_path / "song.wav")
     sf.write(path, signal, cfg.sample_rate, subtype="FLOAT")
     expected, _ = separate(signal, cfg.sample_rate, cfgs, progress=False)
     with decode_audio(path, rate=cfg.sample_rate, stereo=True) as audio:
         got, _ = separate(audio, cfg.sample_rate, cfgs, progress=False)
-    for name in TARGETS:
+    for name in list(SOURCES):
         assert np.array_equal(got[name], expected[name])
     mono = str(tmp_path / "mono.wav")
     sf.write(mono, signal[:, 0], cfg.sample_rate, subtype="FLOAT")

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, run_script, SMALL, import_script, make_random_weights, music_like
-from separator import TARGETS
+from vocabulary import SOURCES
 from weights import load_models
 from runtime import UmxError
 
@@ -34,13 +34,13 @@ def test_project_test_module_is_imported():
 def test_full_size_official_layout_loads_and_runs(tmp_path):
     folder = str(tmp_path / "umxhq")
     make_random_weights(folder)
-    cfgs = load_models(folder, TARGETS)
+    cfgs = load_models(folder, list(SOURCES))
     assert all(c.hidden_size == 512 and c.max_bin == 1487 and c.nb_channels == 2
                and not c.unidirectional for c in cfgs.values())
     # the official zip, unextracted
     archive = str(tmp_path / "umxhq.zip")
     with zipfile.ZipFile(archive, "w") as z:
-        for t in TARGETS:
+        for t in list(SOURCES):
             z.write(os.path.join(folder, t + ".h5"), "umxhq/%s.h5" % t)
     wav = str(tmp_path / "song.wav")
     sf.write(wav, music_like(1.0, 44100), 44100)
@@ -68,7 +68,7 @@ def test_real_stem_clip_end_to_end(tmp_path, small_model, stem_clip):
                         "--niter", "1", "--residual-model", "--pcm16")
     assert code == 0, err
     written = sorted(os.listdir(out))
-    assert written == sorted([t + ".wav" for t in TARGETS] + ["residual.wav"])
+    assert written == sorted([t + ".wav" for t in list(SOURCES)] + ["residual.wav"])
     info = sf.info(str(out / "vocals.wav"))
     assert info.samplerate == 8000 and info.channels == 2 and info.subtype == "PCM_16"
     assert abs(info.duration - 268288 / 44100) < 1e-3

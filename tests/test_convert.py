@@ -13,15 +13,20 @@ import numpy as np
 import nnabla as nn
 import pytest
 
-from conftest import ROOT, convert_fixture, fixture_reference, import_script, snr
+import conversion
+from conftest import ROOT, convert_fixture, fixture_reference, snr
+from pth import read_checkpoint
 from model import OpenUnmix
 from separator import separate
 from weights import load_models
 from runtime import UmxError
 from spectral import stft
 
-convert = import_script("convert")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
+
+
+def read_pth(path):
+    return read_checkpoint(path)[0]
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +40,14 @@ def converted(tmp_path):
 
 
 def test_both_serializations_read_without_torch():
-    code = ("import sys; sys.path.insert(0, %r); import convert; "
-            "z = convert.read_pth(%r); l = convert.read_pth(%r); "
+    code = ("import sys; sys.path.insert(0, %r); import pth; "
+            "z = pth.read_checkpoint(%r)[0]; l = pth.read_checkpoint(%r)[0]; "
             "assert 'torch' not in sys.modules; print(len(z), len(l))"
             % (ROOT, os.path.join(FIXTURE, "vocals.pth"), os.path.join(FIXTURE, "drums-5e3d0a1b.pth")))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    zipped = convert.read_pth(os.path.join(FIXTURE, "vocals.pth"))
-    legacy = convert.read_pth(os.path.join(FIXTURE, "drums-5e3d0a1b.pth"))
+    zipped = read_pth(os.path.join(FIXTURE, "vocals.pth"))
+    legacy = read_pth(os.path.join(FIXTURE, "drums-5e3d0a1b.pth"))
     assert zipped.keys() == legacy.keys()
     assert zipped["fc1.weight"].shape == (16, 200) and zipped["fc1.weight"].dtype == np.float32
     assert legacy["bn1.num_batches_tracked"].dtype == np.int64
@@ -79,27 +84,35 @@ def test_published_names_without_json_use_the_published_stft(tmp_path):
     folder = str(tmp_path / "umxhq")
     os.makedirs(folder)
     shutil.copyfile(os.path.join(FIXTURE, "vocals.pth"), os.path.join(folder, "vocals-b62c91ce.pth"))
-    cfgs = convert.convert_folder(folder, str(tmp_path / "out"))
-    assert cfgs["vocals"].n_hop == 1024 and cfgs["vocals"].sample_rate == 44100
-    assert load_models(str(tmp_path / "out"), ["vocals"])["vocals"] == cfgs["vocals"]
+    # without a json the published hop (1024) applies, which this small model's 512-sample
+    # window cannot take: refused, never converted into a model that cannot separate
+    with pytest.raises(UmxError, match="n_hop is 1024, expected between 1 and n_fft \\(512\\)"):
+        conversion.convert_checkpoints(folder)
+    state = read_pth(os.path.join(FIXTURE, "vocals.pth"))
+    full = {k: v for k, v in state.items()}
+    params, cfg = conversion.convert_state(full, "x.pth", {"args": {"nhop": 256}})
+    assert cfg.n_hop == 256 and cfg.sample_rate == 44100
+
+
+META = {"args": {"nhop": 128}, "sample_rate": 16000}  # the fixture's STFT
 
 
 def test_state_dict_problems_are_named():
-    state = convert.read_pth(os.path.join(FIXTURE, "vocals.pth"))
+    state = read_pth(os.path.join(FIXTURE, "vocals.pth"))
     missing = dict(state)
     del missing["lstm.weight_hh_l1_reverse"]
     with pytest.raises(UmxError, match="missing tensor lstm.weight_hh_l1_reverse"):
-        convert.convert_state(missing, "x.pth")
+        conversion.convert_state(missing, "x.pth", META)
     wrong = dict(state, **{"fc2.weight": np.zeros((16, 40), np.float32)})
     with pytest.raises(UmxError, match="fc2/affine/W converts to shape \\(40, 16\\)"):
-        convert.convert_state(wrong, "x.pth")
+        conversion.convert_state(wrong, "x.pth", META)
     with pytest.raises(UmxError, match="json says hidden_size=32 but the tensors say 16"):
-        convert.convert_state(state, "x.pth", {"args": {"hidden_size": 32}})
+        conversion.convert_state(state, "x.pth", {"args": {"hidden_size": 32, "nhop": 128}})
     # keys of other openunmix releases: STFT windows, 'module.' prefixes, a sample_rate buffer
     extra = {"module." + k: v for k, v in state.items()}
     extra["module.stft.window"] = np.ones(512, np.float32)
     extra["module.sample_rate"] = np.array(22050.0)
-    params, cfg = convert.convert_state(extra, "x.pth")
+    params, cfg = conversion.convert_state(extra, "x.pth", {"args": {"nhop": 128}})
     assert cfg.sample_rate == 22050 and "stft" not in " ".join(params)
 
 

@@ -7,7 +7,10 @@ import pytest
 import soundfile as sf
 
 from args import get_train_args
-from datasets import SOURCES, MusdbSamples, augment, epoch_batches, load_dataset, load_tracks
+from vocabulary import SOURCES
+from args import data_config
+from datasets import MusdbSamples, augment, epoch_batches, load_dataset
+from tracks import load_tracks
 from runtime import UmxError
 from synth import generate_dataset
 
@@ -39,7 +42,7 @@ def test_generated_dataset_is_musdb_format(synth_root):
 def test_generation_is_reproducible(tmp_path):
     a = generate_dataset(str(tmp_path / "a"), 1, 0, 1.0, seed=3, progress=False)
     b = generate_dataset(str(tmp_path / "b"), 1, 0, 1.0, seed=3, progress=False)
-    for s in SOURCES + ["mixture"]:
+    for s in list(SOURCES) + ["mixture"]:
         x, _ = sf.read(os.path.join(a, "train", "Synth 00", s + ".wav"))
         y, _ = sf.read(os.path.join(b, "train", "Synth 00", s + ".wav"))
         assert np.array_equal(x, y)
@@ -132,7 +135,7 @@ def test_ranks_draw_distinct_slices(synth_root):
 def test_validation_is_whole_and_unaugmented(synth_root):
     args = get_train_args(["--umx-train", "--root", synth_root, "--is-wav", "--source", "bass",
                            "--seq-dur", "1"])
-    data = load_dataset(args, ["bass"], log=lambda *a: None)
+    data = load_dataset(data_config(args), ["bass"], log=lambda *a: None)
     items = list(data.valid_items())
     assert [name for name, _, _ in items] == [t.name for t in data.valid] and items
     for (name, mixture, target), track in zip(items, data.valid):

@@ -8,22 +8,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from args import get_train_args
+from args import data_config, get_train_args
 from conftest import run_script
-from datasets import epoch_batches, load_dataset
+from datasets import KINDS, epoch_batches, load_dataset
 
 TINY = ["--umx-train", "--batch-size", "2", "--hidden-size", "8", "--nfft", "512", "--nhop", "256",
         "--seq-dur", "0.5", "--context", "cpu", "--epochs", "1"]
-# each kind's flags on the layout `data.py --generate --kind` writes
-FLAGS = {
-    "aligned": ["--input-file", "mixture.wav", "--output-file", "vocals.wav",
-                "--samples-per-track", "2"],
-    "sourcefolder": ["--target-dir", "vocals", "--interferer-dirs", "drums", "bass", "other",
-                     "--nb-train-samples", "6", "--nb-valid-samples", "2"],
-    "trackfolder_fix": ["--target-file", "vocals.flac", "--interferer-files", "drums.flac",
-                        "bass.flac", "other.flac", "--samples-per-track", "2"],
-    "trackfolder_var": ["--target-file", "vocals.wav", "--samples-per-track", "2"],
-}
+# each kind's flags on the layout `data.py --generate --kind` writes (`datasets.KINDS`), with
+# small sample counts
+FLAGS = {kind: list(KINDS[kind].example) + extra for kind, extra in {
+    "aligned": ["--samples-per-track", "2"],
+    "sourcefolder": ["--nb-train-samples", "6", "--nb-valid-samples", "2"],
+    "trackfolder_fix": ["--samples-per-track", "2"],
+    "trackfolder_var": ["--samples-per-track", "2"]}.items()}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +39,7 @@ def roots(tmp_path_factory):
 
 def dataset(kind, root, *extra):
     args = get_train_args(["--root", root, "--dataset", kind] + TINY + FLAGS[kind] + list(extra))
-    return load_dataset(args, None, log=lambda *a: None)
+    return load_dataset(data_config(args), log=lambda *a: None)
 
 
 @pytest.mark.parametrize("kind", sorted(FLAGS))
@@ -215,5 +212,5 @@ def test_decode_stems_resumes(tmp_path, stem_clip):
     assert sorted(os.listdir(os.path.join(dst, "train", "B - Two"))) == \
         sorted(n + ".wav" for n in ["mixture", "drums", "bass", "other", "vocals"])
     # and trains as a WAV MUSDB18 root
-    from datasets import load_tracks
+    from tracks import load_tracks
     assert [t.name for t in load_tracks(dst, True, "train")] == ["A - One", "B - Two"]

@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import import_script, run_script
-from datasets import SOURCES
+from conftest import run_script
+from vocabulary import SOURCES
 from synth import generate_dataset
 
-eval_module = import_script("eval")
+import scoring
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_known_estimates_score_as_expected(root, tmp_path):
         out = str(tmp_path / ("eval-" + name))
         code, stdout, err = run_eval("--estimates", est, "--root", root, "--is-wav", "--out-dir", out)
         assert code == 0, err
-        tables[name] = eval_module.aggregate(
+        tables[name] = scoring.aggregate(
             [os.path.join(out, "test", t + ".json") for t in os.listdir(os.path.join(root, "test"))])[0]
         assert os.path.isfile(os.path.join(out, "results.md"))
         assert os.path.isfile(os.path.join(out, "sdr_boxplot.png"))
@@ -57,7 +57,7 @@ def _museval_json(name, frames):
     return {"name": name, "targets": [
         {"name": target, "frames": [
             {"time": float(i), "duration": 1.0,
-             "metrics": {m: values[m][i] for m in eval_module.METRICS}}
+             "metrics": {m: values[m][i] for m in scoring.METRICS}}
             for i in range(len(next(iter(values.values()))))]}
         for target, values in frames.items()]}
 
@@ -67,17 +67,17 @@ def test_aggregation_is_median_of_frames_then_median_of_tracks(tmp_path):
     data = {}
     paths = []
     for k, nb_frames in enumerate((5, 8, 3)):
-        data[k] = {t: {m: list(rng.randn(nb_frames) * 5 + 3) for m in eval_module.METRICS}
+        data[k] = {t: {m: list(rng.randn(nb_frames) * 5 + 3) for m in scoring.METRICS}
                    for t in ("vocals", "drums")}
         data[k]["vocals"]["SDR"][1] = float("nan")  # silent frames are NaN in museval's JSON
         path = str(tmp_path / ("track%d.json" % k))
         with open(path, "w") as f:
             f.write(json.dumps(_museval_json("track%d" % k, data[k])).replace("NaN", "NaN"))
         paths.append(path)
-    table, per_track, unscored = eval_module.aggregate(paths)
+    table, per_track, unscored = scoring.aggregate(paths)
     assert unscored["vocals"] == (3, 16) and unscored["drums"] == (0, 16)
     for target in ("vocals", "drums"):
-        for metric in eval_module.METRICS:
+        for metric in scoring.METRICS:
             by_track = [np.nanmedian(data[k][target][metric]) for k in data]
             assert table.loc[target, metric] == pytest.approx(np.median(by_track))
     assert per_track.shape == (3, 2)
@@ -156,9 +156,9 @@ def test_bad_eval_inputs(root, tmp_path, small_model):
 
 def test_published_scores_beside_ours():
     import pandas as pd
-    assert eval_module.paper_model("models/x-umx.h5") == "x-umx"
-    assert eval_module.paper_model("umxhq.zip") == "umxhq"
-    assert eval_module.paper_model("umx/") == "umx" and eval_module.paper_model("mine/") is None
-    table = pd.DataFrame([[7.0, 1.0, 2.0, 3.0]], index=["vocals"], columns=eval_module.METRICS)
-    line = eval_module.format_table(table, {"vocals": (2, 10)}, "x-umx").splitlines()[-1]
+    assert scoring.paper_model("models/x-umx.h5") == "x-umx"
+    assert scoring.paper_model("umxhq.zip") == "umxhq"
+    assert scoring.paper_model("umx/") == "umx" and scoring.paper_model("mine/") is None
+    table = pd.DataFrame([[7.0, 1.0, 2.0, 3.0]], index=["vocals"], columns=scoring.METRICS)
+    line = scoring.format_table(table, {"vocals": (2, 10)}, "x-umx").splitlines()[-1]
     assert line == "| vocals | 7.00 | 6.61 | 1.00 | - | 2.00 | - | 3.00 | - | 2 of 10 |"

@@ -5,7 +5,8 @@ import nnabla as nn
 import pytest
 
 from conftest import import_script
-from model import XUMX_TARGETS, UmxConfig
+from layout import UmxConfig
+from vocabulary import XUMX_BRANCHES
 
 train_module = import_script("train")
 
@@ -15,9 +16,8 @@ def test_fused_lstm_graph_equals_unrolled(xumx, monkeypatch):
     """Loss and gradients of the training graph, dropout off (F.lstm's on GPUs draws its
     own masks), and outputs in test mode, with the fused and the unrolled LSTM."""
     import model
-    monkeypatch.setattr(model, "LSTM_DROPOUT", 0.0)
     cfg = UmxConfig(hidden_size=8, max_bin=40, nb_output_bins=129, n_fft=256, n_hop=128,
-                    nb_layers=2, xumx_branches=XUMX_TARGETS if xumx else ())
+                    nb_layers=2, xumx_branches=XUMX_BRANCHES if xumx else ())
     rng = np.random.RandomState(0)
     samples = 2048
     mixtures = rng.randn(2, samples, 2).astype(np.float32) * 0.3
@@ -26,7 +26,8 @@ def test_fused_lstm_graph_equals_unrolled(xumx, monkeypatch):
     results = []
     for choice in ("unrolled", "fused"):
         monkeypatch.setenv("UMX_LSTM", choice)
-        graph = train_module.build_training_graph(cfg, scope, 2, samples, mcoef=1.0)
+        graph = train_module.build_training_graph(cfg, scope, 2, samples, mcoef=1.0,
+                                                  dropout=0.0)
         with nn.parameter_scope(scope):
             params = nn.get_parameters()
         for p in params.values():

@@ -3,10 +3,9 @@ import nnabla as nn
 import nnabla.functions as F
 import pytest
 
-from inference import InferenceNetwork
-from model import (OpenUnmix, UmxConfig, bandwidth_to_max_bin, config_from_shapes,
-                   parameter_shapes, unrolled_lstm)
-from spectral import stft
+from inference import InferenceNetwork, scope_parameters
+from layout import UmxConfig, bandwidth_to_max_bin, config_from_shapes, parameter_shapes
+from model import OpenUnmix, unrolled_lstm
 
 
 def V(a, need_grad=False):
@@ -92,18 +91,6 @@ def test_mono_model_downmixes():
     assert np.allclose(y.d, y_mean.d, atol=1e-6)
 
 
-def test_time_domain_input_equals_spectrogram_input():
-    cfg = UmxConfig(hidden_size=8, max_bin=40, nb_output_bins=129, n_fft=256, n_hop=64)
-    audio = np.random.RandomState(0).randn(2, 2, 3000).astype(np.float32)
-    spec = np.abs(stft(audio, 256, 64)).transpose(2, 0, 1, 3)
-    with nn.parameter_scope("m"):
-        model = OpenUnmix(cfg)
-        from_audio, from_spec = model(V(audio)), model(V(spec))
-        F.sink(from_audio, from_spec).forward()
-    assert from_audio.shape == from_spec.shape == spec.shape
-    assert np.allclose(from_audio.d, from_spec.d, rtol=1e-4, atol=1e-5)
-
-
 def test_dropout_only_while_training():
     cfg = UmxConfig(hidden_size=16, max_bin=20, nb_output_bins=33, n_fft=64)
     x = V(np.abs(np.random.RandomState(0).randn(7, 4, 2, 33)))
@@ -153,7 +140,8 @@ def test_inference_network_equals_the_model(cfgs):
                 var.d = rng.uniform(0.5, 1.5, var.shape) if name.endswith("var") else \
                     rng.randn(*var.shape) * 0.5
     # chunks and blocks that do not divide the frames: padded steps and rows are dropped
-    network = InferenceNetwork.from_parameter_scopes(cfgs, block_rows=16)
+    network = InferenceNetwork({t: (cfg, scope_parameters(t)) for t, cfg in cfgs.items()},
+                               block_rows=16)
     got = dict(network.run(spec))
     assert sorted(got) == sorted(cfgs)
     for target, cfg in cfgs.items():

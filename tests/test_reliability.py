@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, SMALL, make_random_weights, music_like, run_script
-from datasets import SOURCES
+from vocabulary import SOURCES
 from synth import generate_dataset
 
 TINY_TRAIN = ["--umx-train", "--is-wav", "--source", "bass", "--batch-size", "2",
@@ -371,7 +371,7 @@ def test_bad_training_data_is_named_before_training(tmp_path, dataset):
 def test_a_track_at_another_rate_is_named(tmp_path, dataset):
     root = copy_dataset(dataset, tmp_path)
     folder = os.path.join(root, "train", "Synth 02")
-    for name in SOURCES + ["mixture"]:
+    for name in list(SOURCES) + ["mixture"]:
         _rewrite(os.path.join(folder, name + ".wav"), lambda a: a[::2], 22050)
     code, _, err = run_script("train", "--root", root, "--output", str(tmp_path / "o"),
                               *TINY_TRAIN)
@@ -383,7 +383,7 @@ def test_mono_stems_are_duplicated_and_said_so(tmp_path, dataset):
     root = copy_dataset(dataset, tmp_path)
     path = os.path.join(root, "train", "Synth 00", "vocals.wav")
     _rewrite(path, lambda a: a[:, :1])
-    from datasets import load_tracks
+    from tracks import load_tracks
     track = [t for t in load_tracks(root, True) if t.name == "Synth 00"][0]
     stereo = track.read("vocals")
     assert stereo.shape[1] == 2 and np.array_equal(stereo[:, 0], stereo[:, 1])
@@ -395,7 +395,8 @@ def test_mono_stems_are_duplicated_and_said_so(tmp_path, dataset):
 
 def test_a_nan_loss_names_the_tracks_and_the_weights(tmp_path, dataset):
     train_module = __import__("conftest").import_script("train")
-    from datasets import MusdbSamples, load_tracks
+    from datasets import MusdbSamples
+    from tracks import load_tracks
     tracks = load_tracks(dataset, True, "train")
     ds = MusdbSamples(tracks, "bass", seq_dur=0.5, samples_per_track=2, seed=1)
     weights = str(tmp_path / "bass.h5")

@@ -5,7 +5,8 @@ import norbert
 import pytest
 
 from conftest import make_random_weights, music_like, snr
-from separator import TARGETS, EstimateStore, estimate_spectrograms, plan_windows, separate
+from separator import EstimateStore, estimate_spectrograms, plan_windows, separate
+from vocabulary import SOURCES
 from weights import load_models
 from wiener import WIENER_EPS, wiener_separate
 from spectral import istft, nb_stft_frames, pad_for_stft, stft
@@ -32,7 +33,7 @@ def test_window_plan_covers_every_frame_once(nb_frames, window, context):
 
 def _mixture_and_models(small_model, seconds=3.0):
     folder, cfg = small_model
-    cfgs = load_models(folder, TARGETS)
+    cfgs = load_models(folder, list(SOURCES))
     audio = music_like(seconds, cfg.sample_rate)
     padded = pad_for_stft(audio.T, cfg.n_fft)
     return cfg, cfgs, audio, padded, nb_stft_frames(audio.shape[0], cfg.n_hop)
@@ -40,9 +41,9 @@ def _mixture_and_models(small_model, seconds=3.0):
 
 def test_windows_with_full_context_equal_one_piece(small_model):
     cfg, cfgs, _, padded, nb_frames = _mixture_and_models(small_model)
-    whole = estimates(padded, nb_frames, cfgs, TARGETS, window=nb_frames, context=0,
+    whole = estimates(padded, nb_frames, cfgs, list(SOURCES), window=nb_frames, context=0,
                                   progress=False)
-    windowed = estimates(padded, nb_frames, cfgs, TARGETS, window=40,
+    windowed = estimates(padded, nb_frames, cfgs, list(SOURCES), window=40,
                                      context=nb_frames, batch=3, progress=False)
     assert whole.shape == (nb_frames, cfg.nb_output_bins, 2, 4)
     assert np.allclose(windowed, whole, rtol=1e-4, atol=1e-5)
@@ -76,10 +77,10 @@ def test_streamed_wiener_equals_norbert(niter, softmask, residual):
 
 def test_separate_shapes_rates_and_channels(small_model):
     folder, cfg = small_model
-    cfgs = load_models(folder, TARGETS)
+    cfgs = load_models(folder, list(SOURCES))
     stereo = music_like(1.5, 8000)
     est, rate = separate(stereo, 8000, cfgs, progress=False)
-    assert rate == 8000 and sorted(est) == sorted(TARGETS)
+    assert rate == 8000 and sorted(est) == sorted(list(SOURCES))
     assert all(e.shape == stereo.shape and e.dtype == np.float32 for e in est.values())
     # other input rates are resampled to the model's
     est, _ = separate(stereo[::2], 4000, cfgs, progress=False)
@@ -99,7 +100,7 @@ def test_separate_shapes_rates_and_channels(small_model):
 
 def test_estimates_sum_to_the_mixture_with_a_residual(small_model):
     folder, cfg = small_model
-    cfgs = load_models(folder, TARGETS)
+    cfgs = load_models(folder, list(SOURCES))
     audio = music_like(2.0, 8000)
     est, _ = separate(audio, 8000, cfgs, niter=1, residual_model=True, progress=False)
     assert "residual" in est
@@ -109,7 +110,7 @@ def test_estimates_sum_to_the_mixture_with_a_residual(small_model):
 
 def test_silence_gives_silent_stems(small_model):
     folder, _ = small_model
-    cfgs = load_models(folder, TARGETS)
+    cfgs = load_models(folder, list(SOURCES))
     est, _ = separate(np.zeros((8000, 2), np.float32), 8000, cfgs, progress=False)
     for e in est.values():
         assert np.isfinite(e).all() and np.abs(e).max() == 0
@@ -137,10 +138,10 @@ def test_windows_match_one_piece_on_30s_of_real_music(tmp_path, stem_clip):
 
 def test_two_processes_equal_one(small_model):
     cfg, cfgs, _, padded, nb_frames = _mixture_and_models(small_model)
-    one = estimates(padded, nb_frames, cfgs, TARGETS, window=50, progress=False,
+    one = estimates(padded, nb_frames, cfgs, list(SOURCES), window=50, progress=False,
                                 processes=1)
     timings = {}
-    two = estimates(padded, nb_frames, cfgs, TARGETS, window=50, progress=False,
+    two = estimates(padded, nb_frames, cfgs, list(SOURCES), window=50, progress=False,
                                 processes=2, timings=timings)
     # equal but for float rounding: one process uses two BLAS threads, workers one each
     assert np.allclose(one, two, rtol=1e-5, atol=1e-6 * np.abs(one).max())
@@ -152,7 +153,7 @@ def test_two_processes_equal_one(small_model):
     assert np.allclose(one, two, rtol=1e-5, atol=1e-6 * np.abs(one).max())
 
 
-@pytest.mark.parametrize("targets,processes", [(TARGETS, 1), (TARGETS, 2), (["bass"], 2)])
+@pytest.mark.parametrize("targets,processes", [(list(SOURCES), 1), (list(SOURCES), 2), (["bass"], 2)])
 def test_network_stage_finds_the_mixture_peak(small_model, targets, processes):
     """The Wiener filter's scale comes from the windows' STFTs: it must be the whole track's."""
     cfg, cfgs, audio, padded, nb_frames = _mixture_and_models(small_model)
@@ -181,12 +182,12 @@ def test_streamed_stems_equal_separate(small_model, tmp_path):
     from separator import separate_stream
     from audio import write_stream
     folder, cfg = small_model
-    cfgs = load_models(folder, TARGETS)
+    cfgs = load_models(folder, list(SOURCES))
     audio = music_like(6.0, cfg.sample_rate)
     whole, rate = separate(audio, cfg.sample_rate, cfgs, progress=False)
     names, rate2, blocks = separate_stream(audio, cfg.sample_rate, cfgs, progress=False)
     blocks = list(blocks)
-    assert names == TARGETS and rate2 == rate and len(blocks) > 1  # several Wiener chunks
+    assert names == list(SOURCES) and rate2 == rate and len(blocks) > 1  # several Wiener chunks
     write_stream(names, rate, iter(blocks), str(tmp_path / "out"))
     for name in names:
         written, file_rate = sf.read(str(tmp_path / "out" / (name + ".wav")), dtype="float32")

@@ -13,10 +13,12 @@ import nnabla.solvers as S
 import pytest
 
 from conftest import ROOT, run_script, import_script
-from datasets import MusdbSamples, epoch_batches, load_tracks
+from datasets import MusdbSamples, epoch_batches
+from tracks import load_tracks
 from synth import generate_dataset
-from model import UmxConfig
+from layout import UmxConfig
 from spectral import stft
+from standardization import compute_statistics
 
 train_module = import_script("train")
 
@@ -46,7 +48,7 @@ def read_params(path):
 
 def test_statistics_match_numpy(root):
     tracks = load_tracks(root, True, "train")
-    mean, std = train_module.compute_statistics((t.read("mixture") for t in tracks), 512, 128,
+    mean, std = compute_statistics((t.read("mixture") for t in tracks), 512, 128,
                                                 progress=False)
     frames = np.concatenate([np.abs(stft(t.read("mixture").T, 512, 128)).mean(axis=0)
                              for t in tracks])
@@ -58,7 +60,7 @@ def test_statistics_match_numpy(root):
 def test_training_steps_lower_the_loss(root):
     tracks = load_tracks(root, True, "train")
     cfg = UmxConfig(hidden_size=16, max_bin=100, nb_output_bins=257, n_fft=512, n_hop=128)
-    mean, std = train_module.compute_statistics((t.read("mixture") for t in tracks), 512, 128,
+    mean, std = compute_statistics((t.read("mixture") for t in tracks), 512, 128,
                                                 progress=False)
     ds = MusdbSamples(tracks, "vocals", seq_dur=0.5, samples_per_track=2, seed=0)
     graph = train_module.build_training_graph(cfg, "vocals", 4, 22050, mean, std)
