@@ -1,15 +1,18 @@
-# make demo  — train a small UMX on a generated MUSDB-format dataset, separate, score (offline)
-# make test  — the test suite
-# make bench — speed and memory of separation on this machine
+# make demo           train a small UMX on a generated MUSDB-format dataset, separate, score
+# make test           the test suite
+# make bench          speed and memory of separation on this machine
+# make gpu-check      on a machine with a GPU: installs the GPU libraries, checks and measures
+# make gpu-env-check  without a GPU: proves the GPU environment loads (a venv apart, ~4 GB)
 # Each first runs scripts/setup.sh: missing system packages (ffmpeg, Open MPI; apt-get when
-# root, else the exact command), the Python 3.10 venv with the pinned packages, mpi4py.
+# root, else the exact command), the Python 3.10 venv with the pinned packages, mpi4py;
+# with GPU=1 also requirements-gpu.txt (NNabla's CUDA extension and NVIDIA's libraries).
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup venv test demo bench gpu-check clean
+.PHONY: setup venv test demo bench gpu-check gpu-env-check clean
 
 setup:
-	@scripts/setup.sh
+	@GPU=$(GPU) scripts/setup.sh $(VENV)
 
 venv: setup
 
@@ -17,15 +20,19 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) demo.py
+	$(PY) tools/demo.py
 
 bench: setup
-	$(PY) benchmark.py --seconds 60 180 600 --xumx --plot bench.png \
+	$(PY) tools/benchmark.py --seconds 60 180 600 --xumx --plot bench.png \
 		$(if $(OPENUNMIX_PYTHON),--vs-openunmix $(OPENUNMIX_PYTHON))
 
-clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+gpu-check:
+	@GPU=1 scripts/setup.sh $(VENV)
+	$(PY) tools/gpu_check.py
 
-# on a machine with a GPU and NNabla's CUDA extension: checks and figures of the GPU paths
-gpu-check: setup
-	$(PY) gpu_check.py
+gpu-env-check:
+	@GPU=1 scripts/setup.sh .venv-gpu-check
+	.venv-gpu-check/bin/python tools/gpu_env_check.py
+
+clean:
+	rm -rf $(VENV) .venv-gpu-check demo_out .pytest_cache

@@ -99,34 +99,83 @@ def _refuse_repeats(parser, args, *names, same=lambda value: value):
 # the CLIs
 # --------------------------------------------------------------------------------------
 
-def add_separation_args(parser, model_required=True):
-    """Flags shared by test.py and eval.py: which model, which targets, the Wiener filter."""
+def model_name_or_path(text):
+    """--model: a file or folder, or the name of a published model (hub.MODELS)."""
+    from hub import MODELS
+    if text in MODELS or os.path.exists(text):
+        return text
+    raise argparse.ArgumentTypeError("%s is neither a file or folder nor a published model (%s)"
+                                     % (text, ", ".join(MODELS)))
+
+
+def add_model_args(parser, default="umxhq", purpose=None):
+    """--model and --context (test.py, eval.py, train.py's fine-tuning)."""
+    parser.add_argument("--model", default=default, type=model_name_or_path,
+                        help=purpose or "a published model by name (%s: downloaded once, "
+                        "cached, verified), a folder of <target>.h5 (or an official .zip), or "
+                        "an X-UMX file (Sony's x-umx.h5)%s"
+                        % (", ".join(_published()), "; default: %(default)s" if default else ""))
+    parser.add_argument("--context", default=None, choices=["cpu", "cuda", "cudnn"],
+                        help="NNabla context (default: cudnn when a GPU is usable, else cpu, "
+                             "saying why); a GPU context that cannot be used is an error")
+
+
+def _published():
+    from hub import MODELS
+    return list(MODELS)
+
+
+def add_separation_args(parser):
+    """Flags shared by test.py and eval.py: the targets and the Wiener filter (None: not
+    given, so that eval.py can refuse them with --estimates)."""
     parser.add_argument("--umx-infer", action="store_true",
-                        help="run UMX inference (kept for the seed's command line)")
-    parser.add_argument("--model", required=model_required, type=existing_path,
-                        help="folder (or official .zip) with one <target>.h5 per target")
-    parser.add_argument("--targets", nargs="+", default=list(SOURCES),
-                        help="targets to separate (default: %(default)s)")
-    parser.add_argument("--niter", type=nonnegative_int, default=1,
-                        help="Wiener filter EM iterations; 0 keeps the network's masks")
-    parser.add_argument("--softmask", action="store_true",
+                        help="accepted for the command line of Sony's NNabla scripts")
+    parser.add_argument("--targets", nargs="+", default=None,
+                        help="targets to separate (default: every target the model holds)")
+    parser.add_argument("--niter", type=nonnegative_int, default=None,
+                        help="Wiener filter EM iterations; 0 keeps the network's masks "
+                             "(default 1)")
+    parser.add_argument("--softmask", action="store_true", default=None,
                         help="start the Wiener filter from a soft mask of the mixture instead "
                              "of the estimated magnitudes with the mixture's phase")
-    parser.add_argument("--alpha", type=positive_float, default=1.0,
-                        help="exponent of the magnitude estimates when --softmask")
-    parser.add_argument("--residual-model", action="store_true",
+    parser.add_argument("--alpha", type=positive_float, default=None,
+                        help="exponent of the magnitude estimates when --softmask (default 1)")
+    parser.add_argument("--residual-model", action="store_true", default=None,
                         help="add a 'residual' source for what the targets leave")
-    parser.add_argument("--context", default=None, choices=["cpu", "cuda", "cudnn"],
-                        help="NNabla context (default: cudnn when a GPU is present, else cpu)")
-    return parser
+    parser.add_argument("-j", "--jobs", type=positive_int, default=None,
+                        help="worker processes of the separation's network (default: what the "
+                             "cores and the memory allow)")
+
+
+SEPARATION_DEFAULTS = {"niter": 1, "softmask": False, "alpha": 1.0, "residual_model": False}
+
+
+def _separation_defaults(args):
+    for flag, default in SEPARATION_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+
+
+def add_quiet(parser):
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing but warnings and errors (no progress bars)")
+
+
+SAMPLE_FORMATS = {"float32": "FLOAT", "int24": "PCM_24", "int16": "PCM_16"}
 
 
 def get_inference_args(argv=None):
-    parser = Parser(prog="test.py", description="Separate songs into stems with Open-Unmix (NNabla)")
-    parser.add_argument("--inputs", nargs="+", required=True, type=existing_file,
-                        help="audio files to separate")
-    parser.add_argument("--out-dir", required=True, type=folder_to_write,
-                        help="where the stems are written")
+    parser = Parser(prog="test.py", description="Separate songs into stems with Open-Unmix "
+                                                "(NNabla): <out-dir>/<song>/<target>.<ext>")
+    parser.add_argument("files", nargs="*", type=existing_file, metavar="FILE",
+                        help="audio files to separate (any format ffmpeg reads)")
+    parser.add_argument("--inputs", nargs="+", default=[], type=existing_file,
+                        help="audio files to separate (as Sony's scripts take them)")
+    parser.add_argument("-o", "--out-dir", "--outdir", dest="out_dir", default="separated",
+                        type=folder_to_write,
+                        help="where each song's folder of stems is written (default: "
+                             "%(default)s)")
+    add_model_args(parser)
     add_separation_args(parser)
     parser.add_argument("--start", type=nonnegative_float, default=0.0,
                         help="start of the excerpt (s)")
@@ -138,16 +187,55 @@ def get_inference_args(argv=None):
                         help="seconds of audio per network window (default: about 24 s); "
                              "windows overlap by 1.5 s of LSTM context on each side, so the "
                              "result stays within 40 dB of one-piece processing")
-    parser.add_argument("--pcm16", action="store_true",
-                        help="write 16-bit PCM WAV instead of 32-bit float")
+    parser.add_argument("--ext", default="wav", choices=["wav", "flac", "mp3"],
+                        help="file format of the stems (default: %(default)s; mp3 through "
+                             "ffmpeg)")
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument("--float32", dest="sample_format", action="store_const",
+                         const="float32", help="32-bit float samples (WAV's default)")
+    formats.add_argument("--int24", dest="sample_format", action="store_const", const="int24",
+                         help="24-bit integer samples (FLAC's default)")
+    formats.add_argument("--int16", "--pcm16", dest="sample_format", action="store_const",
+                         const="int16", help="16-bit integer samples")
+    parser.add_argument("--clip-mode", default=None, choices=["rescale", "clamp"],
+                        help="for stems that would exceed full scale in an integer format or "
+                             "MP3: rescale the song's stems by one gain (default) or clamp the "
+                             "samples; a line says how much")
+    parser.add_argument("--mp3-bitrate", type=_number(int, 8, 320), default=None,
+                        help="--ext mp3: kbit/s (default 320)")
+    add_quiet(parser)
     args = parser.parse_args(argv)
+    args.inputs = args.files + args.inputs
+    if not args.inputs:
+        parser.error("no audio file to separate: give FILE ... (or --inputs FILE ...)")
     _refuse_repeats(parser, args, "targets")
     _refuse_repeats(parser, args, "inputs", same=os.path.realpath)
+    _separation_defaults(args)
+    _output_format(parser, args)
     return args
 
 
+def _output_format(parser, args):
+    """The stems' format: refuse what does not apply to --ext, give the rest its defaults."""
+    if args.ext == "mp3":
+        if args.sample_format:
+            parser.error("argument --%s: MP3 has no sample format (--mp3-bitrate sets its "
+                         "quality)" % args.sample_format)
+    else:
+        if args.mp3_bitrate is not None:
+            parser.error("argument --mp3-bitrate: only --ext mp3 takes it")
+        if args.ext == "flac" and args.sample_format == "float32":
+            parser.error("argument --float32: FLAC holds integer samples (--int24 or --int16)")
+        args.sample_format = args.sample_format or ("int24" if args.ext == "flac" else "float32")
+    if args.ext == "wav" and args.sample_format == "float32" and args.clip_mode:
+        parser.error("argument --clip-mode: float WAV never clips (it applies to --int24, "
+                     "--int16, --ext flac and mp3)")
+    args.clip_mode = args.clip_mode or "rescale"
+    args.mp3_bitrate = args.mp3_bitrate or 320
+
+
 def get_train_args(argv=None):
-    """The seed's training flags, with the seed's defaults."""
+    """The flags of Sony's NNabla training scripts, with their defaults."""
     parser = Parser(prog="train.py", description="Train an Open-Unmix target model (NNabla)")
     parser.add_argument("--umx-train", action="store_true",
                         help="train one UMX target (--source); without it, X-UMX (all four "
@@ -184,7 +272,7 @@ def get_train_args(argv=None):
                              "target (else: an error)")
     parser.add_argument("--random-interferer-mix", action="store_true", default=None,
                         help="trackfolder_var: interferers from a random track")
-    parser.add_argument("--source", default=None,
+    parser.add_argument("--source", "--target", dest="source", default=None,
                         help="UMX's target source (%s; default vocals); X-UMX trains all four"
                         % ", ".join(SOURCES))
     parser.add_argument("--output", default="open-unmix", type=folder_to_write,
@@ -197,22 +285,28 @@ def get_train_args(argv=None):
                         help="epochs without validation improvement before stopping")
     parser.add_argument("--seq-dur", type=any_float, default=6.0,
                         help="seconds per training chunk; <= 0: whole tracks")
-    parser.add_argument("--unidirectional", action="store_true",
+    parser.add_argument("--unidirectional", action="store_true", default=None,
                         help="one LSTM direction of the full hidden size (causal model)")
-    parser.add_argument("--hidden-size", type=positive_int, default=512)
-    parser.add_argument("--nfft", type=positive_int, default=4096)
-    parser.add_argument("--nhop", type=positive_int, default=1024)
+    parser.add_argument("--hidden-size", type=positive_int, default=None, help="default 512")
+    parser.add_argument("--nfft", type=positive_int, default=None, help="default 4096")
+    parser.add_argument("--nhop", type=positive_int, default=None, help="default 1024")
     parser.add_argument("--lr", type=positive_float, default=0.001)
     parser.add_argument("--lr-decay-patience", type=nonnegative_int, default=80)
     parser.add_argument("--lr-decay-gamma", type=fraction, default=0.3)
     parser.add_argument("--weight-decay", type=nonnegative_float, default=0.00001)
-    parser.add_argument("--bandwidth", type=positive_float, default=16000,
-                        help="highest frequency (Hz) the network sees")
-    parser.add_argument("--nb-channels", type=int, default=2, choices=[1, 2])
+    parser.add_argument("--bandwidth", type=positive_float, default=None,
+                        help="highest frequency (Hz) the network sees (default 16000)")
+    parser.add_argument("--nb-channels", type=int, default=None, choices=[1, 2],
+                        help="default 2")
     parser.add_argument("--nb-workers", type=nonnegative_int, default=0,
                         help="threads loading training samples (0: the main thread)")
-    parser.add_argument("--context", default="cudnn", choices=["cpu", "cuda", "cudnn"],
-                        help="NNabla context (falls back to cpu without a GPU)")
+    add_model_args(parser, default=None,
+                   purpose="fine-tune: start from a published model (%s) or weights on disk "
+                           "(UMX: the --source target's <target>.h5; X-UMX: x-umx.h5), the "
+                           "architecture taken from the weights" % ", ".join(_published()))
+    parser.add_argument("--new-statistics", action="store_true",
+                        help="--model: compute the input standardization from this dataset "
+                             "instead of keeping the model's")
     parser.add_argument("--device-id", type=nonnegative_int, default=0)
     parser.add_argument("--seed", type=seed_int, default=42)
     parser.add_argument("--samples-per-track", type=positive_int, default=None,
@@ -225,7 +319,10 @@ def get_train_args(argv=None):
     parser.add_argument("--valid-dur", type=positive_float, default=None,
                         help="X-UMX: seconds per segment of the validation's time-domain loss "
                              "(default 10)")
+    add_quiet(parser)
     args = parser.parse_args(argv)
+    if args.new_statistics and args.model is None:
+        parser.error("argument --new-statistics: only fine-tuning (--model) takes it")
     if args.umx_train:
         for flag in ("mcoef", "valid_dur"):
             if getattr(args, flag) is not None:
@@ -242,6 +339,15 @@ def get_train_args(argv=None):
                          "train one target of a folder dataset with --umx-train")
     _dataset_flags(parser, args)
     _refuse_repeats(parser, args, "source_augmentations")
+    # the architecture: the flags' defaults for a new model; fine-tuning takes the weights'
+    # (and checks the flags given against them)
+    args.architecture_given = {k: v for k, v in vars(args).items()
+                               if k in ARCHITECTURE_DEFAULTS and v is not None}
+    if args.model is not None:
+        return args
+    for flag, default in ARCHITECTURE_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.nfft < 16 or args.nfft % 2:
         parser.error("argument --nfft: must be an even number >= 16, got %d" % args.nfft)
     if args.nhop > args.nfft:
@@ -250,6 +356,10 @@ def get_train_args(argv=None):
         parser.error("argument --hidden-size: must be even for the bidirectional LSTM, got %d"
                      % args.hidden_size)
     return args
+
+
+ARCHITECTURE_DEFAULTS = {"hidden_size": 512, "nfft": 4096, "nhop": 1024, "nb_channels": 2,
+                         "bandwidth": 16000, "unidirectional": False}
 
 
 def _dataset_flags(parser, args):
@@ -303,6 +413,9 @@ def data_config(args):
                          if f.name != "kind"}, kind=args.dataset)
 
 
+MUSDB_TARGETS = list(SOURCES) + ["accompaniment"]
+
+
 def get_eval_args(argv=None):
     parser = Parser(prog="eval.py",
                     description="Separate MUSDB18 tracks and score them with museval (BSSEval v4)")
@@ -310,19 +423,33 @@ def get_eval_args(argv=None):
     parser.add_argument("--is-wav", action="store_true", help="the dataset is decoded WAV")
     parser.add_argument("--subset", default="test", choices=["train", "test"])
     parser.add_argument("--tracks", nargs="+", default=None, help="only these track names")
-    parser.add_argument("--out-dir", required=True, type=folder_to_write,
+    parser.add_argument("-o", "--out-dir", "--outdir", dest="out_dir", required=True,
+                        type=folder_to_write,
                         help="estimates (<subset>/<track>/<target>.wav), museval JSON, tables, plot")
     parser.add_argument("--estimates", default=None, type=existing_dir,
                         help="score estimates already on disk (<dir>/<subset>/<track>/<target>.wav) "
                              "instead of separating with --model")
     parser.add_argument("--cores", type=positive_int, default=1, help="processes scoring tracks")
-    add_separation_args(parser, model_required=False)
+    add_model_args(parser, default=None)
+    add_separation_args(parser)
+    add_quiet(parser)
     args = parser.parse_args(argv)
     _refuse_repeats(parser, args, "targets", "tracks")
     if args.model is None and args.estimates is None:
         parser.error("one of --model or --estimates is required")
     if args.model is not None and args.estimates is not None:
         parser.error("--model and --estimates exclude each other: separate, or score what is there")
+    if args.estimates is not None:
+        # scoring what is on disk: the flags of a separation do not apply
+        for flag in ("niter", "softmask", "alpha", "residual_model", "context", "jobs"):
+            if getattr(args, flag) is not None:
+                parser.error("argument --%s: --estimates scores what is on disk; only a "
+                             "separation (--model) takes it" % flag.replace("_", "-"))
+        unknown = [t for t in args.targets or [] if t not in MUSDB_TARGETS]
+        if unknown:
+            parser.error("argument --targets: %r is no MUSDB18 target (%s)"
+                         % (unknown[0], ", ".join(MUSDB_TARGETS)))
+    _separation_defaults(args)
     return args
 
 
@@ -333,6 +460,7 @@ def get_convert_args(argv=None):
     parser.add_argument("--out", required=True, type=folder_to_write,
                         help="folder for <target>.h5 and <target>.json")
     parser.add_argument("--targets", nargs="+", default=None, help="default: every .pth found")
+    add_quiet(parser)
     args = parser.parse_args(argv)
     _refuse_repeats(parser, args, "targets")
     return args
@@ -357,6 +485,7 @@ def get_data_args(argv=None):
     parser.add_argument("--pcm16", action="store_true",
                         help="--decode-stems: 16-bit PCM instead of float WAV (refused where "
                              "a sample would clip)")
+    add_quiet(parser)
     args = parser.parse_args(argv)
     if args.decode_stems:
         src, dst = args.decode_stems

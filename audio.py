@@ -9,11 +9,12 @@ folder that is published when complete.
 import json
 import os
 import tempfile
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from files import TemporaryArrayFile, atomic_path, staged_folder, writing_into
+import runtime
 from runtime import UmxError, die_with_parent
 
 
@@ -22,7 +23,7 @@ def to_stereo(audio, warn=True):
     duplicated, channels beyond two are dropped (with a warning when `warn`)."""
     if audio.shape[1] > 2:
         if warn:
-            warnings.warn("input has %d channels: using the first two" % audio.shape[1])
+            runtime.warn("input has %d channels: using the first two" % audio.shape[1])
         return audio[:, :2]
     if audio.shape[1] == 1:
         return np.repeat(audio, 2, axis=1)
@@ -256,52 +257,160 @@ def write_audio_atomic(path, audio, rate, subtype="FLOAT", format="WAV"):
         sf.write(tmp, audio, rate, subtype=subtype, format=format)
 
 
-def write_stream(names, rate, blocks, folder, pcm16=False, out_rate=None, staging_root=None,
-                 length=None):
-    """Write blocks [shape=(len(names), nb_channels, n)] to folder/<name>.wav as they come
+@dataclass(frozen=True)
+class StemFormat:
+    """How stems are written: ext 'wav', 'flac' or 'mp3'; subtype (soundfile's: FLOAT,
+    PCM_24, PCM_16; None for MP3); clip_mode 'rescale' (one gain for all of a song's stems,
+    so that they still sum to the mixture) or 'clamp', for formats that cannot hold samples
+    beyond full scale (all but float WAV); the MP3 bitrate (kbit/s, through ffmpeg)."""
+    ext: str = "wav"
+    subtype: str = "FLOAT"
+    clip_mode: str = "rescale"
+    mp3_bitrate: int = 320
+
+    @property
+    def clips(self):
+        return not (self.ext == "wav" and self.subtype == "FLOAT")
+
+
+FULL_SCALE = 1.0 - 2.0 ** -15  # the largest sample 16-bit PCM holds
+
+
+def write_stream(names, rate, blocks, folder, fmt=StemFormat(), out_rate=None,
+                 staging_root=None, length=None):
+    """Write blocks [shape=(len(names), nb_channels, n)] to folder/<name>.<ext> as they come
     (memory stays bounded), resampled to `out_rate` when given; all or nothing (a staging
     folder in `staging_root`, default `folder`, published when every block is written).
+    → one line on what the clip policy did ("" when nothing exceeded full scale).
+
+    Stems of a format that clips are first written as float WAV in the staging folder, their
+    peak noted, then converted block by block with the song's gain (rescale) or clamped,
+    counting the clamped samples: never a silent clip.
 
     length: the stems' exact length in samples at the written rate. Only for resampled stems
     (`out_rate`), whose two resamplings (to the model's rate and back) may round the length
     by a sample or two: those samples are trimmed, or zeros added. Any larger difference is an
     error, never padded.
     """
+    out_rate = out_rate or rate
+    with staged_folder(folder, staging_root) as staging:
+        floats = {name: os.path.join(staging, name + (".float.wav" if fmt.clips else ".wav"))
+                  for name in names}
+        peak = _write_floats(floats, rate, out_rate, blocks, length, staging)
+        if not fmt.clips:
+            return ""
+        gain = min(1.0, FULL_SCALE / peak) if fmt.clip_mode == "rescale" and peak > 0 else 1.0
+        clamped = 0
+        for name, path in floats.items():
+            clamped += _convert(path, os.path.join(staging, name + "." + fmt.ext), fmt, gain,
+                                staging)
+            os.remove(path)
+    if gain < 1.0:
+        return "rescaled by %.2f dB so that no sample exceeds full scale (peak %.3f)" % (
+            20 * np.log10(gain), peak)
+    if clamped:
+        return "%d samples beyond full scale clamped (peak %.3f)" % (clamped, peak)
+    return ""
+
+
+def _write_floats(paths, rate, out_rate, blocks, length, staging):
+    """Write the blocks as float WAVs {name: path} → the largest |sample|."""
     import soundfile as sf
-    resampler = StreamResampler(rate, out_rate) if out_rate and out_rate != rate else None
+    resampler = StreamResampler(rate, out_rate) if out_rate != rate else None
     if length is not None and resampler is None:
         raise ValueError("write_stream: length is only for resampled stems")
-    files, written = [], 0
-    with staged_folder(folder, staging_root) as staging:
-        try:
-            for block, last in _with_last(blocks):
-                nb_stems, nb_channels = block.shape[:2]
-                if not files:
-                    with writing_into(staging):
-                        files = [sf.SoundFile(os.path.join(staging, name + ".wav"), "w",
-                                              out_rate or rate, nb_channels,
-                                              "PCM_16" if pcm16 else "FLOAT", format="WAV")
-                                 for name in names]
-                if resampler:
-                    # (J, C, n) -> (n, J * C): all stems through one resampler
-                    flat = resampler.push(block.reshape(nb_stems * nb_channels, -1).T, final=last)
-                    block = flat.T.reshape(nb_stems, nb_channels, -1)
-                if length is not None:
-                    block = block[..., :length - written]
-                    if last and written + block.shape[-1] < length:
-                        missing = length - written - block.shape[-1]
-                        if missing > RESAMPLING_ROUNDING:
-                            raise UmxError("resampled stems are %d samples short of %d"
-                                           % (missing, length))
-                        block = np.pad(block, ((0, 0), (0, 0), (0, missing)))
+    files, written, peak = [], 0, 0.0
+    try:
+        for block, last in _with_last(blocks):
+            nb_stems, nb_channels = block.shape[:2]
+            if not files:
                 with writing_into(staging):
-                    for f, part in zip(files, block):
-                        f.write(part.T)
-                written += block.shape[-1]
+                    files = [sf.SoundFile(path, "w", out_rate, nb_channels, "FLOAT", format="WAV")
+                             for path in paths.values()]
+            if resampler:
+                # (J, C, n) -> (n, J * C): all stems through one resampler
+                flat = resampler.push(block.reshape(nb_stems * nb_channels, -1).T, final=last)
+                block = flat.T.reshape(nb_stems, nb_channels, -1)
+            if length is not None:
+                block = block[..., :length - written]
+                if last and written + block.shape[-1] < length:
+                    missing = length - written - block.shape[-1]
+                    if missing > RESAMPLING_ROUNDING:
+                        raise UmxError("resampled stems are %d samples short of %d"
+                                       % (missing, length))
+                    block = np.pad(block, ((0, 0), (0, 0), (0, missing)))
+            if block.size:
+                peak = max(peak, float(np.abs(block).max()))
+            with writing_into(staging):
+                for f, part in zip(files, block):
+                    f.write(part.T)
+            written += block.shape[-1]
+    finally:
+        with writing_into(staging):
+            for f in files:
+                f.close()
+    return peak
+
+
+def _convert(source, path, fmt, gain, staging):
+    """A float WAV → `path` in `fmt`, block by block, times `gain`, clamped to full scale →
+    the number of samples clamped."""
+    import soundfile as sf
+    clamped = 0
+    with sf.SoundFile(source) as f:
+        if fmt.ext == "mp3":
+            writer = _Mp3Writer(path, f.samplerate, f.channels, fmt.mp3_bitrate)
+        else:
+            with writing_into(staging):
+                writer = sf.SoundFile(path, "w", f.samplerate, f.channels, fmt.subtype,
+                                      format=fmt.ext.upper())
+        try:
+            for block in f.blocks(blocksize=DECODE_BLOCK_SECONDS * f.samplerate, dtype="float32",
+                                  always_2d=True):
+                if gain != 1.0:
+                    block = block * np.float32(gain)
+                beyond = np.abs(block) > FULL_SCALE
+                if beyond.any():
+                    clamped += int(beyond.sum())
+                    block = np.clip(block, -FULL_SCALE, FULL_SCALE)
+                with writing_into(staging):
+                    writer.write(block)
         finally:
             with writing_into(staging):
-                for f in files:
-                    f.close()
+                writer.close()
+    return clamped
+
+
+class _Mp3Writer:
+    """An MP3 file encoded by an ffmpeg process from float samples written to its stdin."""
+
+    def __init__(self, path, rate, channels, bitrate):
+        import shutil
+        import subprocess
+        if shutil.which("ffmpeg") is None:
+            raise UmxError("--ext mp3 needs ffmpeg, which is not installed (apt-get install "
+                           "ffmpeg)")
+        self.path = path
+        self.errors = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-v", "error", "-f", "f32le", "-ar", str(rate), "-ac",
+             str(channels), "-i", "pipe:0", "-b:a", "%dk" % bitrate, "-f", "mp3", path],
+            stdin=subprocess.PIPE, stderr=self.errors, preexec_fn=die_with_parent)
+
+    def write(self, block):
+        self.proc.stdin.write(np.ascontiguousarray(block, np.float32).tobytes())
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        if self.proc.wait():
+            self.errors.seek(0)
+            lines = self.errors.read().decode(errors="replace").strip().splitlines()
+            raise OSError("ffmpeg could not encode %s: %s"
+                          % (self.path, lines[-1] if lines else "exit %d" % self.proc.returncode))
+        self.errors.close()
 
 
 # samples by which resampling to another rate and back may change a length

@@ -1,7 +1,10 @@
 """Data-parallel communication for `mpirun -n N python train.py ...`.
 
-- CUDA/cuDNN context under MPI: NNabla's `MultiProcessDataParallelCommunicator` (NCCL; needs
-  the nnabla-ext-cuda*-nccl* build), one GPU per rank.
+- GPU contexts under MPI: NNabla's `MultiProcessDataParallelCommunicator` (NCCL), one GPU per
+  rank (the rank's local rank on its node picks the GPU). Since NNabla 1.32 the plain CUDA
+  extension (nnabla-ext-cuda120) loads NCCL and Open MPI at run time: they must be installed on
+  each node (NCCL 2 >= 2.10.3, Open MPI's libmpi.so), or NNabla's multi-GPU container image
+  used; the older nnabla-ext-cuda*-nccl2-mpi* packages end at CUDA 11.0.
 - CPU context under MPI: gradient averaging with MPI itself (mpi4py `Allreduce`).
 - No MPI (or one rank): `get_communicator` returns None and training runs as a single process.
 
@@ -14,7 +17,6 @@ import os
 import numpy as np
 import nnabla as nn
 
-from context import gpu_available
 from runtime import UmxError
 
 MPI_HINT = ("apt-get install -y openmpi-bin libopenmpi-dev && pip install mpi4py==4.1.2")
@@ -29,12 +31,25 @@ def mpi_world_size():
 
 
 def get_communicator(context):
-    """The communicator for this process, or None when not under a multi-rank mpirun."""
+    """The communicator for this process, or None when not under a multi-rank mpirun.
+    context: --context (None: NCCL when a GPU is usable, else MPI on the CPU)."""
     if mpi_world_size() <= 1:
         return None
-    if context in ("cuda", "cudnn") and gpu_available():
+    if context is None:
+        from context import gpu_available
+        context = "cudnn" if gpu_available() else "cpu"
+    if context in ("cuda", "cudnn"):
         return NcclCommunicator(context)
     return CpuMpiCommunicator()
+
+
+def local_rank():
+    """This rank's index among the ranks of its node (mpirun's environment), 0 without."""
+    for var in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMIX_LOCAL_RANK",
+                "SLURM_LOCALID"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 0
 
 
 def _statistics(scope):
@@ -104,25 +119,43 @@ class CpuMpiCommunicator:
         self.comm.Abort(code)
 
 
-class NcclCommunicator:
-    """NNabla's NCCL data-parallel communicator, one GPU per rank."""
+NCCL_HINT = ("NNabla's CUDA extension loads NCCL and Open MPI at run time: install NCCL 2 "
+             "(>= 2.10.3) and Open MPI (libmpi.so) on every node, or use NNabla's multi-GPU "
+             "container image")
 
-    def __init__(self, context):
-        from nnabla.ext_utils import get_extension_context
+
+class NcclCommunicator:
+    """NNabla's NCCL data-parallel communicator, one GPU per rank. Before it starts, the GPU is
+    checked (`context.gpu_status`) and this rank's local rank against the node's GPUs; any
+    start-up failure is one UmxError (train.py then aborts the whole job). The keyword
+    arguments replace NNabla's pieces (tests run the start-up on a machine without a GPU)."""
+
+    def __init__(self, context, status=None, device_count=None, communicators=None,
+                 extension_context=None):
+        from context import gpu_status
+        usable, why = (status or gpu_status)()
+        if not usable:
+            raise UmxError("mpirun with --context %s: %s" % (context, why))
+        rank = local_rank()
+        devices = (device_count or _device_count)()
+        if rank >= devices:
+            raise UmxError("this node runs rank %d but has %d GPU%s: start at most one rank per "
+                           "GPU (mpirun -n, or CUDA_VISIBLE_DEVICES)"
+                           % (rank, devices, "s" if devices != 1 else ""))
         try:
-            import nnabla.communicators as C
-            ctx = get_extension_context(context)
-            self.comm = C.MultiProcessDataParallelCommunicator(ctx)
+            if extension_context is None:
+                from nnabla.ext_utils import get_extension_context as extension_context
+            if communicators is None:
+                import nnabla.communicators as communicators
+            ctx = extension_context(context, device_id=str(rank))
+            self.comm = communicators.MultiProcessDataParallelCommunicator(ctx)
+            self.comm.init()
         except Exception as exc:
-            raise UmxError("mpirun with --context %s needs NNabla's NCCL build "
-                           "(pip install nnabla-ext-cuda120-nccl2-mpi3-1-6, see README): %s"
-                           % (context, exc))
-        self.comm.init()
+            text = str(exc).strip().splitlines()
+            raise UmxError("mpirun with --context %s: NNabla's NCCL communicator did not start "
+                           "(%s): %s" % (context, text[0] if text else type(exc).__name__,
+                                         NCCL_HINT)) from None
         self.rank, self.size, self.local_rank = self.comm.rank, self.comm.size, self.comm.local_rank
-        from nnabla_ext.cuda import get_device_count
-        if get_device_count() < self.comm.size and self.local_rank >= get_device_count():
-            raise UmxError("%d ranks but only %d GPUs on this node: start at most one rank per GPU"
-                           % (self.size, get_device_count()))
 
     def broadcast_parameters(self, scope):
         with nn.parameter_scope(scope):
@@ -147,4 +180,19 @@ class NcclCommunicator:
         self.comm.barrier()
 
     def abort(self, code=1):
-        os._exit(code)
+        abort_job(code)
+
+
+def _device_count():
+    import nnabla_ext.cuda
+    return nnabla_ext.cuda.get_device_count()
+
+
+def abort_job(code=1):
+    """End every rank of the job (MPI_Abort), or this process when MPI is not at hand."""
+    try:
+        from mpi4py import MPI
+        MPI.COMM_WORLD.Abort(code)
+    except ImportError:
+        pass
+    os._exit(code)

@@ -12,10 +12,11 @@ mapping is `conversion.py`.
 import os
 
 from args import get_convert_args
-from runtime import run_cli
+from runtime import run_cli, say, set_quiet
 
 
 def run(args):
+    set_quiet(args.quiet)
     from conversion import convert_checkpoints, find_checkpoints, write_converted
     from files import output_folder, refuse_overlaps
     converted = convert_checkpoints(args.from_pytorch, args.targets)
@@ -27,7 +28,7 @@ def run(args):
     with output_folder(args.out, "--out"):
         write_converted(converted, args.out)
     for name, (_, cfg, _) in converted.items():
-        print("%s: %shidden %d, %d channels, max_bin %d, %s -> %s"
+        say("%s: %shidden %d, %d channels, max_bin %d, %s -> %s"
               % (name, "X-UMX branches %s, " % ", ".join(cfg.xumx_branches)
                  if cfg.xumx_branches else "", cfg.hidden_size, cfg.nb_channels, cfg.max_bin,
                  "unidirectional" if cfg.unidirectional else "bidirectional",

@@ -4,7 +4,7 @@ Kinds (`--dataset`), with open-unmix-pytorch's folders and flags:
 
 - `musdb`: MUSDB18 (STEMS, or decoded WAV with --is-wav). Sample `index` of an epoch takes
   its target from track `index // samples_per_track` and each other source from a uniformly
-  drawn track (with replacement), each at its own random position (the seed's scheme); X-UMX
+  drawn track (with replacement), each at its own random position (open-unmix-pytorch's scheme); X-UMX
   draws every source so. Validation: musdb's 14 validation tracks, whole.
 - `aligned`: ROOT/{train,valid}/<track>/{--input-file, --output-file}: the model maps one to
   the other (no mixing); both read at one random position.

@@ -9,7 +9,6 @@ and a boxplot of per-track SDR, OUT/sdr_boxplot.png). A re-run skips the tracks 
 model files and options scored (`scoring.Origins`); scores made otherwise are refused.
 """
 import os
-import sys
 import tempfile
 from contextlib import ExitStack
 
@@ -17,7 +16,7 @@ from args import get_eval_args
 from audio import write_stream
 from context import set_context
 from files import WriteError, atomic_path, output_folder, refuse_overlaps
-from runtime import UmxError, run_cli, worker_pool
+from runtime import UmxError, run_cli, say, set_quiet, warn, worker_pool
 from scoring import (Origins, aggregate, boxplot, format_table, model_files, musdb_tracks,
                      paper_model, reason, score_track)
 
@@ -38,7 +37,7 @@ def planned_files(args, tracks):
         if args.estimates:
             folder = os.path.join(args.estimates, args.subset, track.name)
             inputs += [(os.path.join(folder, t + ".wav"), "the estimate (--estimates)")
-                       for t in track.targets]
+                       for t in track.targets if args.targets is None or t in args.targets]
         else:
             outputs += [(os.path.join(subset_dir, track.name, name + ".wav"), "track " + track.name)
                         for name in stem_names(args.targets, args.residual_model)]
@@ -49,31 +48,34 @@ def planned_files(args, tracks):
 
 def evaluate(args, progress=True):
     """Separate (unless --estimates), score and aggregate; returns the results table."""
+    set_quiet(args.quiet)
     failed = {}  # track name → why it was not scored
     with ExitStack() as stack:
         private = stack.enter_context(tempfile.TemporaryDirectory(prefix="umx-eval-"))
         tracks = musdb_tracks(args.root, args.is_wav, args.subset, private, args.tracks, failed)
         for name, why in failed.items():
-            print("track '%s' skipped: %s" % (name, why), file=sys.stderr)
-        refuse_overlaps(*planned_files(args, tracks))
-        stack.enter_context(output_folder(args.out_dir, "--out-dir"))
+            warn("track '%s' skipped: %s" % (name, why))
         cfgs = network = None
         if args.estimates is None:
             from inference import network_for
             from weights import load_models
-            set_context(args.context)
+            set_context(args.context, verbose=not args.quiet)
             cfgs = load_models(args.model, args.targets)
+            args.targets = args.targets or list(cfgs)  # the model's, unless named
             network = network_for(cfgs, args.targets)  # once for all tracks
+        refuse_overlaps(*planned_files(args, tracks))
+        stack.enter_context(output_folder(args.out_dir, "--out-dir"))
         json_paths = {t.name: os.path.join(args.out_dir, args.subset, t.name + ".json")
                       for t in tracks}
         origins = Origins(args.out_dir, args.subset, made_by(args))
         todo = [t for t in tracks if not origins.matches(
             t.name, origins.expected(t.name, estimates_folder(args, t.name)), json_paths[t.name])]
         if len(todo) < len(tracks):
-            print("%d of %d tracks already scored with this model and these options in %s: "
-                  "skipped" % (len(tracks) - len(todo), len(tracks), args.out_dir))
+            say("%d of %d tracks already scored with this model and these options in %s: "
+                "skipped" % (len(tracks) - len(todo), len(tracks), args.out_dir))
         pool = stack.enter_context(worker_pool(args.cores)) if args.cores > 1 else None
-        _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, progress)
+        _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, private,
+                      progress)
         scored = [p for p in json_paths.values() if os.path.isfile(p)]
         if not scored:
             raise UmxError("no track could be scored (%d failed)" % len(failed))
@@ -98,12 +100,14 @@ def estimates_folder(args, track):
     return os.path.join(args.estimates, args.subset, track) if args.estimates else None
 
 
-def _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, progress):
+def _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, private,
+                  progress):
     """Separate and score the tracks to do (scoring in the pool's workers, when there is one);
-    a track that fails is named in `failed`, the others go on."""
-    from tqdm import tqdm
+    a track that fails is named in `failed`, the others go on. private: this run's temporary
+    folder, where the workers make theirs."""
+    from runtime import progress_bar
     futures = {}
-    for track in tqdm(todo, desc="tracks", disable=not progress):
+    for track in progress_bar(todo, desc="tracks", enabled=progress):
         try:
             expected = origins.expected(track.name, estimates_folder(args, track.name))
             # stems on disk are kept only when this model and these options made them
@@ -111,7 +115,7 @@ def _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, 
             origins.record(track.name, expected)
             est_dir = separated_track(args, track, cfgs, network, progress, keep)
             job = (args.root, args.is_wav, args.subset, track.name, est_dir,
-                   json_paths[track.name], args.targets if args.estimates else None)
+                   json_paths[track.name], private, args.targets if args.estimates else None)
             if pool:
                 futures[track.name] = pool.submit(score_track, *job)
             else:
@@ -120,7 +124,7 @@ def _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, 
             raise  # a full disk is no problem of one track
         except Exception as exc:  # one bad track must not stop the others
             failed[track.name] = reason(exc)
-            print("track '%s' not scored: %s" % (track.name, failed[track.name]), file=sys.stderr)
+            warn("track '%s' not scored: %s" % (track.name, failed[track.name]))
     for name, future in futures.items():
         try:
             future.result()
@@ -128,7 +132,7 @@ def _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, 
             raise
         except Exception as exc:
             failed[name] = reason(exc)
-            print("track '%s' not scored: %s" % (name, failed[name]), file=sys.stderr)
+            warn("track '%s' not scored: %s" % (name, failed[name]))
 
 
 def _write_tables(args, scored, failed):
@@ -138,7 +142,7 @@ def _write_tables(args, scored, failed):
         len(scored), args.subset)
     if failed:
         header += "Not scored (%d): %s\n" % (len(failed), ", ".join(sorted(failed)))
-    print("\n" + header + "\n" + markdown)
+    say("\n" + header + "\n" + markdown)
     with atomic_path(os.path.join(args.out_dir, "results.md")) as tmp:
         with open(tmp, "w") as f:
             f.write(header + "\n" + markdown + "\n")
@@ -155,7 +159,7 @@ def separated_track(args, track, cfgs, network, progress, keep=False):
     if args.estimates:
         return estimates_folder(args, track.name)
     folder = os.path.join(args.out_dir, args.subset, track.name)
-    names = stem_names(list(cfgs) if args.targets is None else args.targets, args.residual_model)
+    names = stem_names(args.targets, args.residual_model)
     if keep and all(os.path.isfile(os.path.join(folder, n + ".wav")) for n in names):
         return folder
     names, rate, blocks = separate_stream(

@@ -376,7 +376,8 @@ def refuse_overlaps(inputs, outputs):
 # manifests
 # --------------------------------------------------------------------------------------
 
-def _sha256(path):
+def sha256_of(path):
+    """The SHA-256 of a file, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(2 ** 20), b""):
@@ -390,7 +391,7 @@ def write_manifest(folder):
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if name != MANIFEST and os.path.isfile(path) and not name.startswith(STAGING):
-            entries[name] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+            entries[name] = {"size": os.path.getsize(path), "sha256": sha256_of(path)}
     write_json_atomic(os.path.join(folder, MANIFEST), {"files": entries})
 
 
@@ -411,7 +412,7 @@ def verify_manifest(folder, advice):
         file_path = os.path.join(folder, name)
         if not os.path.isfile(file_path):
             raise UmxError("%s is incomplete (%s is missing): %s" % (folder, name, advice))
-        if os.path.getsize(file_path) != size or _sha256(file_path) != digest:
+        if os.path.getsize(file_path) != size or sha256_of(file_path) != digest:
             raise UmxError("%s is damaged (%s does not match its checksum): %s"
                            % (folder, name, advice))
 

@@ -336,7 +336,9 @@ def network_for(cfgs, targets=None, params=None):
     cfgs: {target: UmxConfig}; targets: those to separate (an X-UMX's branches all run);
     params: {target: {UMX name: Variable}} (default: each target's parameter scope).
     """
+    from context import ensure_context
     from ops import numpy_kernels
+    ensure_context()
     chosen = networks_to_run(cfgs, targets or list(cfgs))
     if params is None:
         params = {t: scope_parameters(t) for t in chosen}

@@ -12,6 +12,8 @@
 - `signals_deferred()`: Ctrl-C, SIGTERM and SIGHUP held while NNabla runs a graph, raised when
   it returns: an exception raised inside a Python function that NNabla's C++ called becomes
   an unexpected SystemError, never the "interrupted" line.
+- `say`, `progress_bar`: what a CLI shows: lines unless --quiet, progress bars only on a
+  terminal (a log file gets no carriage-return noise) and never with --quiet.
 - `timed`: stage timings.
 """
 import os
@@ -198,12 +200,57 @@ def worker_pool(processes):
 
 
 def _kill_workers(pool):
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    """Kill the workers, then wait for the pool's own threads to see them gone: a pool whose
+    management thread still runs when the interpreter exits races with it on its pipes (an
+    OSError traceback after the one-line report)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
         try:
             process.kill()
         except (OSError, ValueError):
             pass
-    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=10)
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------
+# what a CLI shows
+# --------------------------------------------------------------------------------------
+
+_shown = {"quiet": False}
+
+
+def set_quiet(quiet):
+    """--quiet: nothing but warnings and errors."""
+    _shown["quiet"] = bool(quiet)
+
+
+def quiet():
+    return _shown["quiet"]
+
+
+def say(*args, **kw):
+    """print(), unless --quiet."""
+    if not _shown["quiet"]:
+        print(*args, **kw)
+
+
+def warn(message):
+    """One line on stderr: "warning: ...", also with --quiet."""
+    start = "\r\033[K" if sys.stderr.isatty() else ""  # after an unfinished progress bar
+    print(start + "warning: " + message, file=sys.stderr, flush=True)
+
+
+def progress_enabled():
+    """Progress bars: on a terminal, unless --quiet."""
+    return not _shown["quiet"] and sys.stderr.isatty()
+
+
+def progress_bar(iterable=None, enabled=True, **kw):
+    """tqdm, shown when `enabled` and `progress_enabled()`."""
+    from tqdm import tqdm
+    return tqdm(iterable, disable=not (enabled and progress_enabled()), **kw)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,19 +10,18 @@
   the options), recorded beside them, so that a resumed run never reports another model's
   scores as its own.
 """
-import hashlib
 import json
 import os
 import traceback
 
 import numpy as np
 
-from files import atomic_path, read_json, write_json_atomic, writing_into
+from files import atomic_path, read_json, sha256_of, write_json_atomic, writing_into
 from runtime import UmxError
 
 METRICS = ["SDR", "SIR", "SAR", "ISR"]
 # The published scores (median over frames, median over tracks): UMX's and UMXHQ's from the
-# seed's README, X-UMX's SDR from Sawata et al. (ICASSP 2021; its other metrics: None)
+# README of open-unmix-nnabla, X-UMX's SDR from Sawata et al. (ICASSP 2021; no other metric)
 PAPER_SCORES = {
     "x-umx": {"vocals": (6.61, None, None, None), "drums": (6.47, None, None, None),
               "bass": (5.43, None, None, None), "other": (4.64, None, None, None)},
@@ -82,11 +81,13 @@ def _single_track(root, is_wav, subset, entry, private):
     return musdb.DB(root=own, is_wav=is_wav, subsets=subset).tracks
 
 
-def read_estimates(folder, reference, rate, targets):
+def read_estimates(folder, reference, rate, targets, required=False):
     """{target: audio [shape=(nb_timesteps, nb_channels)]} of folder/<target>.wav for the
-    `targets` that are there, each checked against the reference [shape=(nb_timesteps,
-    nb_channels)] at `rate`: another rate, channel count or length, or a NaN or infinite
-    sample is an error naming the file (nothing is padded, cut or resampled)."""
+    `targets` that are there (required: all of them must be), each checked against the
+    reference [shape=(nb_timesteps, nb_channels)] at `rate`: another rate, channel count or
+    length, or a NaN or infinite sample is an error naming the file (nothing is padded, cut or
+    resampled). museval scores a target against the others: fewer than two targets (but vocals
+    with accompaniment) is an error too."""
     import soundfile as sf
     if not os.path.isdir(folder):
         raise UmxError("no estimates in %s" % folder)
@@ -94,6 +95,8 @@ def read_estimates(folder, reference, rate, targets):
     for target in targets:
         path = os.path.join(folder, target + ".wav")
         if not os.path.isfile(path):
+            if required:
+                raise UmxError("no estimate %s (--targets %s)" % (path, target))
             continue
         try:
             audio, file_rate = sf.read(path, dtype="float64", always_2d=True)
@@ -109,22 +112,26 @@ def read_estimates(folder, reference, rate, targets):
         out[target] = audio
     if not out:
         raise UmxError("no estimate of a MUSDB target (%s) in %s" % (", ".join(targets), folder))
+    if len(out) < 2:
+        raise UmxError("only %s is estimated in %s: museval scores a target against the others "
+                       "(give two targets or more, or vocals with accompaniment)"
+                       % (next(iter(out)), folder))
     return out
 
 
-def score_track(root, is_wav, subset, name, estimates_dir, json_path, targets=None):
+def score_track(root, is_wav, subset, name, estimates_dir, json_path, private, targets=None):
     """Score one track's estimates with museval and write its JSON atomically (in a worker).
+    private: the caller's temporary folder (removed by it, also when a worker is killed);
     targets: the ones to score (None: every MUSDB target whose estimate is there)."""
     import museval
-    import tempfile
     from threadpoolctl import threadpool_limits
     entry = name if is_wav else name + ".stem.mp4"
-    with tempfile.TemporaryDirectory(prefix="umx-eval-") as private:
-        track = _single_track(root, is_wav, subset, entry, private)[0]
-        estimates = read_estimates(estimates_dir, track.audio, track.rate,
-                                   [t for t in track.targets if targets is None or t in targets])
-        with threadpool_limits(limits=1, user_api="blas"):  # the same scores in workers or not
-            scores = museval.eval_mus_track(track, estimates)
+    track = _single_track(root, is_wav, subset, entry, private)[0]
+    estimates = read_estimates(estimates_dir, track.audio, track.rate,
+                               list(track.targets) if targets is None else targets,
+                               required=targets is not None)
+    with threadpool_limits(limits=1, user_api="blas"):  # the same scores in workers or not
+        scores = museval.eval_mus_track(track, estimates)
     scores.validate()
     with writing_into(os.path.dirname(os.path.dirname(json_path))):
         os.makedirs(os.path.dirname(json_path), exist_ok=True)
@@ -173,7 +180,7 @@ def paper_model(model):
 
 
 def format_table(table, unscored, paper=None):
-    """The seed's table in Markdown (paper columns beside ours when `paper` names a model),
+    """The published table in Markdown (paper columns beside ours when `paper` names a model),
     with the number of frames that have no score (left out of the medians) per target."""
     ours = "NNabla"
     header = ["target"] + [m if not paper else "%s (%s)" % (m, who)
@@ -225,14 +232,6 @@ def reason(exc):
 ORIGINS = ".scored-with"  # OUT/.scored-with/<subset>/<track>.json, beside museval's files
 
 
-def file_digest(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2 ** 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_files(model):
     """{file name: SHA-256} of --model's weight files: the file (and the .json beside it), or
     the .h5, .json and .zip files of the folder."""
@@ -241,7 +240,7 @@ def model_files(model):
     else:
         paths = [os.path.join(model, f) for f in sorted(os.listdir(model))
                  if f.endswith((".h5", ".json", ".zip"))]
-    return {os.path.basename(p): file_digest(p) for p in paths if os.path.isfile(p)}
+    return {os.path.basename(p): sha256_of(p) for p in paths if os.path.isfile(p)}
 
 
 def estimate_files(folder):
@@ -286,9 +285,12 @@ class Origins:
         if recorded is None:
             raise UmxError("%s has no record of what made it (an older version's?): use another "
                            "--out-dir, or delete it to score the track again" % scores_path)
-        for key in sorted(set(recorded) | set(expected)):
+        order = ["model files", "estimates", "options", "dataset", "estimate files"]
+        for key in sorted(set(recorded) | set(expected), key=lambda k: (k not in order,
+                                                                           order.index(k)
+                                                                           if k in order else k)):
             if recorded.get(key) != expected.get(key):
-                raise UmxError("%s was scored with other %s than this run's (%s): use another "
+                raise UmxError("%s was scored with other %s than this run (%s): use another "
                                "--out-dir, or delete it to score the track again"
                                % (scores_path, key, _first_difference(recorded.get(key),
                                                                       expected.get(key))))
@@ -304,9 +306,9 @@ def _first_difference(recorded, expected):
     if isinstance(recorded, dict) and isinstance(expected, dict):
         for key in sorted(set(recorded) | set(expected)):
             if recorded.get(key) != expected.get(key):
-                return "%s: %s, now %s" % (key, _short(recorded.get(key)),
-                                           _short(expected.get(key)))
-    return "%s, now %s" % (_short(recorded), _short(expected))
+                return "%s: recorded %s, this run %s" % (key, _short(recorded.get(key)),
+                                                         _short(expected.get(key)))
+    return "recorded %s, this run %s" % (_short(recorded), _short(expected))
 
 
 def _short(value):

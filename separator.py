@@ -17,13 +17,11 @@ import os
 import time
 
 import numpy as np
-import nnabla as nn
-from tqdm import tqdm
 
 from audio import prepare_audio
 from files import TemporaryArrayFile, writing_into
 from inference import network_for
-from runtime import UmxError, timed, worker_pool
+from runtime import UmxError, progress_bar, timed, worker_pool
 from spectral import PaddedSignal, nb_stft_frames, stft_frames
 from wiener import wiener_blocks
 
@@ -87,9 +85,10 @@ class EstimateStore(TemporaryArrayFile):
 
 
 def default_processes():
-    """2 worker processes on a CPU context (NNabla's CPU kernels use one core), else 1."""
-    backend = nn.get_current_context().backend[0]
-    return min(2, os.cpu_count() or 1) if backend.startswith("cpu") else 1
+    """2 worker processes where the numpy kernels run (CPU contexts), else 1 (a GPU's graph
+    network runs in the main process)."""
+    from ops import numpy_kernels
+    return min(2, os.cpu_count() or 1) if numpy_kernels() else 1
 
 
 def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
@@ -161,8 +160,8 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
     cfg = network.cfgs[mine[0]]
     timings, peak = {}, 0.0
     batches = [plan[i:i + batch] for i in range(0, len(plan), batch)]
-    bar = tqdm(total=len(batches) * len(mine), desc="network", unit="pass",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=len(batches) * len(mine), desc="network", unit="pass",
+               enabled=progress, leave=False)
     for windows in batches:
         with timed(timings, "stft"):
             spec = np.empty((len(windows), length, padded.shape[0], cfg.nb_output_bins), np.float32)

@@ -1,6 +1,6 @@
 """The input standardization of a new model: per-bin statistics of the training mixtures."""
 import numpy as np
-from tqdm import tqdm
+from runtime import progress_bar
 
 from spectral import stft
 
@@ -13,7 +13,7 @@ def compute_statistics(mixtures, n_fft, n_hop, progress=True):
     [shape=(bins,)]
     """
     total, total_sq, count = 0.0, 0.0, 0
-    for mixture in tqdm(mixtures, desc="statistics", disable=not progress, leave=False):
+    for mixture in progress_bar(mixtures, desc="statistics", enabled=progress, leave=False):
         mag = np.abs(stft(mixture.T, n_fft, n_hop)).mean(axis=0)  # (frames, bins)
         mag = mag.astype(np.float64)
         total, total_sq, count = total + mag.sum(0), total_sq + (mag ** 2).sum(0), count + len(mag)

@@ -103,7 +103,7 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
     generated.json` records the settings; a root that holds other data, or a dataset generated
     with other settings, is refused rather than mixed with.
     """
-    from tqdm import tqdm
+    from runtime import progress_bar
     from files import read_json, write_json_atomic, writing_into
     from datasets import KINDS
     if kind not in KINDS:
@@ -124,7 +124,7 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
     first, second = KINDS[kind].splits
     jobs = [(first, "Synth %02d" % i) for i in range(nb_train)] + \
            [(second, "Synth Test %02d" % i) for i in range(nb_test)]
-    for subset, name in tqdm(jobs, desc="generating %s" % root, disable=not progress):
+    for subset, name in progress_bar(jobs, desc="generating %s" % root, enabled=progress):
         song_rng = np.random.RandomState(rng.randint(2 ** 31))
         _write_song(os.path.join(root, subset), name, KINDS[kind], duration, song_rng)
     return root

@@ -116,7 +116,7 @@ def check_sources(tracks, cache_path=None, progress=True, log=print):
       once; files already checked (same path, size and time, in `cache_path`) are skipped.
     """
     import json
-    from tqdm import tqdm
+    from runtime import progress_bar
     reference = tracks[0].files()[0]
     mono = []
     for track in tracks:
@@ -145,7 +145,7 @@ def check_sources(tracks, cache_path=None, progress=True, log=print):
         except (OSError, ValueError, TypeError):
             checked = {}
     todo = [item for track in tracks for item in track.files() if item.fingerprint() not in checked]
-    for item in tqdm(todo, desc="checking the data", disable=not progress or not todo, leave=False):
+    for item in progress_bar(todo, desc="checking the data", enabled=progress and bool(todo), leave=False):
         audio = item.read()
         if not np.all(np.isfinite(audio)):
             raise UmxError("%s holds NaN or infinite samples" % item.describe())
@@ -308,13 +308,13 @@ def variable_tracks(root, split, target_file, ext, silence_missing):
 
     def make(name, folder):
         files = _audio_files(folder, ext)
-        if target_file not in files and not silence_missing:
-            raise UmxError("track '%s' has no %s (--target-file; or pass "
-                           "--silence-missing-targets)" % (name, os.path.join(folder, target_file)))
         if not files:
             others = sorted(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
             raise UmxError("track '%s' holds no %s file (--ext %s%s)" % (
                 name, ext, ext, "; it holds %s" % ", ".join(others[:3]) if others else ""))
+        if target_file not in files and not silence_missing:
+            raise UmxError("track '%s' has no %s (--target-file; or pass "
+                           "--silence-missing-targets)" % (name, os.path.join(folder, target_file)))
         named = source_names([(os.path.join(folder, target_file), "--target-file")] +
                              [(os.path.join(folder, f), "a file of the track")
                               for f in files if f != target_file])
@@ -354,7 +354,7 @@ def decode_stems(src, dst, pcm16=False, progress=True):
     tracks are kept, so a killed run, re-run, finishes the rest. Every stream's decoded length
     is checked against the file's and the mixture's. → the number of tracks decoded."""
     import soundfile as sf
-    from tqdm import tqdm
+    from runtime import progress_bar
     from files import staged_folder, writing_into
     setup = musdb_setup()
     names = ["mixture"] + list(SOURCES)
@@ -367,7 +367,7 @@ def decode_stems(src, dst, pcm16=False, progress=True):
     if not jobs:
         raise UmxError("no .stem.mp4 files in %s" % ", ".join(os.path.join(src, s) for s in subsets))
     done = 0
-    for subset, entry in tqdm(jobs, desc="decoding STEMS", disable=not progress):
+    for subset, entry in progress_bar(jobs, desc="decoding STEMS", enabled=progress):
         folder = os.path.join(dst, subset, entry[:-len(".stem.mp4")])
         if all(os.path.isfile(os.path.join(folder, n + ".wav")) for n in names):
             continue

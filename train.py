@@ -25,7 +25,6 @@ import numpy as np
 import nnabla as nn
 import nnabla.functions as F
 import nnabla.solvers as S
-from tqdm import tqdm
 
 from checkpoint import output_files, resume_point, save_checkpoint
 from context import set_context
@@ -38,7 +37,8 @@ from loss import (TRIM, mixture_phasor, mse, reference_magnitudes, umx_loss, xum
 from model import LSTM_DROPOUT, CrossNet, OpenUnmix
 from monitors import make_monitors, plot_losses
 from ops import numpy_kernels
-from runtime import UmxError, limit_blas_threads, run_cli, signals_deferred
+from runtime import (UmxError, limit_blas_threads, progress_bar, progress_enabled, run_cli,
+                     say, set_quiet, signals_deferred)
 from schedule import EarlyStopping, ReduceLROnPlateau
 from separator import estimate_spectrograms
 from spectral import (magnitude_layout, model_layout, nb_stft_frames, nnabla_spectrogram,
@@ -122,8 +122,9 @@ def _device_inputs(cfg, batch_size, nb_timesteps, length):
     nb_targets = len(cfg.xumx_branches) or 1
     targets = nn.Variable((nb_targets, batch_size, 2, nb_timesteps))
     inputs = dict(mixture_audio=mixture, targets_audio=targets)
-    sources = [F.reshape(t, t.shape[1:]) for t in F.split(targets, axis=0)] \
-        if nb_targets > 1 else [F.reshape(targets, targets.shape[1:])]
+    # (J, B, 2, n) -> J x (B, 2, n)
+    sources = list(F.split(targets, axis=0)) if nb_targets > 1 else \
+        [F.reshape(targets, targets.shape[1:])]
     magnitudes = [nnabla_spectrogram(s, cfg.n_fft, cfg.n_hop, mono) for s in sources]
     if not cfg.xumx_branches:
         return inputs, dict(mixture=nnabla_spectrogram(mixture, cfg.n_fft, cfg.n_hop, mono),
@@ -222,8 +223,8 @@ def validation_loss(data, scope, cfg, progress=True, comm=None, mcoef=10.0, vali
     losses = []
     share = None if comm is None else (comm.rank, comm.size)
     # items are read one at a time (whole tracks): memory holds one
-    for _, mixture, target in tqdm(data.valid_items(share), desc="validation",
-                                   total=data.nb_valid_items(share), disable=not progress,
+    for _, mixture, target in progress_bar(data.valid_items(share), desc="validation",
+                                   total=data.nb_valid_items(share), enabled=progress,
                                    leave=False):
         padded = pad_for_stft(np.ascontiguousarray(mixture.T), cfg.n_fft)
         frames = nb_stft_frames(mixture.shape[0], cfg.n_hop)
@@ -267,32 +268,42 @@ def prepare_run(args, comm, log, progress):
         nb_procs, "es (mpirun)" if nb_procs > 1 else ""))
     refuse_overlaps([(f.path, "the dataset's file") for t in data.tracks() for f in t.files()],
                     [(path, "--output") for key, path in paths.items() if key != "checkpoint"])
-    cfg = check_config(UmxConfig(
-        nb_channels=args.nb_channels, hidden_size=args.hidden_size,
-        max_bin=bandwidth_to_max_bin(data.rate, args.nfft, args.bandwidth),
-        nb_output_bins=args.nfft // 2 + 1, unidirectional=args.unidirectional, n_fft=args.nfft,
-        n_hop=args.nhop, sample_rate=data.rate,
-        xumx_branches=() if args.umx_train else tuple(data.targets)), "the training arguments")
+    if args.model is not None:
+        cfg = fine_tuning_config(args, data)
+    else:
+        cfg = check_config(UmxConfig(
+            nb_channels=args.nb_channels, hidden_size=args.hidden_size,
+            max_bin=bandwidth_to_max_bin(data.rate, args.nfft, args.bandwidth),
+            nb_output_bins=args.nfft // 2 + 1, unidirectional=args.unidirectional,
+            n_fft=args.nfft, n_hop=args.nhop, sample_rate=data.rate,
+            xumx_branches=() if args.umx_train else tuple(data.targets)),
+            "the training arguments")
     seq_samples = int(round(data.train.seq_dur * data.rate))
     if cfg.xumx_branches:
         xumx_signal_length(cfg, seq_samples)
     resume_from = resume_point(args.output, args.checkpoint, paths, cfg)
+    set_context(args.context, args.device_id if comm is None else comm.local_rank,
+                verbose=is_main and not args.quiet)
     if is_main:
         check_sources(data.tracks(), os.path.join(args.output, DATA_CHECK), progress, log=log)
     if comm is not None:
         comm.barrier()  # rank 0 has checked the data
         # ranks side by side share the cores (one machine assumed): no oversubscription
         limit_blas_threads(max(1, (os.cpu_count() or 1) // comm.size))
-    set_context(args.context, args.device_id if comm is None else comm.local_rank,
-                verbose=is_main)
     # Sony's scaling of learning rate and weight decay with the global batch
     scale = nb_procs * args.batch_size / 16.0 if nb_procs > 1 else 1.0
     nn.clear_parameters()
-    # a checkpoint holds the (trained) standardization; other ranks get rank 0's
-    mean, std = (None, None) if resume_from or not is_main else compute_statistics(
-        data.statistics_items(), cfg.n_fft, cfg.n_hop, progress)
+    # a checkpoint holds the (trained) standardization, a fine-tuned model its own; other
+    # ranks get rank 0's
+    new_statistics = args.model is None or args.new_statistics
+    mean, std = (None, None) if resume_from or not is_main or not new_statistics else \
+        compute_statistics(data.statistics_items(), cfg.n_fft, cfg.n_hop, progress)
     graph = build_training_graph(cfg, scope, args.batch_size, seq_samples, mean, std,
                                  mcoef=args.mcoef)
+    if args.model is not None and not resume_from:
+        start_from_model(args.model, cfg, scope, mean, std)
+        log("fine-tuning %s from %s%s" % (scope, args.model, " (statistics of this dataset)"
+                                          if args.new_statistics else ""))
     solver = S.Adam(alpha=args.lr * scale)
     with nn.parameter_scope(scope):
         solver.set_parameters(nn.get_parameters())
@@ -307,6 +318,62 @@ def prepare_run(args, comm, log, progress):
     if comm is not None:
         comm.broadcast_parameters(scope)
     return run
+
+
+# train.py's architecture flags → the configuration field each sets
+ARCHITECTURE_FIELDS = {"hidden_size": "hidden_size", "nfft": "n_fft", "nhop": "n_hop",
+                       "nb_channels": "nb_channels", "unidirectional": "unidirectional"}
+
+
+def fine_tuning_config(args, data):
+    """The configuration of the model to fine-tune (--model: UMX's target --source, or an
+    X-UMX), from its weights (nothing loaded yet), checked against the dataset and the
+    architecture flags given."""
+    from dataclasses import replace
+    from weights import load_models
+    target = data.targets[0]
+    cfgs = load_models(args.model, [target] if args.umx_train else None, load=False)
+    cfg = cfgs[target] if args.umx_train else next(iter(cfgs.values()))
+    if args.umx_train and cfg.xumx_branches:
+        raise UmxError("--model %s is an X-UMX: fine-tune it without --umx-train" % args.model)
+    if not args.umx_train and tuple(sorted(cfg.xumx_branches)) != tuple(sorted(data.targets)):
+        raise UmxError("--model %s is no X-UMX of %s: X-UMX fine-tunes Sony's x-umx.h5 (or "
+                       "one of its layout)" % (args.model, ", ".join(data.targets)))
+    if cfg.sample_rate != data.rate:
+        raise UmxError("--model %s is for %d Hz audio, the dataset is at %d Hz"
+                       % (args.model, cfg.sample_rate, data.rate))
+    given = dict(args.architecture_given)
+    if "bandwidth" in given:
+        given["max_bin"] = bandwidth_to_max_bin(data.rate, cfg.n_fft, given.pop("bandwidth"))
+    for flag, value in given.items():
+        field = ARCHITECTURE_FIELDS.get(flag, flag)
+        if getattr(cfg, field) != value:
+            raise UmxError("--%s %s, but --model %s has %s = %s (the architecture comes from the "
+                           "weights: drop the flag)" % (flag.replace("_", "-"), value, args.model,
+                                                        field, getattr(cfg, field)))
+    return replace(cfg, xumx_branches=cfg.xumx_branches if not args.umx_train else ())
+
+
+def start_from_model(model, cfg, scope, mean=None, std=None):
+    """Set the training graph's parameters (in `scope`) to --model's weights; with mean and std,
+    the input standardization from these statistics instead of the model's."""
+    from layout import branch_name
+    from weights import load_models
+    targets = list(cfg.xumx_branches) or [scope]
+    load_models(model, targets)  # each target's parameters in its scope, UMX's names
+    with nn.parameter_scope(scope):
+        params = nn.get_parameters(grad_only=False)
+    for target in targets:
+        with nn.parameter_scope(target):
+            loaded = nn.get_parameters(grad_only=False)
+        for name, var in loaded.items():
+            stored = branch_name(name, target) if cfg.xumx_branches else name
+            params[stored].d = var.d
+        if mean is not None:
+            params[branch_name("input_mean", target if cfg.xumx_branches else None)].d = \
+                -mean[:cfg.max_bin]
+            params[branch_name("input_scale", target if cfg.xumx_branches else None)].d = \
+                1.0 / std[:cfg.max_bin]
 
 
 def _resume(run, folder, log):
@@ -324,18 +391,18 @@ def train(args, comm=None, progress=True):
     summary dict."""
     rank, nb_procs = (comm.rank, comm.size) if comm else (0, 1)
     is_main = rank == 0
-    log = print if is_main else (lambda *a, **k: None)
+    log = say if is_main else (lambda *a, **k: None)
     progress = progress and is_main
     run = prepare_run(args, comm, log, progress)
-    epochs = tqdm(range(run.first_epoch, args.epochs + 1), desc="epochs",
-                  initial=run.first_epoch - 1, total=args.epochs, disable=not progress)
+    epochs = progress_bar(range(run.first_epoch, args.epochs + 1), desc="epochs",
+                  initial=run.first_epoch - 1, total=args.epochs, enabled=progress)
     for epoch in epochs:
         if run.stopper.stop:
             break
         start, losses = time.time(), []
         batches = epoch_batches(run.data.train, epoch, args.batch_size, args.nb_workers, rank,
                                 nb_procs, with_indices=True)
-        bar = tqdm(batches, desc="epoch %d" % epoch, leave=False, disable=not progress,
+        bar = progress_bar(batches, desc="epoch %d" % epoch, leave=False, enabled=progress,
                    total=len(run.data.train) // (args.batch_size * nb_procs))
         for indices, mixtures, targets in bar:
             loss = train_step(run.graph, run.solver, mixtures, targets, run.cfg,
@@ -356,8 +423,18 @@ def train(args, comm=None, progress=True):
                      comm)
         epochs.set_postfix(train="%.4g" % run.history[-1]["train_loss"],
                            valid="%.4g" % valid_loss)
+        if not progress_enabled():  # a log file: one plain line per epoch
+            h = run.history[-1]
+            log("epoch %d/%d: training loss %.4g, validation loss %.4g%s, learning rate %.3g, "
+                "%.1f s" % (epoch, args.epochs, h["train_loss"], h["valid_loss"],
+                            " (best)" if run.stopper.bad_epochs == 0 else "", h["lr"],
+                            h["seconds"]))
     if run.stopper.stop:
         log("early stopping: no improvement for %d epochs" % args.patience)
+    if run.history:
+        best = min(run.history, key=lambda h: h["valid_loss"])
+        log("best epoch %d (validation loss %.4g): %s" % (best["epoch"], best["valid_loss"],
+                                                          run.paths["weights"]))
     return dict(history=run.history, stopped_early=run.stopper.stop)
 
 
@@ -407,6 +484,7 @@ def nan_message(what, value, epoch, samples, indices, weights_path):
 
 
 def run(args, comm):
+    set_quiet(args.quiet)
     if comm is None or comm.rank == 0:
         refuse_output_in_dataset(args)
         with output_folder(args.output, "--output"):

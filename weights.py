@@ -133,22 +133,28 @@ def is_xumx_file(path):
     return bool(split_branches(parameter_shapes_in(path)))
 
 
-def load_target(path, target):
-    """Load a UMX `<target>.h5` into `nn.parameter_scope(target)`; return its UmxConfig."""
+def load_target(path, target, load=True):
+    """Load a UMX `<target>.h5` into `nn.parameter_scope(target)`; return its UmxConfig
+    (load=False: only check the file's names and shapes)."""
     shapes = parameter_shapes_in(path)
     if split_branches(shapes):
         raise UmxError("%s holds an X-UMX (branches %s), not one UMX target: pass the file "
                        "itself as --model" % (path, ", ".join(
                            t for t in split_branches(shapes) if t)))
     cfg = branch_config(shapes, path)
-    _into_scope(target, read_parameter_file(path, parameter_shapes(cfg)))
+    if load:
+        _into_scope(target, read_parameter_file(path, parameter_shapes(cfg)))
+    else:
+        check_parameters(shapes, parameter_shapes(cfg), path)
     return cfg
 
 
-def load_xumx(path):
+def load_xumx(path, load=True):
     """Load an X-UMX file (Sony's `x-umx.h5` layout) → {target: UmxConfig} for all of its
-    branches, each branch's parameters in nn.parameter_scope(target) under UMX's names."""
-    branches = split_branches(parameter_shapes_in(path))
+    branches, each branch's parameters in nn.parameter_scope(target) under UMX's names
+    (load=False: only check the file's names and shapes)."""
+    shapes = parameter_shapes_in(path)
+    branches = split_branches(shapes)
     if not branches:
         raise UmxError("%s holds no X-UMX (no parameter named like fc1_<target>/affine/W)" % path)
     if None in branches:
@@ -156,9 +162,12 @@ def load_xumx(path):
     names = tuple([t for t in XUMX_BRANCHES if t in branches] +
                   sorted(t for t in branches if t not in XUMX_BRANCHES))
     cfg = replace(branch_config(branches[names[0]], path), xumx_branches=names)
-    params = split_branches(read_parameter_file(path, xumx_parameter_shapes(cfg, names)))
-    for target in names:
-        _into_scope(target, params[target])
+    if load:
+        params = split_branches(read_parameter_file(path, xumx_parameter_shapes(cfg, names)))
+        for target in names:
+            _into_scope(target, params[target])
+    else:
+        check_parameters(shapes, xumx_parameter_shapes(cfg, names), path)
     return {target: cfg for target in names}
 
 
@@ -220,27 +229,35 @@ def save_arrays(path, params):
                                   for name, value in params.items()})
 
 
-def load_models(model, targets=None):
+def load_models(model, targets=None, load=True):
     """Load the weights of --model → {target: UmxConfig}, the parameters in
     nn.parameter_scope(target) (UMX's names).
 
-    model: a UMX folder holding `<target>.h5` per target (the official layout; an official
-    `umx*.zip` as it is), or an X-UMX file (Sony's `x-umx.h5`; or a folder or zip holding one).
+    model: a published model's name (`hub.MODELS`: fetched once into the cache), a UMX folder
+    holding `<target>.h5` per target (the official layout; an official `umx*.zip` as it is),
+    or an X-UMX file (Sony's `x-umx.h5`; or a folder or zip holding one).
     targets: the ones to load (None: every target the model holds). For an X-UMX every branch
     is loaded (its bridges need them all), and the configs say so (`xumx_branches`). A folder
-    or zip holding more than one model is refused, naming them.
+    or zip holding more than one model is refused, naming them. load=False: only check the
+    files' names and shapes (nothing is read or loaded).
     """
+    from context import ensure_context
+    from hub import MODELS, model_path
+    if not os.path.exists(model) and model in MODELS:
+        model = model_path(model)
     if not os.path.exists(model):
         raise UmxError("model not found: %s" % model)
+    if load:
+        ensure_context()
     if os.path.isfile(model) and zipfile.is_zipfile(model):
         with tempfile.TemporaryDirectory() as tmp:
-            return load_models(_extracted_model(model, tmp), targets)
+            return load_models(extract_model(model, tmp), targets, load)
     if os.path.isfile(model):
         if not model.endswith(".h5"):
             raise UmxError("--model %s is neither a folder, a .zip nor an .h5 weight file" % model)
-        cfgs = load_xumx(model)
+        cfgs = load_xumx(model, load)
     else:
-        cfgs = _load_folder(model, targets)
+        cfgs = _load_folder(model, targets, load)
     targets = list(targets or cfgs)
     missing = [t for t in targets if t not in cfgs]
     if missing:
@@ -253,7 +270,7 @@ def load_models(model, targets=None):
     return cfgs
 
 
-def _load_folder(folder, targets):
+def _load_folder(folder, targets, load):
     """A folder's one model: an X-UMX file, or UMX `<target>.h5` files (those asked for, or
     all of them in SOURCES' order first)."""
     files = sorted(f for f in os.listdir(folder) if f.endswith(".h5") and
@@ -263,7 +280,7 @@ def _load_folder(folder, targets):
         raise UmxError("%s holds more than one model (%s): pass one file, or a folder of one "
                        "model" % (folder, ", ".join(files)))
     if xumx:
-        return load_xumx(os.path.join(folder, xumx[0]))
+        return load_xumx(os.path.join(folder, xumx[0]), load)
     found = [f[:-3] for f in files]
     if not found:
         pth = sorted(f for f in os.listdir(folder) if f.endswith(".pth"))
@@ -278,11 +295,11 @@ def _load_folder(folder, targets):
         if target not in found:
             raise UmxError("no weights for target '%s' in %s (found: %s)"
                            % (target, folder, ", ".join(found)))
-        cfgs[target] = load_target(os.path.join(folder, target + ".h5"), target)
+        cfgs[target] = load_target(os.path.join(folder, target + ".h5"), target, load)
     return cfgs
 
 
-def _extracted_model(archive, tmp):
+def extract_model(archive, tmp):
     """Extract a weights zip into `tmp` → the one folder of it that holds .h5 files (the
     official archives hold the files at the top or in one folder); more is refused."""
     try:

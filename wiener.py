@@ -6,9 +6,8 @@ next, so `wiener_blocks` equals norbert's whole-track EM and no chunk border exi
 is an in-order overlap-add that hands out finished samples chunk by chunk.
 """
 import numpy as np
-from tqdm import tqdm
 
-from runtime import timed
+from runtime import progress_bar, timed
 from spectral import OverlapAdd, stft_frames
 
 # The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
@@ -148,11 +147,6 @@ def _kernels():
     return _KERNELS
 
 
-def wiener_separate(*args, **kw):
-    """`wiener_blocks`' waveforms in one array [shape=(J (+1), nb_channels, nb_timesteps)]."""
-    return np.concatenate(list(wiener_blocks(*args, **kw)), axis=-1)
-
-
 def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
                   alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
                   progress=True, timings=None, v_power=1.0, mixture_peak=None):
@@ -185,7 +179,7 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
             return stft_frames(padded, a, min(a + chunk, nb_frames), n_fft, n_hop).transpose(1, 2, 0)
 
     passes = (1 if (residual or (niter and mixture_peak is None)) else 0) + niter + 1
-    bar = tqdm(total=passes * len(starts), desc="wiener", unit="chunk", disable=not progress,
+    bar = progress_bar(total=passes * len(starts), desc="wiener", unit="chunk", enabled=progress,
                leave=False)
     # pass: track-wide peak of the mixture and the residual model's gains
     gain, res_eps = None, np.finfo(np.float32).eps

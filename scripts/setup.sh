@@ -2,13 +2,14 @@
 # Everything `make demo` and `make test` need, installed where it is missing:
 #   1. system packages: ffmpeg/ffprobe (STEMS and compressed audio), Open MPI (mpirun, and mpicc
 #      to build mpi4py) — with apt-get when run as root, else the exact command and exit 1;
-#   2. .venv from Python 3.10 (nnabla 1.39.0 has no wheel for newer Pythons) with the pinned
-#      requirements (re-installed when requirements.txt changes);
+#   2. a venv (argument 1, default .venv) from Python 3.10 (nnabla 1.39.0, NNabla's last
+#      release, has no wheel for newer Pythons) with the pinned requirements, and with GPU=1
+#      requirements-gpu.txt too (re-installed when the requirement files change);
 #   3. mpi4py, built against the system's Open MPI, whenever it is missing from the venv (so a
 #      venv made before Open MPI was installed gains it on the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=.venv
+VENV=${1:-.venv}
 PY=$VENV/bin/python
 
 missing=()
@@ -26,15 +27,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-stamp=$VENV/.installed-$(cat requirements.txt requirements-mpi.txt | cksum | cut -d' ' -f1)
+requirements=(requirements.txt)
+if [ "${GPU:-}" = 1 ]; then requirements+=(requirements-gpu.txt); fi
+stamp=$VENV/.installed-$(cat "${requirements[@]}" requirements-mpi.txt | cksum | cut -d' ' -f1)
 if [ ! -f "$stamp" ]; then
   py=$(scripts/find-python310.sh)
-  if [ ! -x $PY ]; then echo "creating $VENV with $py"; "$py" -m venv $VENV; fi
-  $PY -m pip install -q --disable-pip-version-check -r requirements.txt
-  rm -f $VENV/.installed-*
+  if [ ! -x "$PY" ]; then echo "creating $VENV with $py"; "$py" -m venv "$VENV"; fi
+  for r in "${requirements[@]}"; do
+    echo "installing $r into $VENV"
+    "$PY" -m pip install -q --disable-pip-version-check -r "$r"
+  done
+  rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
-if ! $PY -c "import mpi4py" >/dev/null 2>&1; then
+if ! "$PY" -c "import mpi4py" >/dev/null 2>&1; then
   echo "installing mpi4py (built against $(command -v mpicc))"
-  $PY -m pip install -q --disable-pip-version-check -r requirements-mpi.txt
+  "$PY" -m pip install -q --disable-pip-version-check -r requirements-mpi.txt
 fi

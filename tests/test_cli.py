@@ -47,8 +47,8 @@ def test_full_size_official_layout_loads_and_runs(tmp_path):
     code, err = run_cli("--umx-infer", "--inputs", wav, "--model", archive, "--out-dir",
                         str(tmp_path / "out"), "--targets", "vocals", "drums")
     assert code == 0, err
-    for name in ("vocals", "drums"):
-        audio, rate = sf.read(str(tmp_path / "out" / (name + ".wav")))
+    for name in ("vocals", "drums"):  # one folder per song, also for one input
+        audio, rate = sf.read(str(tmp_path / "out" / "song" / (name + ".wav")))
         assert rate == 44100 and audio.shape == (44100, 2)
 
 
@@ -63,10 +63,10 @@ def test_reduced_unidirectional_mono_model_loads(tmp_path):
 def test_real_stem_clip_end_to_end(tmp_path, small_model, stem_clip):
     """The 6 s MUSDB18 clip (STEMS, 44.1 kHz) through ffmpeg, resampled to the model's 8 kHz."""
     folder, _ = small_model
-    out = tmp_path / "out"
-    code, err = run_cli("--inputs", stem_clip, "--model", folder, "--out-dir", str(out),
-                        "--niter", "1", "--residual-model", "--pcm16")
+    code, err = run_cli(stem_clip, "--model", folder, "-o", str(tmp_path / "out"),
+                        "--niter", "1", "--residual-model", "--int16")
     assert code == 0, err
+    out = tmp_path / "out" / os.path.basename(stem_clip)[:-len(".mp4")]
     written = sorted(os.listdir(out))
     assert written == sorted([t + ".wav" for t in list(SOURCES)] + ["residual.wav"])
     info = sf.info(str(out / "vocals.wav"))

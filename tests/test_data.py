@@ -1,4 +1,4 @@
-"""Training data: the seed's sampling properties, each tested."""
+"""Training data: open-unmix's sampling properties, each tested."""
 import os
 import shutil
 

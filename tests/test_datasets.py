@@ -61,7 +61,9 @@ def test_each_kind_trains_and_separates(kind, roots, tmp_path):
     code, _, err = run_script("test", "--inputs", song, "--model", out, "--targets", "vocals",
                               "--out-dir", str(tmp_path / "sep"), "--context", "cpu")
     assert code == 0, err
-    assert sorted(os.listdir(str(tmp_path / "sep"))) == ["accompaniment.wav", "vocals.wav"]
+    song_name = os.path.splitext(os.path.basename(song))[0]
+    assert sorted(os.listdir(str(tmp_path / "sep" / song_name))) == ["accompaniment.wav",
+                                                                     "vocals.wav"]
 
 
 @pytest.mark.parametrize("kind", sorted(FLAGS))
@@ -138,6 +140,14 @@ def test_bad_folder_data_is_named_before_training(roots, tmp_path):
          "the files of a track need one length"),
         ("sourcefolder", lambda r: open(os.path.join(r, "valid", "other", "Synth Test 00.wav"),
                                         "wb").write(b"RIFF" + b"\0" * 40), "cannot read"),
+        # a file that gives the target's name again would silently replace the target
+        ("trackfolder_var", lambda r: shutil.copyfile(os.path.join(r, track, "vocals.wav"),
+                                                      os.path.join(r, track, "vocals.WAV")),
+         "both give the source 'vocals'"),
+        ("trackfolder_var", lambda r: [os.rename(os.path.join(r, track, f),
+                                                 os.path.join(r, track, f[:-4] + ".flac"))
+                                       for f in os.listdir(os.path.join(r, track))],
+         "holds no .wav file (--ext .wav; it holds"),
     ]
     for k, (kind, change, message) in enumerate(cases):
         root = _bad(kind, roots, tmp_path / str(k), change)
@@ -177,6 +187,21 @@ def test_flags_that_a_kind_does_not_take(roots):
           "--source", "drums"], "argument --source: --dataset trackfolder_fix takes the target"),
         (["--dataset", "aligned", "--input-file", "a.wav", "--output-file", "b.wav"],
          "--dataset aligned needs --root"),
+        # a file or folder that would be both the target and an interferer
+        (["--dataset", "trackfolder_fix", "--root", roots["trackfolder_fix"], "--target-file",
+          "vocals.flac", "--interferer-files", "vocals.wav", "drums.flac"],
+         "argument vocals.flac (--target-file) and vocals.wav (--interferer-files) both give the "
+         "source 'vocals'"),
+        (["--dataset", "trackfolder_fix", "--root", roots["trackfolder_fix"], "--target-file",
+          "vocals.flac", "--interferer-files", "drums.flac", "drums.wav"],
+         "drums.flac (--interferer-files) and drums.wav (--interferer-files) both give"),
+        (["--dataset", "sourcefolder", "--root", roots["sourcefolder"], "--target-dir", "vocals",
+          "--interferer-dirs", "drums", "vocals/"], "both give the source 'vocals'"),
+        (["--dataset", "aligned", "--root", roots["aligned"], "--input-file", "vocals.wav",
+          "--output-file", "vocals.wav"], "both give the source 'vocals'"),
+        (["--dataset", "trackfolder_var", "--root", roots["trackfolder_var"], "--target-file",
+          "vocals.wav", "--ext", ".flac"],
+         "argument --target-file: vocals.wav does not end with --ext .flac"),
     ]
     for flags, message in cases:
         code, _, err = run_script("train", "--umx-train", *flags, "--output", "/nonexistent/o")

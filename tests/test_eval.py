@@ -1,4 +1,4 @@
-"""eval.py: museval scoring, the seed's aggregation, resume, parallel runs, bad inputs."""
+"""eval.py: museval scoring, the published aggregation, resume, parallel runs, bad inputs."""
 import json
 import os
 import shutil

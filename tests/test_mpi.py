@@ -59,20 +59,25 @@ def test_ranks_end_with_identical_parameters(root, tmp_path):
         assert np.array_equal(a[name], b[name]), name
 
 
-def test_two_ranks_equal_one_rank_with_twice_the_batch(root, tmp_path):
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_n_ranks_equal_one_rank_with_n_times_the_batch(root, tmp_path, ranks):
     """Gradient averaging: with batch-independent normalization (frozen BN statistics) and
-    per-sample dropout masks, 2 ranks x batch 2 take the same steps as 1 rank x batch 4."""
-    two, one = str(tmp_path / "two"), str(tmp_path / "one")
-    code, log = mpirun(2, "tests/mpi_steps.py", root, two, "--batch", "2", "--steps", "3",
-                       "--freeze-bn")
+    per-sample dropout masks, N ranks x batch B take the same steps as 1 rank x batch N B
+    (4 ranks: more ranks than this machine's cores, --oversubscribe, as several nodes would)."""
+    many, one = str(tmp_path / "many"), str(tmp_path / "one")
+    batch = 4 // ranks
+    code, log = mpirun(ranks, "tests/mpi_steps.py", root, many, "--batch", str(batch),
+                       "--steps", "3", "--freeze-bn")
     assert code == 0, log
     proc = subprocess.run([sys.executable, "tests/mpi_steps.py", root, one, "--batch", "4",
                            "--steps", "3", "--freeze-bn"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    a, b = load(os.path.join(two, "rank0.npz")), load(os.path.join(one, "rank0.npz"))
-    moved = 0
+    a, b = load(os.path.join(many, "rank0.npz")), load(os.path.join(one, "rank0.npz"))
     for name in a:
         assert np.allclose(a[name], b[name], rtol=1e-4, atol=1e-5), name
+    for rank in range(1, ranks):  # every rank ends with rank 0's parameters
+        other = load(os.path.join(many, "rank%d.npz" % rank))
+        assert all(np.array_equal(a[n], other[n]) for n in a)
     # and the steps did change the parameters (the comparison is not between initial values)
     code, log = mpirun(2, "tests/mpi_steps.py", root, str(tmp_path / "zero"), "--batch", "2",
                        "--steps", "0", "--freeze-bn")

@@ -3,7 +3,9 @@
 Each case asserts the exit code, the one line that names the problem (no traceback), and that
 nothing was left behind or overwritten (file listings and checksums before and after).
 Classes: 1 processes, 2 clobbering, 3 arguments, 4 training data, 5 checkpoints,
-6 evaluation, 7 full disks (tmpfs, as root), 8 convert.py and data.py (in 3 and 7).
+6 evaluation, 7 full disks (tmpfs, as root), 8 convert.py and data.py (in 3 and 7), 9 one
+writer per output folder, 10 interrupts at step boundaries, 11 results tied to what made
+them, 12 leftovers.
 """
 import fcntl
 import hashlib
@@ -80,10 +82,18 @@ def alive(pid):
         return False
 
 
+def _default_signals():
+    """In the child: the dispositions a terminal gives. A background job (`make test &`,
+    nohup, some CI runners) inherits SIGINT ignored, and a Python started so keeps ignoring
+    it: the tests that send Ctrl-C set what they rely on."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def start(script, *argv, env=None):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, script + ".py"), *argv],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})))
+                            env=dict(os.environ, **(env or {})), preexec_fn=_default_signals)
 
 
 def wait_for(condition, seconds=120):
@@ -153,7 +163,7 @@ def test_scoring_workers_end_with_eval(tmp_path):
     root = generate_dataset(str(tmp_path / "data"), nb_train=0, nb_test=4, duration=12.0,
                             seed=1, progress=False)
     proc = start("eval", "--estimates", root, "--root", root, "--is-wav", "--out-dir",
-                 str(tmp_path / "out"), "--cores", "2", "--targets", "vocals")
+                 str(tmp_path / "out"), "--cores", "2", "--targets", "vocals", "drums")
     # --estimates = the dataset's own folders: every stem is a perfect estimate
     workers = wait_for(lambda: len(children(proc.pid)) >= 2 and children(proc.pid))
     os.kill(proc.pid, signal.SIGKILL)
@@ -209,8 +219,7 @@ def test_staging_of_a_killed_run_is_removed_by_the_next(tmp_path, full_model, lo
     assert code == 0, err
     assert staging_left(out) == [live]
     os.close(lock)
-    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == \
-        ["accompaniment.wav", "vocals.wav"]
+    assert sorted(os.listdir(os.path.join(out, "short"))) == ["accompaniment.wav", "vocals.wav"]
 
 
 # --------------------------------------------------------------------------------------
@@ -225,7 +234,8 @@ def test_outputs_never_replace_inputs_or_each_other(tmp_path):
         os.makedirs(str(tmp_path / sub))
         songs[sub] = str(tmp_path / sub / "song.wav")
         sf.write(songs[sub], music_like(0.5, 8000, seed=len(sub)), 8000)
-    vocals = str(tmp_path / "a" / "vocals.wav")  # an input named like a stem
+    os.makedirs(str(tmp_path / "a" / "vocals"))
+    vocals = str(tmp_path / "a" / "vocals" / "vocals.wav")  # where its own stem would go
     sf.write(vocals, music_like(0.5, 8000), 8000)
     other = str(tmp_path / "b" / "song.flac")
     sf.write(other, music_like(0.5, 8000), 8000)
@@ -302,7 +312,7 @@ def test_arguments_are_checked_before_any_work(tmp_path, dataset):
         ("test", sep + ["--chunk-dur", "-2"], "--chunk-dur: must be > 0"),
         ("test", ["--inputs", str(tmp_path), "--model", model, "--out-dir", out],
          "--inputs: %s is a folder, not a file" % tmp_path),
-        ("test", sep[:-1] + [blocker], "--out-dir: %s is a file, not a folder" % blocker),
+        ("test", sep[:-1] + [blocker], "--outdir: %s is a file, not a folder" % blocker),
         ("train", tr + ["--batch-size", "0"], "--batch-size: must be > 0"),
         ("train", tr + ["--epochs", "-3"], "--epochs: must be > 0"),
         ("train", tr + ["--hidden-size", "0"], "--hidden-size: must be > 0"),
@@ -613,7 +623,7 @@ def test_full_training_output(tiny_disk, dataset):
     assert not staging_left(disk)
 
 
-def test_full_convert_eval_and_generate_outputs(tiny_disk, tmp_path, dataset):
+def test_full_convert_eval_and_generate_outputs(tiny_disk, tmp_path, dataset, stem_clip):
     disk = tiny_disk(32 << 10)
     fixture = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
     out = os.path.join(disk, "converted")
@@ -629,3 +639,317 @@ def test_full_convert_eval_and_generate_outputs(tiny_disk, tmp_path, dataset):
                   "--duration", "2")
     assert line.startswith("error: no space left on the device of %s" % out)
     assert not staging_left(disk)
+    stems = str(tmp_path / "stems")
+    os.makedirs(os.path.join(stems, "train"))
+    shutil.copyfile(stem_clip, os.path.join(stems, "train", "Clip.stem.mp4"))
+    out = os.path.join(disk, "decoded")
+    line = _twice("data", "--decode-stems", stems, out)
+    assert line.startswith("error: no space left on the device of %s" % out), line
+    assert not os.path.exists(out)  # no empty OUT/train left
+
+
+# --------------------------------------------------------------------------------------
+# 9. one writer per output folder
+# --------------------------------------------------------------------------------------
+
+def lock_holder(folder):
+    """The pid holding the flock of `folder` (from /proc/locks), or None."""
+    stat = os.stat(folder)
+    device = "%02x:%02x:%d" % (os.major(stat.st_dev), os.minor(stat.st_dev), stat.st_ino)
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if "FLOCK" in fields and fields[5] == device:
+                return int(fields[4])
+    return None
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_folder_stops_at_once(tmp_path, dataset, stem_clip):
+    out = str(tmp_path / "out")
+    epochs = TINY_TRAIN.index("--epochs") + 1
+    holder = start("train", "--root", dataset, "--output", out, *TINY_TRAIN[:epochs], "100000")
+    wait_for(lambda: os.path.isdir(out) and lock_holder(out) == holder.pid)
+    small = str(tmp_path / "small")
+    make_random_weights(small, **SMALL)
+    short = str(tmp_path / "short.wav")
+    sf.write(short, music_like(1.0, 8000), 8000)
+    stems = str(tmp_path / "stems")
+    os.makedirs(os.path.join(stems, "train"))
+    shutil.copyfile(stem_clip, os.path.join(stems, "train", "Clip.stem.mp4"))
+    fixture = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
+    cases = [("train", ["--root", dataset, "--output", out] + TINY_TRAIN),
+             ("test", ["--inputs", short, "--model", small, "--out-dir", out]),
+             ("eval", ["--estimates", dataset, "--root", dataset, "--is-wav", "--out-dir", out,
+                       "--targets", "vocals", "drums"]),
+             ("convert", ["--from-pytorch", fixture, "--out", out]),
+             ("data", ["--decode-stems", stems, out])]
+    try:
+        for script, argv in cases:
+            code, _, err = run_script(script, *argv)
+            line = the_error(err)
+            assert code == 1 and "is being written by another run (pid %d: " % holder.pid in line \
+                and "train.py" in line, (script, err)
+        assert holder.poll() is None  # the first run goes on
+    finally:
+        holder.kill()
+        holder.communicate(timeout=60)
+    # a killed run's lock is gone with it: the next run writes into the folder
+    assert lock_holder(out) is None
+    code, _, err = run_script("test", "--inputs", short, "--model", small, "--out-dir", out,
+                              "--niter", "0")
+    assert code == 0, err
+
+
+# --------------------------------------------------------------------------------------
+# 10. Ctrl-C and SIGTERM arrive between NNabla's passes
+# --------------------------------------------------------------------------------------
+
+def _signal_during(cls, method, signum):
+    """cls.method, sending `signum` to this process at its first call (then as it was)."""
+    original = getattr(cls, method)
+    sent = []
+
+    def patched(self, *args):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signum)
+        return original(self, *args)
+    return patched
+
+
+@pytest.fixture
+def cli_handlers():
+    """The handlers run_cli installs (SIGTERM → Interrupted), restored afterwards."""
+    from runtime import _raise_interrupted
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_a_signal_inside_an_nnabla_pass_arrives_after_it(cli_handlers):
+    import nnabla as nn
+    from ops import NumpyFunction
+    from runtime import Interrupted, signals_deferred
+
+    class _Twice(NumpyFunction):
+        """2 x, sending `signum` to this process inside the pass named `during`."""
+
+        def forward_impl(self, inputs, outputs):
+            if self.during == "forward":
+                os.kill(os.getpid(), self.signum)
+            outputs[0].data.get_data("w")[...] = 2 * inputs[0].data.get_data("r")
+
+        def backward_impl(self, inputs, outputs, propagate_down, accum):
+            if self.during == "backward":
+                os.kill(os.getpid(), self.signum)
+            inputs[0].grad.get_data("w")[...] = 2 * outputs[0].grad.get_data("r")
+
+    x = nn.Variable.from_numpy_array(np.arange(3, dtype=np.float32), need_grad=True)
+    for signum, expected in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Interrupted)):
+        for during in ("forward", "backward"):
+            y = _Twice(during=during, signum=signum)(x)
+            if during == "backward":
+                y.forward()
+            with pytest.raises(expected):
+                with signals_deferred():
+                    y.forward() if during == "forward" else y.backward(clear_buffer=True)
+            assert np.array_equal(y.d, 2 * x.d)  # the pass completed first
+            if during == "backward":
+                assert np.array_equal(x.g, np.full(3, 2.0, np.float32))
+        # the mechanism matters: raised inside NNabla's call, the signal is a SystemError
+        with pytest.raises(SystemError):
+            _Twice(during="forward", signum=signum)(x).forward()
+
+
+def _tiny_step(xumx):
+    """A tiny UMX or X-UMX training graph and solver, and a batch for it."""
+    import nnabla as nn
+    import nnabla.solvers as S
+    from layout import UmxConfig
+    from vocabulary import XUMX_BRANCHES
+    train_module = __import__("conftest").import_script("train")
+    cfg = UmxConfig(**dict(SMALL, xumx_branches=XUMX_BRANCHES if xumx else ()))
+    scope = "x-umx" if xumx else "vocals"
+    nn.clear_parameters()
+    graph = train_module.build_training_graph(cfg, scope, 2, 4000)
+    solver = S.Adam(alpha=1e-3)
+    with nn.parameter_scope(scope):
+        solver.set_parameters(nn.get_parameters())
+    rng = np.random.RandomState(0)
+    mixtures = rng.randn(2, 4000, 2).astype(np.float32) * 0.1
+    targets = np.tile(mixtures * 0.25, (1, 1, 4 if xumx else 1))
+    return train_module, cfg, graph, solver, mixtures, targets
+
+
+@pytest.mark.parametrize("xumx", [False, True])
+@pytest.mark.parametrize("phase", ["forward", "backward", "loss", "update"])
+def test_a_signal_during_a_training_step_ends_it_cleanly(xumx, phase, cli_handlers,
+                                                         monkeypatch):
+    import ops
+    import loss
+    from runtime import Interrupted
+    train_module, cfg, graph, solver, mixtures, targets = _tiny_step(xumx)
+    signum, expected = ((signal.SIGTERM, Interrupted) if xumx else
+                        (signal.SIGINT, KeyboardInterrupt))
+    where = {"forward": (ops._Dense, "forward_impl"), "backward": (ops._Dense, "backward_impl"),
+             "loss": (loss._TimeLoss if xumx else loss._MeanSquaredError, "forward_impl"),
+             "update": None}[phase]
+    if phase == "update":  # a solver is no Python function: NNabla returns before the signal
+        solver = _SignalingSolver(solver, signum)
+    else:
+        monkeypatch.setattr(*where, _signal_during(*where, signum))
+    with pytest.raises(expected):
+        train_module.train_step(graph, solver, mixtures, targets, cfg, 1e-5,
+                                train_module.dropout_rngs(0, 1, range(2)))
+
+
+class _SignalingSolver:
+    """A solver that sends `signum` to this process as it updates."""
+
+    def __init__(self, solver, signum):
+        self.solver, self.signum = solver, signum
+
+    def __getattr__(self, name):
+        return getattr(self.solver, name)
+
+    def update(self):
+        os.kill(os.getpid(), self.signum)
+        self.solver.update()
+
+
+def test_a_signal_during_validation_ends_it_cleanly(cli_handlers, monkeypatch, dataset):
+    import nnabla as nn
+    import ops
+    from layout import UmxConfig
+    from args import data_config, get_train_args
+    from datasets import load_dataset
+    train_module = __import__("conftest").import_script("train")
+    cfg = UmxConfig(hidden_size=16, max_bin=100, nb_output_bins=257, n_fft=512, n_hop=128)
+    args = get_train_args(["--root", dataset] + TINY_TRAIN)
+    data = load_dataset(data_config(args), log=lambda *a: None)
+    nn.clear_parameters()
+    train_module.build_training_graph(cfg, "bass", 2, 22050)
+    where = (ops._LstmRecurrence, "forward_impl")  # inside the inference network's pass
+    monkeypatch.setattr(*where, _signal_during(*where, signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        train_module.validation_loss(data, "bass", cfg, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("xumx,signum", [(False, signal.SIGINT), (True, signal.SIGTERM)])
+def test_train_py_interrupted_mid_epoch_ends_cleanly_and_resumes(tmp_path, dataset, xumx,
+                                                                 signum):
+    out = str(tmp_path / "out")
+    if xumx:
+        argv = ["--root", dataset, "--is-wav", "--output", out, "--batch-size", "2",
+                "--hidden-size", "8", "--nfft", "512", "--nhop", "128", "--samples-per-track",
+                "4", "--seq-dur", "0.5", "--context", "cpu", "--epochs", "3"]
+        name = "x-umx"
+    else:
+        argv = ["--root", dataset, "--output", out] + TINY_TRAIN[:-1] + ["3"]
+        argv[argv.index("--samples-per-track") + 1] = "8"
+        name = "bass"
+    proc = start("train", *argv)
+    wait_for(lambda: os.path.isfile(os.path.join(out, name + ".checkpoint", "MANIFEST.json")))
+    time.sleep(0.3)  # into the second epoch's steps
+    os.kill(proc.pid, signum)
+    _, stderr = proc.communicate(timeout=120)
+    line = the_error(stderr, "interrupted")
+    assert proc.returncode == 128 + signum, stderr
+    assert ("Ctrl-C" if signum == signal.SIGINT else "SIGTERM") in line
+    assert not staging_left(out)
+    code, stdout, err = run_script("train", *argv)
+    assert code == 0 and "resuming %s from epoch" % name in stdout, err
+
+
+# --------------------------------------------------------------------------------------
+# 11. scores are tied to what made them
+# --------------------------------------------------------------------------------------
+
+def test_scores_of_another_model_or_options_are_never_reported(tmp_path, dataset):
+    models = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        models[name] = str(tmp_path / name)
+        make_random_weights(models[name], seed=seed, **SMALL)
+    out = str(tmp_path / "out")
+    base = ["--root", dataset, "--is-wav", "--out-dir", out, "--context", "cpu"]
+    code, _, err = run_script("eval", "--model", models["a"], *base)
+    assert code == 0, err
+    before = snapshot(out)
+    cases = [(["--model", models["b"]], "was scored with other model files"),
+             (["--model", models["a"], "--niter", "0"], "was scored with other options"),
+             (["--estimates", dataset], "was scored with other model files")]
+    for argv, message in cases:
+        code, _, err = run_script("eval", *argv, *(base[:-2] if "--estimates" in argv else base))
+        assert code == 1 and message in the_error(err), (argv, err)
+        assert snapshot(out) == before, argv
+    code, stdout, err = run_script("eval", "--model", models["a"], *base)
+    assert code == 0 and "2 of 2 tracks already scored with this model" in stdout, err
+    # scores without a record (an older version's): refused, not taken on trust
+    shutil.rmtree(os.path.join(out, ".scored-with"))
+    code, _, err = run_script("eval", "--model", models["a"], *base)
+    assert code == 1 and "has no record of what made it" in the_error(err), err
+
+
+def test_changed_estimates_are_scored_again_only_in_a_new_folder(tmp_path, dataset):
+    estimates = copy_dataset(dataset, tmp_path, "estimates")
+    out = str(tmp_path / "out")
+    argv = ["--estimates", estimates, "--root", dataset, "--is-wav", "--out-dir", out,
+            "--targets", "vocals", "drums"]
+    code, _, err = run_script("eval", *argv)
+    assert code == 0, err
+    path = os.path.join(estimates, "test", "Synth Test 00", "vocals.wav")
+    _rewrite(path, lambda a: a * 0.5)
+    code, _, err = run_script("eval", *argv)
+    assert code == 1 and "other estimate files" in the_error(err), err
+    assert "vocals.wav" in the_error(err)
+
+
+# --------------------------------------------------------------------------------------
+# 12. nothing left behind
+# --------------------------------------------------------------------------------------
+
+def test_eval_with_workers_leaves_no_temporary_folder(tmp_path, dataset):
+    tmpdir = str(tmp_path / "tmp")
+    os.makedirs(tmpdir)
+    for k, kill_after in enumerate((None, 2.5)):
+        out = str(tmp_path / ("out%d" % k))
+        argv = ["--estimates", dataset, "--root", dataset, "--is-wav", "--out-dir", out,
+                "--cores", "2", "--targets", "vocals", "drums"]
+        if kill_after is None:
+            code, _, err = run_script("eval", *argv, env={"TMPDIR": tmpdir})
+            assert code == 0, err
+        else:
+            proc = start("eval", *argv, env={"TMPDIR": tmpdir})
+            time.sleep(kill_after)
+            os.kill(proc.pid, signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode in (0, 143), err
+            assert "Traceback" not in err, err
+        assert os.listdir(tmpdir) == [], k
+
+
+def test_arguments_that_need_no_data_are_checked_first(tmp_path, dataset):
+    out = str(tmp_path / "out")
+    code, _, err = run_script("train", "--root", dataset, "--is-wav", "--output", out,
+                              "--seq-dur", "0.02", "--context", "cpu")
+    assert code == 1 and "--seq-dur is too short for X-UMX" in the_error(err), err
+    assert not os.path.exists(out)  # no data-check.json in a folder the run created
+    inside = os.path.join(dataset, "train", "models")
+    code, _, err = run_script("train", "--root", dataset, "--output", inside, *TINY_TRAIN)
+    assert code == 1 and "is inside the dataset's train" in the_error(err), err
+    assert not os.path.exists(inside)
+
+
+def test_a_failed_preview_download_leaves_no_folder(tmp_path):
+    home = str(tmp_path / "home")
+    os.makedirs(home)
+    code, _, err = run_script("train", "--umx-train", "--output", str(tmp_path / "out"),
+                              "--context", "cpu", env={"HOME": home, "https_proxy": "http://127.0.0.1:9",
+                                                       "http_proxy": "http://127.0.0.1:9"})
+    assert code == 1 and "could not download the MUSDB18 previews" in the_error(err), err
+    assert os.listdir(home) == [] and not os.path.exists(str(tmp_path / "out"))

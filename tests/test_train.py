@@ -93,7 +93,8 @@ def test_training_writes_loadable_outputs(root, tmp_path):
                               os.path.join(root, "test", "Synth Test 00", "mixture.wav"),
                               "--model", out, "--targets", "bass", "--out-dir", str(tmp_path / "sep"))
     assert code == 0, err
-    assert sorted(os.listdir(str(tmp_path / "sep"))) == ["accompaniment.wav", "bass.wav"]
+    assert sorted(os.listdir(str(tmp_path / "sep" / "mixture"))) == ["accompaniment.wav",
+                                                                      "bass.wav"]
 
 
 def test_killed_and_resumed_equals_uninterrupted(root, tmp_path):

@@ -16,16 +16,18 @@ import subprocess
 import sys
 import time
 
-from runtime import UmxError, blas_threads_chosen, die_with_parent, run_cli
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-from vocabulary import SOURCES as TARGETS
+from runtime import UmxError, blas_threads_chosen, die_with_parent, run_cli  # noqa: E402
+from vocabulary import SOURCES as TARGETS  # noqa: E402
 
 
 def run(cmd):
     """Run one step; a failure (its own one-line error printed) stops the demo."""
     print("\n$ " + " ".join('"%s"' % c if " " in c else c for c in cmd), flush=True)
-    code = subprocess.run(cmd, cwd=HERE, preexec_fn=die_with_parent).returncode
+    code = subprocess.run(cmd, cwd=ROOT, preexec_fn=die_with_parent).returncode
     if code:
         raise UmxError("demo: %s failed (exit %d)" % (" ".join(cmd[1:3]), code))
 
@@ -44,7 +46,7 @@ def run_parallel(commands, log_dir):
         log = os.path.join(log_dir, cmd[cmd.index("--source") + 1] + ".log")
         print("\n$ %s  > %s" % (" ".join(cmd), log), flush=True)
         with open(log, "w") as f:
-            procs.append((subprocess.Popen(cmd, cwd=HERE, stdout=f, stderr=subprocess.STDOUT,
+            procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                                            env=env, preexec_fn=die_with_parent), log))
     failed = [log for proc, log in procs if proc.wait()]
     if failed:
@@ -55,7 +57,7 @@ def run_parallel(commands, log_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(HERE, "demo_out"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "demo_out"))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--hidden-size", type=int, default=64)
     run_cli(run_demo, parser.parse_args(argv))
