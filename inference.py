@@ -163,12 +163,12 @@ class InferenceNetwork:
         return F.mul_n(x, F.reshape(mix, x.shape))
 
     @staticmethod
-    def _recurrence(gates, w_rec):
-        """LSTM recurrences from zero states: gates [shape=(T, G, B, 4H)] (input projections,
-        each of the G groups in its own time order), w_rec [shape=(G, 4H, H)] → hs
-        [shape=(T, G, B, H)]: one NNabla function (`ops.lstm_recurrence`) for all steps."""
+    def _recurrence(gates, w_rec, reverse):
+        """LSTM recurrences from zero states: gates [shape=(T, B, G, 4H)] (input projections;
+        group g runs backward in time when reverse[g]), w_rec [shape=(G, 4H, H)] → hs
+        [shape=(T, B, G, H)]: one NNabla function (`ops.lstm_recurrence`) for all steps."""
         hs = lstm_recurrence(nn.Variable.from_numpy_array(gates),
-                             nn.Variable.from_numpy_array(w_rec), keep=False)
+                             nn.Variable.from_numpy_array(w_rec), reverse, keep=False)
         with signals_deferred():
             hs.forward()
         return hs.d
@@ -207,28 +207,27 @@ class InferenceNetwork:
             if bridged:  # X-UMX: every LSTM reads the average of the branches' encodings
                 skip = dict.fromkeys(members, _average(skip.values()))
                 layer_out = dict(skip)
+            # every target's directions are groups of one recurrence: (T, B, targets * D, ...)
+            reverse = [d == 1 for _ in members for d in range(dirs)]
             for layer in range(nb_layers):
-                # (B * T, D * 4H) per target -> (T, targets * D, B, 4H), backward ones reversed
-                gates = np.empty((nb_frames, len(members) * dirs, nb_samples, 4 * hid), np.float32)
+                # (B * T, D * 4H) per target -> (T, B, targets * D, 4H)
+                gates = np.empty((nb_frames, nb_samples, len(members) * dirs, 4 * hid), np.float32)
                 w_rec = np.empty((len(members) * dirs, 4 * hid, hid), np.float32)
                 for k, target in enumerate(members):
                     w = self.weights[target]
                     proj = self._per_frame(self._projection_layer,
                                            [w["lstm%d_W_in" % layer], w["lstm%d_b" % layer]],
                                            [layer_out[target]], dirs * 4 * hid)
-                    proj = proj.reshape(nb_samples, nb_frames, dirs, 4 * hid).transpose(1, 2, 0, 3)
-                    gates[:, k * dirs] = proj[:, 0]
-                    if dirs == 2:
-                        gates[:, k * dirs + 1] = proj[::-1, 1]
+                    gates[:, :, k * dirs:(k + 1) * dirs] = \
+                        proj.reshape(nb_samples, nb_frames, dirs, 4 * hid).transpose(1, 0, 2, 3)
                     w_rec[k * dirs:(k + 1) * dirs] = w["lstm%d_W_rec" % layer].d
-                hs = self._recurrence(gates, w_rec)  # (T, targets * D, B, H)
+                hs = self._recurrence(gates, w_rec, reverse)  # (T, B, targets * D, H)
                 del gates
                 for k, target in enumerate(members):
-                    out = np.empty((nb_samples, nb_frames, dirs, hid), np.float32)
-                    out[:, :, 0] = hs[:, k * dirs].transpose(1, 0, 2)
-                    if dirs == 2:
-                        out[:, :, 1] = hs[::-1, k * dirs + 1].transpose(1, 0, 2)
-                    layer_out[target] = out.reshape(rows, dirs * hid)
+                    # (T, B, D, H) -> (B * T, D * H)
+                    layer_out[target] = np.ascontiguousarray(
+                        hs[:, :, k * dirs:(k + 1) * dirs].transpose(1, 0, 2, 3)).reshape(
+                        rows, dirs * hid)
             if bridged:  # X-UMX: the average of the skip connections [encoding | LSTM], whose
                 # encoding half is already the average
                 layer_out = dict.fromkeys(members, _average(layer_out.values()))

@@ -46,15 +46,9 @@ def unrolled_lstm(x, weight_l0, weight, bias, nb_layers, nb_directions, dropout_
         # (T * B, I) @ (I, D*4H) -> (T, B, D, 4H)
         proj = dense(layer_in, F.transpose(w_in, (1, 0)), b, base_axis=2)
         proj = F.reshape(proj, (nb_frames, nb_samples, dirs, 4 * hid))
-        proj = F.transpose(proj, (0, 2, 1, 3))  # (T, D, B, 4H)
-        if dirs == 2:
-            # the backward direction reads the frames in reverse
-            proj = F.concatenate(proj[:, :1], F.flip(proj[:, 1:], axes=[0]), axis=1)
-        out = lstm_recurrence(proj, w_rec)  # (T, D, B, H)
-        if dirs == 2:
-            out = F.concatenate(out[:, :1], F.flip(out[:, 1:], axes=[0]), axis=1)
-        # (T, D, B, H) -> (T, B, D*H)
-        layer_in = F.reshape(F.transpose(out, (0, 2, 1, 3)), (nb_frames, nb_samples, dirs * hid))
+        # the backward direction reads the frames in reverse: (T, B, D, H) -> (T, B, D*H)
+        out = lstm_recurrence(proj, w_rec, reverse=(False, True)[:dirs])
+        layer_in = F.reshape(out, (nb_frames, nb_samples, dirs * hid))
         if dropout_masks and layer < nb_layers - 1:
             layer_in = multiply(layer_in, dropout_masks[layer])
     return layer_in

@@ -6,8 +6,9 @@ large arrays).
 - `multiply(a, b)`: the elementwise product of two Variables of one shape, with a gradient
   that holds where an input is zero (NNabla's `F.mul_n` divides the product by each input in
   its backward pass: NaN where a ReLU output or a gate is 0).
-- `lstm_recurrence(proj, w_rec)`: an LSTM layer's recurrence, all steps in one function (its
-  products on BLAS); on GPU contexts unrolled into batch_matmul, sigmoid, tanh and mul2.
+- `lstm_recurrence(proj, w_rec, reverse)`: an LSTM layer's recurrences, all steps in one
+  compiled function (`kernels.py`); on GPU contexts unrolled into batch_matmul, sigmoid, tanh
+  and mul2.
 - `dense(x, W, b)`: `F.affine`.
 - `batch_norm(...)`: `F.batch_normalization` over the last axis.
 - `istft(real, imag)`: `F.istft(center=True)`.
@@ -129,78 +130,35 @@ def multiply(a, b):
 
 
 class _LstmRecurrence(NumpyFunction):
-    """The recurrence of an LSTM layer (all steps, any number of independent directions):
-    proj [shape=(T, D, B, 4H)] (input projections with bias, gates in NNabla's order i, f, g, o,
-    each direction in its own time order), w_rec [shape=(D, 4H, H)] → hs [shape=(T, D, B, H)],
-    from zero states. Backpropagation through time in numpy; with `keep`, the activations of
-    the last forward pass are kept for the backward pass (training graphs run forward, then
-    backward)."""
+    """The recurrences of an LSTM layer, all steps in one function, compiled (`kernels.py`):
+    proj [shape=(T, B, G, 4H)] (input projections with bias, gates in NNabla's order i, f, g,
+    o), w_rec [shape=(G, 4H, H)] → hs [shape=(T, B, G, H)], from zero states; each group g
+    (a direction, of a target) runs backward in time when reverse[g]. With `keep`, the
+    activations of the last forward pass are kept for the backward pass (training graphs run
+    forward, then backward)."""
 
     def output_shape(self, inputs):
         proj, w_rec = inputs
-        steps, dirs, batch, width = proj.shape
-        if w_rec.shape != (dirs, width, width // 4) or width % 4:
+        steps, batch, groups, width = proj.shape
+        if w_rec.shape != (groups, width, width // 4) or width % 4 or \
+                len(self.reverse) != groups:
             raise ValueError("lstm_recurrence: projections %s do not fit weights %s"
                              % (proj.shape, w_rec.shape))
-        return (steps, dirs, batch, width // 4)
+        return (steps, batch, groups, width // 4)
 
     def forward_impl(self, inputs, outputs):
-        proj = inputs[0].data.get_data("r")
-        w_rec = inputs[1].data.get_data("r")  # (D, 4H, H)
-        steps, dirs, batch, width = proj.shape
-        hid = width // 4
-        kept = steps if self.keep else 1
-        self.acts = np.empty((kept,) + proj.shape[1:], np.float32)  # i, f, g, o activated
-        self.cells = np.empty((kept, dirs, batch, hid), np.float32)
-        hs = outputs[0].data.get_data("w")
-        # σ(x) = (tanh(x / 2) + 1) / 2: all four gates through one tanh
-        scale = np.full(width, 0.5, np.float32)
-        scale[2 * hid:3 * hid] = 1.0
-        c = np.zeros((dirs, batch, hid), np.float32)
-        for t in range(steps):
-            act = self.acts[t if self.keep else 0]
-            if t:  # W h, as (D, 4H, H) @ (D, H, B): the faster orientation for small B
-                np.add(proj[t], np.matmul(w_rec, hs[t - 1].transpose(0, 2, 1)).transpose(0, 2, 1),
-                       out=act)
-                act *= scale
-            else:
-                np.multiply(proj[t], scale, out=act)
-            np.tanh(act, out=act)
-            for sigmoid in (act[..., :2 * hid], act[..., 3 * hid:]):
-                sigmoid += 1.0
-                sigmoid *= 0.5
-            i, f, g, o = np.split(act, 4, axis=-1)
-            c *= f
-            c += i * g
-            if self.keep:
-                self.cells[t] = c
-            np.multiply(o, np.tanh(c), out=hs[t])
-        self.hs = hs.copy() if self.keep else None
+        from kernels import lstm_forward
+        hs, self.kept = lstm_forward(inputs[0].data.get_data("r"), inputs[1].data.get_data("r"),
+                                     self.reverse, self.keep)
+        outputs[0].data.get_data("w")[...] = hs
+        self.hs = hs if self.keep else None
 
     def backward_impl(self, inputs, outputs, propagate_down, accum):
+        from kernels import lstm_backward
         if not self.keep:
             raise RuntimeError("lstm_recurrence(keep=False) has no backward pass")
-        w_rec = inputs[1].data.get_data("r")  # (D, 4H, H)
-        dhs = outputs[0].grad.get_data("r")
-        steps, dirs, batch, hid = dhs.shape
-        dproj = np.empty(self.acts.shape, np.float32)
-        dw = np.zeros(w_rec.shape, np.float32)
-        dh_next = dc_next = 0.0
-        for t in range(steps - 1, -1, -1):
-            i, f, g, o = np.split(self.acts[t], 4, axis=-1)
-            tanh_c = np.tanh(self.cells[t])
-            c_prev = self.cells[t - 1] if t else 0.0
-            dh = dhs[t] + dh_next
-            dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-            da = dproj[t]
-            da[..., :hid] = dc * g * i * (1.0 - i)
-            da[..., hid:2 * hid] = dc * c_prev * f * (1.0 - f)
-            da[..., 2 * hid:3 * hid] = dc * i * (1.0 - g * g)
-            da[..., 3 * hid:] = dh * tanh_c * o * (1.0 - o)
-            if t:
-                dw += np.matmul(da.transpose(0, 2, 1), self.hs[t - 1])  # (D, 4H, B) @ (D, B, H)
-                dh_next = np.matmul(da, w_rec)  # (D, B, 4H) @ (D, 4H, H)
-            dc_next = dc * f
+        dproj, dw = lstm_backward(outputs[0].grad.get_data("r"), self.hs, self.kept,
+                                  inputs[1].data.get_data("r"), self.reverse)
         if propagate_down[0]:
             set_grad(inputs[0], dproj, accum[0])
         if propagate_down[1]:
@@ -210,25 +168,34 @@ class _LstmRecurrence(NumpyFunction):
         return j == 1
 
 
-def lstm_recurrence(proj, w_rec, keep=True):
-    """An LSTM layer's recurrence from zero states: proj [shape=(T, D, B, 4H)] (input
-    projections with bias, gates i, f, g, o; each of the D independent directions in its own
-    time order), w_rec [shape=(D, 4H, H)] → hs [shape=(T, D, B, H)]. keep=False: for
-    inference only (no backward pass, no activations kept)."""
+def lstm_recurrence(proj, w_rec, reverse, keep=True):
+    """LSTM recurrences from zero states: proj [shape=(T, B, G, 4H)] (input projections with
+    bias, gates i, f, g, o), w_rec [shape=(G, 4H, H)], reverse (G bools: the groups that run
+    from the last frame to the first) → hs [shape=(T, B, G, H)]. keep=False: for inference
+    only (no backward pass, no activations kept)."""
+    reverse = tuple(bool(r) for r in reverse)
     if numpy_kernels():
-        return _LstmRecurrence(keep=keep)(proj, w_rec)
-    steps, dirs, batch, width = proj.shape
+        return _LstmRecurrence(keep=keep, reverse=reverse)(proj, w_rec)
+    steps, batch, groups, width = proj.shape
     hid = width // 4
+    # each group in its own time order: (T, B, G, 4H) -> (T, G, B, 4H)
+    ordered = [F.reshape(proj[:, :, g:g + 1], (steps, batch, width)) for g in range(groups)]
+    ordered = [F.flip(p, axes=[0]) if r else p for p, r in zip(ordered, reverse)]
+    gates_all = F.stack(*ordered, axis=1)
     h, c, outputs = None, None, []
-    for gates in (F.split(proj, axis=0) if steps > 1 else [F.reshape(proj, proj.shape[1:])]):
+    for gates in (F.split(gates_all, axis=0) if steps > 1 else
+                  [F.reshape(gates_all, gates_all.shape[1:])]):
         if h is not None:
             gates = gates + F.batch_matmul(h, w_rec, transpose_b=True)
-        i, f, g, o = F.split(F.reshape(gates, (dirs, batch, 4, hid)), axis=2)
+        i, f, g, o = F.split(F.reshape(gates, (groups, batch, 4, hid)), axis=2)
         i, g, o = F.sigmoid(i), F.tanh(g), F.sigmoid(o)
         c = F.mul2(i, g) if c is None else F.mul2(F.sigmoid(f), c) + F.mul2(i, g)
         h = F.mul2(o, F.tanh(c))
         outputs.append(h)
-    return F.stack(*outputs, axis=0)
+    hs = F.stack(*outputs, axis=0)  # (T, G, B, H), each group in its own time order
+    per_group = [F.reshape(hs[:, g:g + 1], (steps, batch, hid)) for g in range(groups)]
+    per_group = [F.flip(x, axes=[0]) if r else x for x, r in zip(per_group, reverse)]
+    return F.stack(*per_group, axis=2)  # -> (T, B, G, H)
 
 
 class _Dense(NumpyFunction):

@@ -67,7 +67,8 @@ def _kernels():
     """Compile (once, cached on disk) the Wiener filter's per-bin loops."""
     if _KERNELS:
         return _KERNELS
-    import numba
+    from kernels import numba_fork_safe
+    numba = numba_fork_safe()
 
     @numba.njit(parallel=True, cache=True)
     def initial(v, x, softmask, eps, scale, out):

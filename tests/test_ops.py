@@ -1,5 +1,6 @@
 """ops.py: the context-chosen functions, against NNabla's own."""
 import numpy as np
+import pytest
 import nnabla as nn
 import nnabla.functions as F
 
@@ -26,33 +27,33 @@ def test_multiply_has_the_right_gradient_where_inputs_are_zero():
     assert np.isnan(a.g).any()
 
 
-def test_lstm_recurrence_equals_nnabla_functions():
-    """The numpy recurrence (CPU) against the same LSTM step written in NNabla functions."""
-    rng = np.random.RandomState(0)
-    steps, dirs, batch, hid = 7, 2, 3, 4
-    proj, w_rec = rng.randn(steps, dirs, batch, 4 * hid), rng.randn(dirs, 4 * hid, hid) * 0.5
-    ours_in, ref_in = [V(proj), V(w_rec)], [V(proj), V(w_rec)]
-    ours = lstm_recurrence(*ours_in)
-    h = c = None
-    outputs = []
-    for t in range(steps):
-        gates = ref_in[0][t] if h is None else ref_in[0][t] + F.batch_matmul(h, ref_in[1],
-                                                                            transpose_b=True)
-        i, f, g, o = F.split(F.reshape(gates, (dirs, batch, 4, hid)), axis=2)
-        c = F.sigmoid(i) * F.tanh(g) if c is None else \
-            F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
-        h = F.sigmoid(o) * F.tanh(c)
-        outputs.append(h)
-    ref = F.stack(*outputs, axis=0)
-    grad = rng.randn(*ref.shape).astype(np.float32)
-    for out, inputs in ((ours, ours_in), (ref, ref_in)):
+@pytest.mark.parametrize("reverse", [(False, True), (True, False, False)])
+def test_lstm_recurrence_equals_nnabla_functions(reverse, monkeypatch):
+    """The compiled recurrence (CPU) against the same LSTM steps in NNabla's functions (the
+    GPU's branch, UMX_OPS=nnabla), groups running forward and backward in time; gradients
+    accumulate."""
+    rng = np.random.RandomState(len(reverse))
+    steps, groups, batch, hid = 7, len(reverse), 3, 4
+    proj, w_rec = rng.randn(steps, batch, groups, 4 * hid), rng.randn(groups, 4 * hid, hid) * 0.5
+    grad = rng.randn(steps, batch, groups, hid).astype(np.float32)
+    results = []
+    for ops in ("numpy", "nnabla"):
+        monkeypatch.setenv("UMX_OPS", ops)
+        inputs = [V(proj, need_grad=True), V(w_rec, need_grad=True)]
+        out = lstm_recurrence(*inputs, reverse=reverse)
         for v in inputs:
-            v.grad.zero()
+            v.grad.fill(0.5)
         out.forward()
         out.backward(grad)
-    assert np.allclose(ours.d, ref.d, atol=1e-5)
-    for o, r in zip(ours_in, ref_in):
-        assert np.allclose(o.g, r.g, atol=1e-4)
+        results.append([out.d.copy()] + [v.g.copy() for v in inputs])
+    for ours, ref in zip(*results):
+        assert np.allclose(ours, ref, rtol=1e-4, atol=1e-5)
+    # the first step of a reversed group is the last frame: its output there is h_1
+    monkeypatch.setenv("UMX_OPS", "numpy")
+    first = steps - 1 if reverse[0] else 0
+    alone = lstm_recurrence(V(proj[first:first + 1, :, :1]), V(w_rec[:1]), reverse=reverse[:1])
+    alone.forward()
+    assert np.allclose(results[0][0][first, :, 0], alone.d[0, :, 0], atol=1e-6)
 
 
 import pytest  # noqa: E402
