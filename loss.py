@@ -50,12 +50,17 @@ def mse(estimate, target):
 
 
 def frequency_loss_value(errors):
-    """X-UMX's L_f of the 4 targets' errors d_j [one shape] → (4 Σ‖d_j‖² + 3 ‖Σ d_j‖²) / (14 N),
-    sums in float64."""
-    total = sum(errors)
-    squares = sum(np.dot(e.ravel().astype(np.float64), e.ravel()) for e in errors)
-    return float((4 * squares + 3 * np.dot(total.ravel().astype(np.float64), total.ravel()))
-                 / (14.0 * errors[0].size))
+    """X-UMX's L_f of the 4 targets' errors d_j [one shape] → (4 Σ‖d_j‖² + 3 ‖Σ d_j‖²) / (14 N)."""
+    squares = sum(_sum_of_squares(e) for e in errors)
+    return (4 * squares + 3 * _sum_of_squares(sum(errors))) / (14.0 * errors[0].size)
+
+
+def _sum_of_squares(x, chunk=1 << 20):
+    """Σ x² of a float32 array: BLAS's float32 dot per chunk of a million values, the chunks
+    summed in float64 (as precise as a float64 sum here, without a float64 copy)."""
+    flat = x.ravel()
+    return sum(float(np.dot(flat[k:k + chunk], flat[k:k + chunk]))
+               for k in range(0, flat.size, chunk))
 
 
 def frequency_loss_grads(errors, scale):
@@ -66,62 +71,70 @@ def frequency_loss_grads(errors, scale):
 
 
 def time_loss_value(estimates, targets, mixture, grad_scale=None):
-    """X-UMX's L_t: estimates, targets float32 [shape=(4, rows, L)] (time signals, rows =
-    samples x channels), mixture [shape=(rows, L)], already trimmed; one combination at a
-    time (memory: one combination's signals). → (value, and with grad_scale, d value /
-    d estimates times grad_scale [shape=(4, rows, L)], else None)."""
-    rows = mixture.shape[0]
-    total = 0.0
-    grad = np.zeros(estimates.shape, np.float32) if grad_scale is not None else None
-    count = len(COMBINATIONS) * rows
-    for weights in COMBINATIONS:
-        members = np.flatnonzero(weights)
-        s_hat, s = estimates[members].sum(axis=0), targets[members].sum(axis=0)
-        n_hat, n = mixture - s_hat, mixture - s
-        terms, g_s = _cosine_terms(s_hat, s, grad is not None)
-        noise_terms, g_n = _cosine_terms(n_hat, n, grad is not None)
-        power_s = _row_power(s)
-        alpha = power_s / (power_s + _row_power(n) + EPS)  # (rows,)
-        total += np.sum(-alpha * terms - (1 - alpha) * noise_terms)
-        if grad is not None:
-            # d/dŝ of -α cos(ŝ, s) - (1 - α) cos(m - ŝ, n); shared by the members
-            g = g_n * _column((1 - alpha) * grad_scale / count)
-            g -= g_s * _column(alpha * grad_scale / count)
-            for j in members:
-                grad[j] += g
-    return 1.0 + total / count, grad
+    """X-UMX's L_t. estimates, targets: float32 [shape=(4, rows, L)] (time signals, rows =
+    samples x channels), mixture [shape=(rows, L)], already trimmed → (value, and with
+    grad_scale, d value / d estimates times grad_scale [shape=(4, rows, L)], else None).
+
+    Every signal of the 14 combinations is a sum of the 9 signals y = (d_1..d_4, s_1..s_4, r)
+    per row, with d_j = ŝ_j - s_j the errors and r = m - Σ s_j: so every inner product the
+    loss takes is a^T G b for the rows' 9 x 9 Gram matrices G of y and fixed coefficient
+    vectors a, b. One pass over the signals gives G (BLAS), the loss is then arithmetic on 9 x 9
+    matrices in float64, and its gradient one more pass: d value / d d_j = Σ_k (H + H^T)_jk y_k.
+    Errors, not estimates, span the basis, so that no product cancels when the estimates
+    approach the targets.
+    """
+    rows, length = mixture.shape
+    basis = np.empty((9, length), np.float32)  # one row's y at a time: stays in cache
+    gram = np.empty((rows, 9, 9))
+    for row in range(rows):
+        gram[row] = _basis(estimates, targets, mixture, row, basis) @ basis.T
+    # coefficient rows (14, 9) of ŝ_c, s_c, n̂_c = m - ŝ_c, n_c = m - s_c in the basis y
+    w, none, one = COMBINATIONS.astype(np.float64), np.zeros((14, 1)), np.ones((14, 1))
+    s_hat, s = np.hstack([w, w, none]), np.hstack([0 * w, w, none])
+    n_hat, n = np.hstack([-w, 1 - w, one]), np.hstack([0 * w, 1 - w, one])
+
+    def products(a, b):  # a^T G b per (combination, row) → (14, rows)
+        return np.einsum("ci,rij,cj->cr", a, gram, b)
+
+    power_s, power_n = products(s, s), products(n, n)
+    alpha = power_s / (power_s + power_n + EPS)
+    count = rows * len(COMBINATIONS)
+    (cos_s, g_dot_s, g_power_s) = _cosine_of_products(products(s_hat, s), products(s_hat, s_hat),
+                                                      power_s)
+    (cos_n, g_dot_n, g_power_n) = _cosine_of_products(products(n_hat, n), products(n_hat, n_hat),
+                                                      power_n)
+    value = 1.0 + float(np.sum(-alpha * cos_s - (1 - alpha) * cos_n)) / count
+    if grad_scale is None:
+        return value, None
+    # H = Σ over the products of (d value / d product) a b^T, per row; α depends on the targets
+    # only (its products have no error component, so they add nothing to the error rows)
+    scale_s, scale_n = -alpha * grad_scale / count, -(1 - alpha) * grad_scale / count
+    h = (np.einsum("cr,ci,cj->rij", scale_s * g_dot_s, s_hat, s)
+         + np.einsum("cr,ci,cj->rij", scale_s * g_power_s, s_hat, s_hat)
+         + np.einsum("cr,ci,cj->rij", scale_n * g_dot_n, n_hat, n)
+         + np.einsum("cr,ci,cj->rij", scale_n * g_power_n, n_hat, n_hat))
+    coefficients = (h + h.transpose(0, 2, 1))[:, :4, :].astype(np.float32)  # (rows, 4, 9)
+    grad = np.empty(estimates.shape, np.float32)
+    for row in range(rows):
+        np.matmul(coefficients[row], _basis(estimates, targets, mixture, row, basis),
+                  out=grad[:, row])
+    return value, grad
 
 
-def _row_dot(x, y):
-    """Per-row inner products of float32 arrays [shape=(rows, L)] → float64 [shape=(rows,)], on
-    BLAS (float32 sums; a float64 computation would take several times as long)."""
-    return np.matmul(x[:, None, :], y[:, :, None])[:, 0, 0].astype(np.float64)
+def _basis(estimates, targets, mixture, row, out):
+    """Row `row`'s y = (ŝ_j - s_j, s_j, m - Σ s_j) [shape=(9, L)], in `out`."""
+    np.subtract(estimates[:, row], targets[:, row], out=out[:4])
+    out[4:8] = targets[:, row]
+    np.subtract(mixture[row], out[4:8].sum(axis=0), out=out[8])
+    return out
 
 
-def _row_power(x):
-    return _row_dot(x, x)
-
-
-def _cosine_terms(estimate, reference, with_grad):
-    """Sony's regularized cosine per row of [shape=(rows, L)] arrays, and (with_grad) its
-    gradient with respect to the estimate."""
-    dot = _row_dot(estimate, reference)
-    a = np.sqrt(_row_power(estimate) + EPS)
-    b = np.sqrt(_row_power(reference) + EPS)
+def _cosine_of_products(dot, power_x, power_y):
+    """Sony's regularized cosine <x, y> / (sqrt(|x|² + ε) sqrt(|y|² + ε) + ε) from the inner
+    products → (cosine, d cosine / d <x, y>, d cosine / d |x|²)."""
+    a, b = np.sqrt(power_x + EPS), np.sqrt(power_y + EPS)
     denominator = a * b + EPS
-    cosine = dot / denominator
-    if not with_grad:
-        return cosine, None
-    # d/dx [<x, r> / (sqrt(|x|² + ε) b + ε)] = r / D - <x, r> b x / (a D²)
-    grad = reference * _column(1 / denominator)
-    grad -= _column(dot * b / (a * denominator ** 2)) * estimate
-    return cosine, grad
-
-
-def _column(per_row):
-    """float64 per-row factors [shape=(rows,)] → float32 [shape=(rows, 1)]: the signals stay
-    float32 (float64 factors would promote whole signals, at several times the cost)."""
-    return per_row.astype(np.float32)[:, None]
+    return dot / denominator, 1 / denominator, -dot * b / (2 * a * denominator ** 2)
 
 
 def mixture_phasor(spec):
@@ -283,6 +296,14 @@ def estimate_signals(estimates, phase_real, phase_imag, cfg, length):
     the mixture's phasor [shape=(batch * 2, bins, nb_frames)] → [shape=(J, batch * 2, length)]
     (a mono estimate serves both channels).
     """
+    if numpy_kernels():
+        return _EstimateSignals(n_fft=cfg.n_fft, n_hop=cfg.n_hop, length=length)(
+            *estimates, phase_real, phase_imag)
+    return estimate_signals_graph(estimates, phase_real, phase_imag, cfg, length)
+
+
+def estimate_signals_graph(estimates, phase_real, phase_imag, cfg, length):
+    """`estimate_signals` in NNabla's own functions (GPU contexts)."""
     signals = []
     for estimate in estimates:
         nb_frames, batch = estimate.shape[:2]
@@ -295,6 +316,78 @@ def estimate_signals(estimates, phase_real, phase_imag, cfg, length):
                        cfg.n_fft, cfg.n_hop)
         signals.append(signal[:, TRIM:TRIM + length])
     return F.stack(*signals, axis=0)
+
+
+class _EstimateSignals(NumpyFunction):
+    """`estimate_signals` on CPU contexts: (J estimates, phase_real, phase_imag) → [shape=(J,
+    rows, length)], one (row, estimate) at a time, so that a spectrum and its frames never
+    exceed one row's few MB (a whole batch's frames, half a GB for X-UMX's, cost more in
+    memory traffic than in FFTs); the batch's samples in threads (FFTs and numpy's loops run
+    without the GIL); backward: `spectral.istft_adjoint`, then the product rule."""
+
+    def output_shape(self, inputs):
+        rows, bins, frames = inputs[-2].shape
+        for estimate in inputs[:-2]:
+            if (estimate.shape[0], estimate.shape[1] * 2, estimate.shape[3]) != \
+                    (frames, rows, bins) or estimate.shape[2] not in (1, 2):
+                raise ValueError("estimate signals: an estimate %s for a phasor %s"
+                                 % (estimate.shape, inputs[-2].shape))
+        return (len(inputs) - 2, rows, self.length)
+
+    def _for_each_row(self, inputs, work):
+        """work(row, its phasor [shape=(frames, bins)], [(estimate's array, batch, channel)])
+        for every row; the two rows of one sample in one thread (a mono estimate's gradient
+        sums both)."""
+        from concurrent.futures import ThreadPoolExecutor
+        from spectral import FFT_WORKERS
+        real, imag = (inputs[k].data.get_data("r") for k in (-2, -1))
+        estimates = [inputs[j].data.get_data("r") for j in range(len(inputs) - 2)]
+
+        def sample(batch):
+            for row in (2 * batch, 2 * batch + 1):
+                phasor = real[row].T + 1j * imag[row].T
+                work(row, phasor, [(e, batch, row % e.shape[2]) for e in estimates])
+
+        with ThreadPoolExecutor(FFT_WORKERS) as pool:
+            list(pool.map(sample, range(real.shape[0] // 2)))
+
+    def forward_impl(self, inputs, outputs):
+        from spectral import istft as istft_numpy
+        out = outputs[0].data.get_data("w")
+        nb_timesteps = (inputs[-2].shape[-1] - 1) * self.n_hop
+
+        def work(row, phasor, estimates):
+            for j, (estimate, batch, channel) in enumerate(estimates):
+                signal = istft_numpy(estimate[:, batch, channel] * phasor, nb_timesteps,
+                                     self.n_fft, self.n_hop)
+                out[j, row] = signal[TRIM:TRIM + self.length]
+
+        self._for_each_row(inputs, work)
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum):
+        from spectral import istft_adjoint
+        phasor_grads = propagate_down[-2] or propagate_down[-1]
+        grads = [np.zeros(v.shape, np.float32) if k < len(inputs) - 2 or phasor_grads else None
+                 for k, v in enumerate(inputs)]
+        out_grad = outputs[0].grad.get_data("r")
+        frames = inputs[-2].shape[-1]
+
+        def work(row, phasor, estimates):
+            padded = np.zeros((frames - 1) * self.n_hop, np.float32)
+            for j, (estimate, batch, channel) in enumerate(estimates):
+                padded[TRIM:TRIM + self.length] = out_grad[j, row]
+                spectrum = istft_adjoint(padded, frames, self.n_fft, self.n_hop)  # (T, bins)
+                # y = istft(e p): d e = Re(g conj(p)); d Re(p) = e Re(g), d Im(p) = e Im(g)
+                grads[j][:, batch, channel] += (spectrum * phasor.conj()).real
+                if phasor_grads:
+                    magnitude = estimate[:, batch, channel]
+                    grads[-2][row] += (magnitude * spectrum.real).T
+                    grads[-1][row] += (magnitude * spectrum.imag).T
+
+        self._for_each_row(inputs, work)
+        for k, grad in enumerate(grads):
+            if propagate_down[k]:
+                set_grad(inputs[k], grad, accum[k])
 
 
 def xumx_loss(estimates, inputs, cfg, mcoef):

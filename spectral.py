@@ -8,6 +8,7 @@ pad_mode='reflect')`. Two backends: `stft`/`istft` (numpy/scipy FFT, wherever no
 flows and the data is on the host) and `nnabla_stft`/`nnabla_spectrogram` (NNabla's F.stft, in
 training graphs on GPU contexts, where the audio goes to the device and the STFT runs there).
 """
+import functools
 import os
 
 import numpy as np
@@ -145,16 +146,25 @@ def istft_adjoint(grad, nb_frames, n_fft=4096, n_hop=1024):
     padded = np.zeros(grad.shape[:-1] + (length,), np.float32)
     nb_timesteps = grad.shape[-1]
     padded[..., pad:pad + nb_timesteps] = grad
+    padded /= np.maximum(_window_square_sum(nb_frames, n_fft, n_hop), 1e-8)
     window = hann_window(n_fft)
-    wsum = np.zeros(length, np.float32)
-    for k in range(nb_frames):
-        wsum[k * n_hop:k * n_hop + n_fft] += window ** 2
-    padded /= np.maximum(wsum, 1e-8)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[..., ::n_hop, :]
     spec = scipy.fft.rfft(frames * window, axis=-1, workers=FFT_WORKERS)
     scale = np.full(n_fft // 2 + 1, 2.0 / n_fft, np.float32)
     scale[0] = scale[-1] = 1.0 / n_fft
     return (spec * scale).astype(np.complex64)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_square_sum(nb_frames, n_fft, n_hop):
+    """The squared windows of nb_frames frames overlap-added [shape=((nb_frames - 1) n_hop +
+    n_fft,)] (training calls the adjoint of its fixed-size excerpts many times)."""
+    window = hann_window(n_fft)
+    wsum = np.zeros((nb_frames - 1) * n_hop + n_fft, np.float32)
+    for k in range(nb_frames):
+        wsum[k * n_hop:k * n_hop + n_fft] += window ** 2
+    wsum.flags.writeable = False
+    return wsum
 
 
 class PaddedSignal:

@@ -37,8 +37,8 @@ from loss import (TRIM, mixture_phasor, mse, reference_magnitudes, umx_loss, xum
 from model import LSTM_DROPOUT, CrossNet, OpenUnmix
 from monitors import make_monitors, plot_losses
 from ops import numpy_kernels
-from runtime import (UmxError, limit_blas_threads, progress_bar, progress_enabled, run_cli,
-                     say, set_quiet, signals_deferred)
+from runtime import (UmxError, keep_freed_memory, limit_blas_threads, progress_bar,
+                     progress_enabled, run_cli, say, set_quiet, signals_deferred)
 from schedule import EarlyStopping, ReduceLROnPlateau
 from separator import estimate_spectrograms
 from spectral import (magnitude_layout, model_layout, nb_stft_frames, nnabla_spectrogram,
@@ -284,6 +284,7 @@ def prepare_run(args, comm, log, progress):
     resume_from = resume_point(args.output, args.checkpoint, paths, cfg)
     set_context(args.context, args.device_id if comm is None else comm.local_rank,
                 verbose=is_main and not args.quiet)
+    keep_freed_memory()
     if is_main:
         check_sources(data.tracks(), os.path.join(args.output, DATA_CHECK), progress, log=log)
     if comm is not None:

@@ -20,7 +20,7 @@ from conftest import (convert_fixture, fixture_reference, music_like, run_script
                       snr)
 from synth import generate_dataset
 from inference import InferenceNetwork, network_for
-from loss import frequency_loss, time_loss, time_loss_value
+from loss import TRIM, frequency_loss, time_loss, time_loss_value
 from layout import UmxConfig, xumx_parameter_shapes
 from model import CrossNet
 from vocabulary import XUMX_BRANCHES
@@ -386,3 +386,33 @@ def test_the_gpu_network_equals_the_cpu_network(xumx, tmp_path, monkeypatch):
     for target in ("vocals", "bass"):
         assert np.allclose(got[target], cpu[target], rtol=1e-4,
                            atol=1e-5 * np.abs(cpu[target]).max()), target
+
+
+@pytest.mark.parametrize("nb_channels", [1, 2])
+def test_cpu_estimate_signals_equal_the_graphs(nb_channels, monkeypatch):
+    """The CPU's one-row-at-a-time ISTFT of the estimates with the mixture's phase against
+    the same in NNabla's functions (GPU contexts: F.istft), values and gradients (phasor's
+    too)."""
+    from loss import estimate_signals, estimate_signals_graph
+    cfg = UmxConfig(n_fft=256, n_hop=64, nb_channels=nb_channels)
+    rng = np.random.RandomState(nb_channels)
+    frames, batch, bins, length = 30, 2, 129, 29 * 64 - 2 * TRIM
+    estimates = [rng.rand(frames, batch, nb_channels, bins) for _ in range(3)]
+    phase = rng.randn(batch * 2, bins, frames) + 1j * rng.randn(batch * 2, bins, frames)
+    phase /= np.abs(phase)
+    grad = rng.randn(3, batch * 2, length)
+    results = []
+    for function in (estimate_signals, estimate_signals_graph):
+        if function is estimate_signals_graph:
+            monkeypatch.setenv("UMX_OPS", "nnabla")
+        inputs = [nn.Variable.from_numpy_array(a.astype(np.float32), need_grad=True)
+                  for a in estimates + [phase.real, phase.imag]]
+        for v in inputs:
+            v.grad.fill(0.5)  # gradients accumulate
+        y = function(inputs[:3], inputs[3], inputs[4], cfg, length)
+        y.forward()
+        y.backward(grad.astype(np.float32))
+        results.append([y.d.copy()] + [v.g.copy() for v in inputs])
+    assert results[0][0].shape == (3, batch * 2, length)
+    for ours, theirs in zip(*results):
+        assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())

@@ -239,7 +239,7 @@ def training_worker(batch, seconds, steps, comm_name, model="umx"):
     import nnabla.solvers as S
     from context import set_context
     from layout import UmxConfig
-    from runtime import limit_blas_threads
+    from runtime import keep_freed_memory, limit_blas_threads
     from train import build_training_graph, dropout_rngs, train_step
     from vocabulary import XUMX_BRANCHES
     comm = None
@@ -248,6 +248,7 @@ def training_worker(batch, seconds, steps, comm_name, model="umx"):
         comm = get_communicator("cpu")
         limit_blas_threads(max(1, (os.cpu_count() or 1) // comm.size))  # as train.py does
     set_context("cpu", verbose=False)
+    keep_freed_memory()  # as train.py does
     xumx = model == "xumx"
     cfg = UmxConfig(xumx_branches=XUMX_BRANCHES if xumx else ())
     scope = "x-umx" if xumx else "vocals"
