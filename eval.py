@@ -164,7 +164,8 @@ def separated_track(args, track, cfgs, network, progress, keep=False):
         return folder
     names, rate, blocks = separate_stream(
         track.audio, track.rate, cfgs, args.targets, niter=args.niter, softmask=args.softmask,
-        alpha=args.alpha, residual_model=args.residual_model, progress=progress, network=network)
+        alpha=args.alpha, residual_model=args.residual_model, progress=progress,
+        network=network, processes=args.jobs)
     resampled = rate != track.rate
     write_stream(names, rate, blocks, folder, out_rate=int(track.rate),
                  length=track.audio.shape[0] if resampled else None)

@@ -339,7 +339,7 @@ class _EstimateSignals(NumpyFunction):
         for every row; the two rows of one sample in one thread (a mono estimate's gradient
         sums both)."""
         from concurrent.futures import ThreadPoolExecutor
-        from spectral import FFT_WORKERS
+        from runtime import compute_threads
         real, imag = (inputs[k].data.get_data("r") for k in (-2, -1))
         estimates = [inputs[j].data.get_data("r") for j in range(len(inputs) - 2)]
 
@@ -348,7 +348,7 @@ class _EstimateSignals(NumpyFunction):
                 phasor = real[row].T + 1j * imag[row].T
                 work(row, phasor, [(e, batch, row % e.shape[2]) for e in estimates])
 
-        with ThreadPoolExecutor(FFT_WORKERS) as pool:
+        with ThreadPoolExecutor(compute_threads()) as pool:
             list(pool.map(sample, range(real.shape[0] // 2)))
 
     def forward_impl(self, inputs, outputs):

@@ -8,6 +8,8 @@
 - `worker_pool(n)`: forked worker processes that die with their parent, even when the parent
   is killed with SIGKILL (Linux `PR_SET_PDEATHSIG`), ignore Ctrl-C (the parent handles it and
   ends them), and are killed at once when the parent's work fails or is interrupted.
+- `available_cores`, `available_memory`: what the machine (or the container) leaves this process,
+  from which the separation chooses its workers.
 - `die_with_parent`: the same guarantee for other child processes (the ffmpeg decoder).
 - `signals_deferred()`: Ctrl-C, SIGTERM and SIGHUP held while NNabla runs a graph, raised when
   it returns: an exception raised inside a Python function that NNabla's C++ called becomes
@@ -148,18 +150,41 @@ def die_with_parent(parent_pid=None):
         os._exit(1)
 
 
+_BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_OURS = "UMX_BLAS_THREADS"  # the count this project put in those variables (not the user's)
+
+
 def blas_threads_chosen(environ=os.environ):
     """Whether the user has chosen BLAS threads (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS /
-    MKL_NUM_THREADS set): then the project leaves them alone."""
-    return any(environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                        "MKL_NUM_THREADS"))
+    MKL_NUM_THREADS set, other than by `limit_blas_threads`): then the project leaves them
+    alone."""
+    ours = environ.get(_OURS)
+    return any(environ.get(v) and environ.get(v) != ours for v in _BLAS_VARIABLES)
+
+
+_THREADS = {}
+
+
+def compute_threads():
+    """Threads this process's own parallel work may take (scipy's FFTs, thread pools): the
+    count `limit_blas_threads` set (a worker's share of the cores), else the available cores."""
+    return _THREADS.get("count") or available_cores()
 
 
 def limit_blas_threads(count):
-    """Let numpy's and scipy's BLAS use at most `count` threads in this process, unless the
-    user has chosen."""
+    """Let the BLAS libraries (and `compute_threads`) use at most `count` threads in this
+    process; the BLAS is left alone when the user has chosen its threads.
+
+    Both the libraries already loaded (threadpoolctl) and those loaded later: numba's matrix
+    products call scipy's own OpenBLAS, loaded on first use, which reads its thread count from
+    the environment then. Left at the core count in two worker processes, its spinning threads
+    made their LSTM recurrences 10x slower."""
+    count = max(1, int(count))
+    _THREADS["count"] = count
     if blas_threads_chosen():
         return
+    for variable in _BLAS_VARIABLES + (_OURS,):
+        os.environ[variable] = str(count)
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=count, user_api="blas")
 
@@ -183,11 +208,47 @@ def keep_freed_memory():
         pass
 
 
-def _init_worker(parent_pid):
+def available_cores():
+    """The cores this process may run on (its affinity: a container's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def available_memory(meminfo="/proc/meminfo", cgroup="/sys/fs/cgroup"):
+    """Bytes this process can still take without swapping: the system's MemAvailable, or less
+    when a cgroup (v2, a container's) limits the memory; None where neither can be read."""
+    amounts = []
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    amounts.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(os.path.join(cgroup, "memory.max")) as f:
+            limit = f.read().strip()
+        with open(os.path.join(cgroup, "memory.current")) as f:
+            current = int(f.read())
+        if limit != "max":
+            amounts.append(max(0, int(limit) - current))
+    except (OSError, ValueError):
+        pass
+    return min(amounts) if amounts else None
+
+
+def _init_worker(parent_pid, threads):
     die_with_parent(parent_pid)
-    # workers run side by side: one BLAS thread each, so that they never oversubscribe the
-    # cores (measured on 2 cores: 2 processes x 1 thread beat 1 x 2 and 2 x 2)
-    limit_blas_threads(1)
+    # workers run side by side: their threads share the cores, so that they never
+    # oversubscribe them (measured on 2 cores: 2 processes x 1 thread beat 1 x 2 and 2 x 2)
+    limit_blas_threads(threads)
+    numba = sys.modules.get("numba")
+    if numba is None:  # imported later: it reads its thread count then
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    else:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     # Ctrl-C reaches the whole process group: the parent alone handles it and ends the
     # workers; the parent's SIGTERM handler must not run in a worker either
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -196,8 +257,9 @@ def _init_worker(parent_pid):
 
 
 @contextmanager
-def worker_pool(processes):
-    """A ProcessPoolExecutor of `processes` forked workers that die with this process.
+def worker_pool(processes, threads=1):
+    """A ProcessPoolExecutor of `processes` forked workers that die with this process, each
+    with `threads` BLAS and numba threads (unless the user chose BLAS threads).
 
     Workers inherit the parent's memory (fork). If the block fails or is interrupted, the
     workers are killed at once instead of finishing their jobs; a worker that dies (killed,
@@ -207,7 +269,7 @@ def worker_pool(processes):
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_init_worker, initargs=(os.getpid(),))
+                               initializer=_init_worker, initargs=(os.getpid(), threads))
     try:
         yield pool
     except BrokenProcessPool:

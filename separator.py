@@ -20,7 +20,7 @@ import numpy as np
 
 from audio import prepare_audio
 from files import TemporaryArrayFile, writing_into
-from inference import network_for
+from inference import network_for, networks_to_run
 from runtime import UmxError, progress_bar, timed, worker_pool
 from spectral import PaddedSignal, nb_stft_frames, stft_frames
 from wiener import wiener_blocks
@@ -84,16 +84,44 @@ class EstimateStore(TemporaryArrayFile):
         return out
 
 
-def default_processes():
-    """2 worker processes where the numpy kernels run (CPU contexts), else 1 (a GPU's graph
-    network runs in the main process)."""
+# what a worker process adds beyond its batch's arrays: its own pages of NNabla, numba and
+# numpy state (`python tools/benchmark.py --workers` measures the total per worker)
+WORKER_BASE_BYTES = 200 << 20
+
+
+def batch_bytes(cfg, nb_networks, length, batch):
+    """The largest arrays a worker holds while `nb_networks` networks (UMX targets or X-UMX
+    branches) run over `batch` windows of `length` frames: the mixture's magnitudes, and per
+    network its encoder's output, an LSTM layer's projections and gates, and its outputs."""
+    rows = batch * length
+    hid, dirs = cfg.lstm_hidden_size, cfg.nb_directions
+    per_network = rows * (cfg.hidden_size + 2 * dirs * 4 * hid + 2 * dirs * hid) * 4
+    return rows * 2 * cfg.nb_output_bins * 4 + nb_networks * per_network
+
+
+def worker_plan(nb_shares, worker_bytes, jobs=None, cores=None, memory=None):
+    """(worker processes, threads each) for the network stage: `jobs` when given (-j), else
+    as many as the cores, the shares of the work (targets or windows) and half the available
+    memory (`worker_bytes` each) allow; the cores are split among them. One process (the
+    main one) where the numpy kernels do not run (GPU contexts: the device does the work)."""
     from ops import numpy_kernels
-    return min(2, os.cpu_count() or 1) if numpy_kernels() else 1
+    from runtime import available_cores, available_memory
+    cores = cores or available_cores()
+    if jobs:
+        processes = jobs
+    elif not numpy_kernels():
+        return 1, cores
+    else:
+        processes = min(cores, nb_shares)
+        memory = available_memory() if memory is None else memory
+        if memory is not None:
+            processes = min(processes, max(1, int(memory // 2 // worker_bytes)))
+    return max(1, processes), max(1, cores // max(1, processes))
 
 
 def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
                           context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True,
-                          timings=None, network=None, processes=1):
+                          timings=None, network=None, processes=None):
     """Magnitude estimates of all targets, window by window → an `EstimateStore`, whose
     `mixture_peak` is the largest STFT magnitude of the mixture (the Wiener filter's scale).
 
@@ -101,9 +129,10 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     spectral.PaddedSignal; estimates [shape=(nb_frames, bins, nb_model_channels, nb_targets)]
     (`store.read()`).
     network: the `InferenceNetwork` to run (default: built from the loaded parameters).
-    processes > 1: forked worker processes share the work (CPU contexts only: see
-    `default_processes`): each takes some of the targets, or of the windows when there are
-    fewer targets than processes (or the targets are X-UMX branches, which run together).
+    processes: worker processes (default: `worker_plan`'s choice from the cores and the
+    memory); more than 1: forked workers share the work (CPU contexts), each takes some of the
+    targets, or of the windows when there are fewer targets than processes (or the targets
+    are X-UMX branches, which run together), with its share of the cores as threads.
     """
     cfg = cfgs[targets[0]]
     model_channels = max(cfgs[t].nb_channels for t in targets)
@@ -112,6 +141,10 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     network = network or network_for(cfgs, targets)
     start_time = time.perf_counter()
     # X-UMX's branches run together (their averages need all of them): share the windows
+    nb_networks = len(networks_to_run(cfgs, targets))
+    nb_shares = len(plan) if network.bridged else max(len(targets), len(plan))
+    processes, threads = worker_plan(nb_shares, WORKER_BASE_BYTES + batch_bytes(
+        cfg, nb_networks, length, min(batch, len(plan))), jobs=processes)
     by_target = len(targets) >= processes and not network.bridged
     processes = max(1, min(processes, len(targets) if by_target else len(plan)))
     shares = [(targets[p::processes], plan) if by_target else (targets, plan[p::processes])
@@ -127,7 +160,7 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
             gc.collect()
             gc.freeze()  # the workers' collections then leave the inherited objects' pages shared
             try:
-                with worker_pool(processes) as pool:
+                with worker_pool(processes, threads) as pool:
                     jobs = [pool.submit(_estimate_windows, None, None, None, targets, mine,
                                         windows, length, batch, progress and p == 0)
                             for p, (mine, windows) in enumerate(shares)]
@@ -222,7 +255,7 @@ def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, al
     bounded whatever the length. With `residual_model`, or a single target, the rest of the
     mixture comes last as 'residual' ('accompaniment' when one target).
     timings: a dict to which the seconds spent per stage are added.
-    processes: worker processes for the network (default: `default_processes()`).
+    processes: worker processes for the network (default: `worker_plan`'s choice).
     network: the `inference.InferenceNetwork` of the loaded parameters, when the caller keeps one
     for several separations (it is otherwise rebuilt for each: about 0.4 s for 4 full-size
     targets).
@@ -247,8 +280,6 @@ def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, al
     # (nb_timesteps, C), seen as (C, nb_timesteps + n_fft): padded segments read on demand
     padded = PaddedSignal(audio, cfg.n_fft)
     nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
-    if processes is None:
-        processes = default_processes()
     names = stem_names(targets, residual_model)
     residual = len(names) > len(targets)
 

@@ -9,14 +9,11 @@ flows and the data is on the host) and `nnabla_stft`/`nnabla_spectrogram` (NNabl
 training graphs on GPU contexts, where the audio goes to the device and the STFT runs there).
 """
 import functools
-import os
 
 import numpy as np
 import scipy.fft
 
-from runtime import UmxError
-
-FFT_WORKERS = min(2, os.cpu_count() or 1)
+from runtime import UmxError, compute_threads
 
 
 def hann_window(n_fft):
@@ -50,7 +47,7 @@ def stft_frames(padded, start, stop, n_fft, n_hop):
     frames = np.lib.stride_tricks.sliding_window_view(segment, n_fft, axis=-1)[..., ::n_hop, :]
     windowed = frames * hann_window(n_fft)
     return scipy.fft.rfft(windowed.astype(np.float32, copy=False), axis=-1,
-                          workers=FFT_WORKERS).astype(np.complex64, copy=False)
+                          workers=compute_threads()).astype(np.complex64, copy=False)
 
 
 def stft(audio, n_fft=4096, n_hop=1024):
@@ -83,7 +80,7 @@ class OverlapAdd:
         if start != self.next_frame:
             raise ValueError("OverlapAdd takes frames in order: expected frame %d, got %d"
                              % (self.next_frame, start))
-        frames = scipy.fft.irfft(spec, n=self.n_fft, axis=-1, workers=FFT_WORKERS)
+        frames = scipy.fft.irfft(spec, n=self.n_fft, axis=-1, workers=compute_threads())
         frames = frames.astype(np.float32, copy=False) * self.window
         nb_frames = frames.shape[-2]
         hop, n_fft = self.n_hop, self.n_fft
@@ -149,7 +146,7 @@ def istft_adjoint(grad, nb_frames, n_fft=4096, n_hop=1024):
     padded /= np.maximum(_window_square_sum(nb_frames, n_fft, n_hop), 1e-8)
     window = hann_window(n_fft)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[..., ::n_hop, :]
-    spec = scipy.fft.rfft(frames * window, axis=-1, workers=FFT_WORKERS)
+    spec = scipy.fft.rfft(frames * window, axis=-1, workers=compute_threads())
     scale = np.full(n_fft // 2 + 1, 2.0 / n_fft, np.float32)
     scale[0] = scale[-1] = 1.0 / n_fft
     return (spec * scale).astype(np.complex64)
