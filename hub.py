@@ -19,7 +19,8 @@ is never used, and the next run fetches it again. Offline, one line names the UR
 where to put the file by hand.
 
 UMX_MODELS_URL replaces https://nnabla.org/pretrained-models, UMX_ZENODO_URL replaces
-https://zenodo.org/api/files (same relative paths): for mirrors, and the tests' local server.
+https://zenodo.org/records (same relative paths, the addresses open-unmix-pytorch 1.3 uses):
+for mirrors, and the tests' local server.
 """
 import hashlib
 import json
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from runtime import UmxError
 
 BASES = {"nnabla": ("UMX_MODELS_URL", "https://nnabla.org/pretrained-models"),
-         "zenodo": ("UMX_ZENODO_URL", "https://zenodo.org/api/files")}
+         "zenodo": ("UMX_ZENODO_URL", "https://zenodo.org/records")}
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class Published:
     notice: str = ""
 
 
-_UMXL = "f8209c3e-ba60-48cf-8e79-71ae65beca61/"
-_UMXSE = "765b45a3-c70d-48a6-936b-09a7989c349a/"
+_UMXL = "5069601/files/"  # Zenodo records of open-unmix-pytorch's umxl and umxse
+_UMXSE = "3786908/files/"
 MODELS = {
     "umxhq": Published((("nnabla", "open-unmix-nnabla/umxhq.zip", None),), "zip"),
     "umx": Published((("nnabla", "open-unmix-nnabla/umx.zip", None),), "zip"),

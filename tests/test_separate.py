@@ -192,3 +192,42 @@ def test_streamed_stems_equal_separate(small_model, tmp_path):
     for name in names:
         written, file_rate = sf.read(str(tmp_path / "out" / (name + ".wav")), dtype="float32")
         assert file_rate == rate and np.array_equal(written, whole[name])
+
+
+def test_the_workers_are_chosen_from_the_cores_the_work_and_the_memory():
+    from separator import worker_plan
+    mb = 1 << 20
+    # as many as the cores and the shares of work allow, the cores split among them
+    assert worker_plan(8, 500 * mb, cores=2, memory=16 << 30) == (2, 1)
+    assert worker_plan(4, 500 * mb, cores=16, memory=16 << 30) == (4, 4)
+    assert worker_plan(8, 500 * mb, cores=16, memory=16 << 30) == (8, 2)
+    # half the available memory bounds them
+    assert worker_plan(8, 500 * mb, cores=16, memory=2000 * mb) == (2, 8)
+    assert worker_plan(8, 500 * mb, cores=16, memory=100 * mb) == (1, 16)
+    # memory unknown: cores and work alone; -j wins over everything
+    assert worker_plan(8, 500 * mb, cores=4, memory=None)[0] in (1, 2, 3, 4)
+    assert worker_plan(8, 500 * mb, jobs=3, cores=2, memory=100 * mb) == (3, 1)
+
+
+def test_blas_threads_set_by_the_project_are_not_taken_for_the_users(monkeypatch):
+    """limit_blas_threads puts its count in the environment (for BLAS libraries loaded later,
+    such as the one numba's products call) without making it look like the user's choice."""
+    import runtime
+    from threadpoolctl import threadpool_limits
+    variables = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "UMX_BLAS_THREADS")
+    for variable in variables:  # set, so that monkeypatch restores them whatever the test sets
+        monkeypatch.setenv(variable, "")
+    with threadpool_limits(limits=None):  # the libraries' thread counts restored afterwards
+        try:
+            assert not runtime.blas_threads_chosen()
+            runtime.limit_blas_threads(1)
+            assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and not runtime.blas_threads_chosen()
+            assert runtime.compute_threads() == 1
+            runtime.limit_blas_threads(2)  # the project may change its own choice
+            assert os.environ["OMP_NUM_THREADS"] == "2"
+            monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's: left alone
+            assert runtime.blas_threads_chosen()
+            runtime.limit_blas_threads(1)
+            assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+        finally:
+            runtime._THREADS.clear()
