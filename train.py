@@ -205,6 +205,19 @@ def train_step(graph, solver, mixtures, targets, cfg, weight_decay, rngs, comm=N
     return float(graph.loss.d)
 
 
+def step_gradients(graph, cfg, mixtures, targets):
+    """(loss, {name: gradient}) of one forward and backward pass from the graph's parameters,
+    without an update or dropout masks (checks: one step on two code paths)."""
+    with nn.parameter_scope(graph.scope):
+        params = nn.get_parameters()
+    for p in params.values():
+        p.grad.zero()
+    graph.feed(graph, cfg, mixtures, targets)
+    graph.loss.forward()
+    graph.loss.backward()
+    return float(graph.loss.d), {k: p.g.copy() for k, p in params.items()}
+
+
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------

@@ -30,14 +30,7 @@ def _step(cfg, scope, mixtures, targets, monkeypatch, ops=None, lstm=None):
     nn.random.seed(0)
     graph = train_module.build_training_graph(cfg, scope, mixtures.shape[0], mixtures.shape[1],
                                               mcoef=1.0, dropout=0.0)
-    with nn.parameter_scope(scope):
-        params = nn.get_parameters()
-    for p in params.values():
-        p.grad.zero()
-    graph.feed(graph, cfg, mixtures, targets)
-    graph.loss.forward()
-    graph.loss.backward()
-    return float(graph.loss.d), {k: p.g.copy() for k, p in params.items()}
+    return train_module.step_gradients(graph, cfg, mixtures, targets)
 
 
 def _batch(xumx, samples=2048):

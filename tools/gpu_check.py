@@ -169,7 +169,7 @@ def _graph_step(context, ops, xumx):
     import nnabla as nn
     from nnabla.ext_utils import get_extension_context
     from layout import UmxConfig
-    from train import build_training_graph
+    from train import build_training_graph, step_gradients
     from vocabulary import XUMX_BRANCHES
     os.environ["UMX_OPS"] = ops
     try:
@@ -183,14 +183,7 @@ def _graph_step(context, ops, xumx):
         targets = np.tile(mixtures * 0.25, (1, 1, 4 if xumx else 1))
         scope = "x-umx" if xumx else "vocals"
         graph = build_training_graph(cfg, scope, 2, 4000, mcoef=10.0, dropout=0.0)
-        with nn.parameter_scope(scope):
-            params = nn.get_parameters()
-        for p in params.values():
-            p.grad.zero()
-        graph.feed(graph, cfg, mixtures, targets)
-        graph.loss.forward()
-        graph.loss.backward()
-        return float(graph.loss.d), {k: p.g.copy() for k, p in params.items()}
+        return step_gradients(graph, cfg, mixtures, targets)
     finally:
         os.environ.pop("UMX_OPS", None)
 
