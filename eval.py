@@ -62,7 +62,7 @@ def evaluate(args, progress=True):
             set_context(args.context, verbose=not args.quiet)
             cfgs = load_models(args.model, args.targets)
             args.targets = args.targets or list(cfgs)  # the model's, unless named
-            network = network_for(cfgs, args.targets)  # once for all tracks
+            network = network_for(cfgs, args.targets, release=True)  # once for all tracks
         refuse_overlaps(*planned_files(args, tracks))
         stack.enter_context(output_folder(args.out_dir, "--out-dir"))
         json_paths = {t.name: os.path.join(args.out_dir, args.subset, t.name + ".json")

@@ -208,6 +208,17 @@ def keep_freed_memory():
         pass
 
 
+def return_freed_memory():
+    """Give the memory freed so far back to the system (glibc keeps freed heap memory for
+    later allocations; a forked worker would share those pages in its PSS). Elsewhere (not
+    glibc) nothing happens."""
+    import ctypes
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def available_cores():
     """The cores this process may run on (its affinity: a container's or taskset's share)."""
     try:

@@ -44,7 +44,7 @@ def separate_files(args, cfgs, targets, folders):
     from inference import network_for
     from separator import WINDOW_FRAMES, separate_stream
     cfg = cfgs[targets[0]]
-    network = network_for(cfgs, targets)  # once for all inputs
+    network = network_for(cfgs, targets, release=True)  # once for all inputs
     window = WINDOW_FRAMES
     if args.chunk_dur:
         window = max(1, int(round(args.chunk_dur * cfg.sample_rate / cfg.n_hop)))

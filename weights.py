@@ -122,10 +122,12 @@ def branch_config(shapes, path):
 
 
 def _into_scope(scope, params):
+    """Set {name: ndarray} as the parameters of nn.parameter_scope(scope), in float32 (the
+    models' type: a float64 file's arrays set as they are would make float64 parameters)."""
     with nn.parameter_scope(scope):
         for name, value in params.items():
             var = nn.parameter.get_parameter_or_create(name, value.shape, need_grad=False)
-            var.d = value
+            var.d = value.astype(np.float32, copy=False)
 
 
 def is_xumx_file(path):

@@ -4,6 +4,7 @@
         [--vs-openunmix PYTHON]                 separation (make bench)
     python tools/benchmark.py --train [--vs-openunmix PYTHON]   training steps, data loading
     python tools/benchmark.py --threads         worker processes x BLAS threads
+    python tools/benchmark.py --workers [--xumx] seconds and memory with -j 1..4
     python tools/benchmark.py --parity          agreement with open-unmix-pytorch and asteroid
 
 Separation: a fresh process separates N s of real music (the MUSDB18 clip that stempeg ships,
@@ -105,7 +106,7 @@ def separation_worker(seconds, model, wav, processes=None):
     start = time.perf_counter()
     cfgs = load_models(model)
     targets = list(cfgs)
-    network = network_for(cfgs)  # as test.py: once per model
+    network = network_for(cfgs, release=True)  # as test.py: once per model
     load = time.perf_counter() - start
     timings = {}
     with tempfile.TemporaryDirectory() as out:
@@ -226,6 +227,35 @@ def benchmark_threads(seconds):
                           "--wav", wav, "--processes", str(processes)], env=env)
             print("| %d | %d | %.2f | %.2f |" % (processes, threads, r["separate"],
                                                 r["network (wall)"]))
+
+
+def benchmark_workers(seconds, xumx=False, counts=(1, 2, 3, 4)):
+    """Separation seconds and peak memory (summed PSS) with 1, 2, 3, 4 worker processes (`-j`),
+    each with the cores split among them: what a worker costs in memory (the decision
+    behind separator.worker_plan), and, on a machine with more cores, what it gains."""
+    from layout import UmxConfig
+    from tools.random_weights import write_random_weights, write_random_xumx
+    from vocabulary import XUMX_BRANCHES
+    print("| model | -j (worker processes) | separate (s) | network (s) | peak PSS (MB) | "
+          "PSS over -j 1 (MB) |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = os.path.join(tmp, "song.wav")
+        write_song(wav, seconds)
+        if xumx:
+            model = os.path.join(tmp, "x-umx.h5")
+            write_random_xumx(model, UmxConfig(xumx_branches=XUMX_BRANCHES))
+        else:
+            model = os.path.join(tmp, "umxhq-random")
+            write_random_weights(model, UmxConfig())
+        first = None
+        for count in counts:
+            r = timed_and_sampled([sys.executable, HERE, "--worker", str(seconds), "--model",
+                                   model, "--wav", wav, "--processes", str(count)])
+            first = first or r["peak_mb"]
+            print("| %s | %d | %.2f | %.2f | %.0f | %.0f |" % (
+                "X-UMX" if xumx else "UMX", count, r["separate"], r["network (wall)"],
+                r["peak_mb"], r["peak_mb"] - first))
 
 
 # --------------------------------------------------------------------------------------
@@ -474,6 +504,9 @@ def main(argv=None):
     parser.add_argument("--threads", action="store_true",
                         help="the first --seconds with 1 or 2 worker processes x 1 or 2 BLAS "
                              "threads instead")
+    parser.add_argument("--workers", action="store_true",
+                        help="the first --seconds with -j 1, 2, 3, 4 worker processes instead "
+                             "(seconds and peak memory; with --xumx, X-UMX's)")
     parser.add_argument("--parity", action="store_true",
                         help="the agreement with open-unmix-pytorch and asteroid's X-UMX instead")
     parser.add_argument("--floor", action="store_true",
@@ -500,6 +533,8 @@ def main(argv=None):
         parity()
     elif args.threads:
         benchmark_threads(args.seconds[0])
+    elif args.workers:
+        benchmark_workers(args.seconds[0], args.xumx)
     else:
         benchmark_separation(args)
 

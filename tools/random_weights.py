@@ -12,16 +12,20 @@ from weights import save_target
 
 
 def _randomize(params, cfg, rng):
-    """Random values in a realistic range for {name: Variable} of UMX or X-UMX names."""
+    """Random values in a realistic range for {name: Variable} of UMX or X-UMX names, in
+    float32 as trained weights are (a float64 array set as `.d` would make the file float64)."""
     for name, var in params.items():
         if name.endswith("bn/var"):
-            var.d = rng.rand(*var.shape) + 0.5
+            value = rng.rand(*var.shape) + 0.5
         elif name.endswith("/W"):
-            var.d = rng.randn(*var.shape) / np.sqrt(var.shape[0])
+            value = rng.randn(*var.shape) / np.sqrt(var.shape[0])
         elif "/bn/" in name or name.startswith("output"):
-            var.d = rng.randn(*var.shape) * 0.1 + (1.0 if name.endswith("gamma") else 0)
+            value = rng.randn(*var.shape) * 0.1 + (1.0 if name.endswith("gamma") else 0)
         elif name.startswith("lstm"):
-            var.d = rng.uniform(-1, 1, var.shape) / np.sqrt(cfg.lstm_hidden_size)
+            value = rng.uniform(-1, 1, var.shape) / np.sqrt(cfg.lstm_hidden_size)
+        else:
+            continue
+        var.d = value.astype(np.float32)
 
 
 def write_random_weights(folder, cfg, targets=SOURCES, seed=0):
