@@ -23,7 +23,7 @@ demo: setup
 	$(PY) tools/demo.py
 
 bench: setup
-	$(PY) tools/benchmark.py --seconds 60 180 600 --xumx --plot bench.png \
+	$(PY) tools/benchmark.py --seconds 60 180 600 --xumx --plot docs/bench.png \
 		$(if $(OPENUNMIX_PYTHON),--vs-openunmix $(OPENUNMIX_PYTHON))
 
 gpu-check:

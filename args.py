@@ -17,7 +17,13 @@ from vocabulary import AUGMENTATIONS, DATASET_KINDS, SOURCES  # noqa: E402
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: 'error: ...' and exit 2 (no usage block)."""
+    """argparse with one-line errors: 'error: ...' and exit 2 (no usage block), and no
+    abbreviated flags: a prefix such as umx's `--residual NAME` or demucs' `--mp3` must not
+    silently become another flag (`--residual-model`, `--mp3-bitrate`)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kw)
 
     def error(self, message):
         self.exit(2, "error: %s (see %s --help)\n" % (message, self.prog))
@@ -187,9 +193,13 @@ def get_inference_args(argv=None):
                         help="seconds of audio per network window (default: about 24 s); "
                              "windows overlap by 1.5 s of LSTM context on each side, so the "
                              "result stays within 40 dB of one-piece processing")
-    parser.add_argument("--ext", default="wav", choices=["wav", "flac", "mp3"],
-                        help="file format of the stems (default: %(default)s; mp3 through "
-                             "ffmpeg)")
+    ext = parser.add_mutually_exclusive_group()
+    ext.add_argument("--ext", default="wav", choices=["wav", "flac", "mp3"],
+                     help="file format of the stems (default: %(default)s; mp3 through ffmpeg)")
+    ext.add_argument("--flac", dest="ext", action="store_const", const="flac",
+                     help="--ext flac (demucs' flag)")
+    ext.add_argument("--mp3", dest="ext", action="store_const", const="mp3",
+                     help="--ext mp3 (demucs' flag)")
     formats = parser.add_mutually_exclusive_group()
     formats.add_argument("--float32", dest="sample_format", action="store_const",
                          const="float32", help="32-bit float samples (WAV's default)")

@@ -124,6 +124,7 @@ def _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, 
             raise  # a full disk is no problem of one track
         except Exception as exc:  # one bad track must not stop the others
             failed[track.name] = reason(exc)
+            origins.forget(track.name)
             warn("track '%s' not scored: %s" % (track.name, failed[track.name]))
     for name, future in futures.items():
         try:
@@ -132,6 +133,7 @@ def _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, 
             raise
         except Exception as exc:
             failed[name] = reason(exc)
+            origins.forget(name)
             warn("track '%s' not scored: %s" % (name, failed[name]))
 
 

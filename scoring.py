@@ -301,6 +301,16 @@ class Origins:
             os.makedirs(self.folder, exist_ok=True)
         write_json_atomic(self.path(track), expected)
 
+    def forget(self, track):
+        """Drop the record of a track that was not scored (and the record folders, once
+        empty): a failed track leaves nothing that says how it was made."""
+        try:
+            os.remove(self.path(track))
+            os.rmdir(self.folder)
+            os.rmdir(os.path.dirname(self.folder))
+        except OSError:
+            pass
+
 
 def _first_difference(recorded, expected):
     if isinstance(recorded, dict) and isinstance(expected, dict):

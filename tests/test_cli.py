@@ -150,3 +150,25 @@ def test_load_models_errors_name_the_problem(tmp_path, small_model):
         f.write("x")
     with pytest.raises(UmxError, match="neither a folder, a .zip nor an .h5 weight file"):
         load_models(not_zip, ["vocals"])
+
+
+def test_demucs_format_flags_and_no_abbreviated_flags(tmp_path, capsys):
+    """demucs' --flac and --mp3 choose the format; a prefix of a flag (umx's --residual NAME,
+    --mp3 before it existed) is never taken for another flag."""
+    from args import get_inference_args, get_train_args
+    song = tmp_path / "song.wav"
+    sf.write(str(song), music_like(0.5, 8000), 8000)
+    assert get_inference_args([str(song), "--flac"]).ext == "flac"
+    args = get_inference_args([str(song), "--mp3"])
+    assert (args.ext, args.mp3_bitrate) == ("mp3", 320)
+    assert get_inference_args([str(song)]).ext == "wav"
+    for argv, needle in (([str(song), "--residual", "accompaniment"], "unrecognized"),
+                         ([str(song), "--mp3-bit", "128"], "unrecognized"),
+                         ([str(song), "--mp3", "--ext", "flac"], "not allowed with")):
+        with pytest.raises(SystemExit) as info:
+            get_inference_args(argv)
+        assert info.value.code == 2
+        assert needle in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        get_train_args(["--umx-tr"])  # no prefix of --umx-train
+    assert "unrecognized" in capsys.readouterr().err

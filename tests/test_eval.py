@@ -38,12 +38,13 @@ def test_known_estimates_score_as_expected(root, tmp_path):
     perfect = estimates_from(root, tmp_path, "perfect", lambda t, s: os.path.join(t, s + ".wav"))
     mixture = estimates_from(root, tmp_path, "mixture", lambda t, s: os.path.join(t, "mixture.wav"))
     tables = {}
+    track = sorted(os.listdir(os.path.join(root, "test")))[0]  # one track each: museval is slow
     for name, est in (("perfect", perfect), ("mixture", mixture)):
         out = str(tmp_path / ("eval-" + name))
-        code, stdout, err = run_eval("--estimates", est, "--root", root, "--is-wav", "--out-dir", out)
+        code, stdout, err = run_eval("--estimates", est, "--root", root, "--is-wav", "--out-dir", out,
+                                     "--tracks", track)
         assert code == 0, err
-        tables[name] = scoring.aggregate(
-            [os.path.join(out, "test", t + ".json") for t in os.listdir(os.path.join(root, "test"))])[0]
+        tables[name] = scoring.aggregate([os.path.join(out, "test", track + ".json")])[0]
         assert os.path.isfile(os.path.join(out, "results.md"))
         assert os.path.isfile(os.path.join(out, "sdr_boxplot.png"))
         assert "| vocals |" in stdout
