@@ -6,7 +6,7 @@ import nnabla as nn
 import nnabla.functions as F
 
 from ops import dense, lstm_recurrence
-from runtime import signals_deferred
+from runtime import compute_threads, signals_deferred
 
 BN_EPS = 1e-5
 
@@ -173,6 +173,31 @@ class InferenceNetwork:
             hs.forward(clear_buffer=True)
         return hs.d
 
+    def _lstm_layer(self, members, layer, layer_out, nb_samples, nb_frames, hid, dirs):
+        """LSTM layer `layer` of the targets `members`, from their inputs layer_out {target:
+        [shape=(B * T, I)]} → {target: outputs [shape=(B * T, D * H)]}: the projections
+        written straight into the recurrence's input Variables, all directions in one call."""
+        # (B * T, D * 4H) per target -> (T, B, targets * D, 4H)
+        gates_var = nn.Variable((nb_frames, nb_samples, len(members) * dirs, 4 * hid))
+        w_rec_var = nn.Variable((len(members) * dirs, 4 * hid, hid))
+        gates, w_rec = gates_var.d, w_rec_var.d
+        for k, target in enumerate(members):
+            w = self.weights[target]
+            proj = self._per_frame(self._projection_layer,
+                                   [w["lstm%d_W_in" % layer], w["lstm%d_b" % layer]],
+                                   [layer_out[target]], dirs * 4 * hid)
+            gates[:, :, k * dirs:(k + 1) * dirs] = \
+                proj.reshape(nb_samples, nb_frames, dirs, 4 * hid).transpose(1, 0, 2, 3)
+            w_rec[k * dirs:(k + 1) * dirs] = w["lstm%d_W_rec" % layer].d
+        del gates, w_rec, proj
+        reverse = [d == 1 for _ in members for d in range(dirs)]
+        hs = self._recurrence(gates_var, w_rec_var, reverse)  # (T, B, targets * D, H)
+        del gates_var, w_rec_var
+        # (T, B, D, H) -> (B * T, D * H) per target
+        return {target: np.ascontiguousarray(hs[:, :, k * dirs:(k + 1) * dirs].transpose(
+            1, 0, 2, 3)).reshape(nb_samples * nb_frames, dirs * hid)
+            for k, target in enumerate(members)}
+
     def run(self, spec, targets=None, write=None):
         """Estimates for a batch of sequences.
 
@@ -208,29 +233,17 @@ class InferenceNetwork:
                 skip = dict.fromkeys(members, _average(skip.values()))
                 layer_out = dict(skip)
             # every target's directions are groups of one recurrence: (T, B, targets * D, ...)
-            reverse = [d == 1 for _ in members for d in range(dirs)]
+            # the targets' directions are groups of one recurrence, as many targets a call as
+            # the threads can run side by side: the gates of all of them at once would be
+            # the largest array of a worker (X-UMX: 144 MB for a batch of 4 windows)
+            per_call = max(1, -(-compute_threads() // dirs))
             for layer in range(nb_layers):
-                # (B * T, D * 4H) per target -> (T, B, targets * D, 4H), written straight into
-                # the recurrence's input Variables
-                gates_var = nn.Variable((nb_frames, nb_samples, len(members) * dirs, 4 * hid))
-                w_rec_var = nn.Variable((len(members) * dirs, 4 * hid, hid))
-                gates, w_rec = gates_var.d, w_rec_var.d
-                for k, target in enumerate(members):
-                    w = self.weights[target]
-                    proj = self._per_frame(self._projection_layer,
-                                           [w["lstm%d_W_in" % layer], w["lstm%d_b" % layer]],
-                                           [layer_out[target]], dirs * 4 * hid)
-                    gates[:, :, k * dirs:(k + 1) * dirs] = \
-                        proj.reshape(nb_samples, nb_frames, dirs, 4 * hid).transpose(1, 0, 2, 3)
-                    w_rec[k * dirs:(k + 1) * dirs] = w["lstm%d_W_rec" % layer].d
-                del gates, w_rec
-                hs = self._recurrence(gates_var, w_rec_var, reverse)  # (T, B, targets * D, H)
-                del gates_var, w_rec_var
-                for k, target in enumerate(members):
-                    # (T, B, D, H) -> (B * T, D * H)
-                    layer_out[target] = np.ascontiguousarray(
-                        hs[:, :, k * dirs:(k + 1) * dirs].transpose(1, 0, 2, 3)).reshape(
-                        rows, dirs * hid)
+                outputs = {}
+                for first in range(0, len(members), per_call):
+                    chunk = members[first:first + per_call]
+                    outputs.update(self._lstm_layer(chunk, layer, layer_out, nb_samples,
+                                                    nb_frames, hid, dirs))
+                layer_out = outputs
             if bridged:  # X-UMX: the average of the skip connections [encoding | LSTM], whose
                 # encoding half is already the average
                 layer_out = dict.fromkeys(members, _average(layer_out.values()))

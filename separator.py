@@ -21,14 +21,17 @@ import numpy as np
 from audio import prepare_audio
 from files import TemporaryArrayFile, writing_into
 from inference import network_for, networks_to_run
-from runtime import UmxError, progress_bar, timed, worker_pool
+from runtime import UmxError, progress_bar, return_freed_memory, timed, worker_pool
 from spectral import PaddedSignal, nb_stft_frames, stft_frames
 from wiener import wiener_blocks
 
-# STFT frames per network window, LSTM context frames on each side, windows run together
+# STFT frames per network window, LSTM context frames on each side, windows run together (at
+# most; fewer where their arrays would exceed BATCH_BYTES in a worker)
 WINDOW_FRAMES = 1024
 CONTEXT_FRAMES = 64
 WINDOWS_PER_BATCH = 4
+# a worker's batch arrays at most (`batch_bytes`): 4 windows of full-size UMX or X-UMX
+BATCH_BYTES = 400 << 20
 
 
 def plan_windows(nb_frames, window=WINDOW_FRAMES, context=CONTEXT_FRAMES):
@@ -95,8 +98,11 @@ def batch_bytes(cfg, nb_networks, length, batch):
     network its encoder's output, an LSTM layer's projections and gates, and its outputs."""
     rows = batch * length
     hid, dirs = cfg.lstm_hidden_size, cfg.nb_directions
-    per_network = rows * (cfg.hidden_size + 2 * dirs * 4 * hid + 2 * dirs * hid) * 4
-    return rows * 2 * cfg.nb_output_bins * 4 + nb_networks * per_network
+    # per network its encoding and an LSTM layer's outputs (kept for the next layer and the
+    # output stage); the projections and gates of one network at a time (InferenceNetwork's
+    # recurrences run a target a call in a one-thread worker)
+    per_network = rows * (cfg.hidden_size + 2 * dirs * hid) * 4
+    return rows * (2 * cfg.nb_output_bins + 3 * dirs * 4 * hid) * 4 + nb_networks * per_network
 
 
 def worker_plan(nb_shares, worker_bytes, jobs=None, cores=None, memory=None):
@@ -147,6 +153,8 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
         cfg, nb_networks, length, min(batch, len(plan))), jobs=processes)
     by_target = len(targets) >= processes and not network.bridged
     processes = max(1, min(processes, len(targets) if by_target else len(plan)))
+    per_worker = -(-nb_networks // processes) if by_target else nb_networks
+    batch = max(1, min(batch, BATCH_BYTES // batch_bytes(cfg, per_worker, length, 1)))
     shares = [(targets[p::processes], plan) if by_target else (targets, plan[p::processes])
               for p in range(processes)]
     try:
@@ -192,7 +200,9 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
         store, padded, network = _FORKED
     cfg = network.cfgs[mine[0]]
     timings, peak = {}, 0.0
-    batches = [plan[i:i + batch] for i in range(0, len(plan), batch)]
+    # as few batches as `batch` allows, of equal sizes (not 3 + 1: one window alone runs slowly)
+    size = -(-len(plan) // -(-len(plan) // batch)) if plan else 1
+    batches = [plan[i:i + size] for i in range(0, len(plan), size)]
     bar = progress_bar(total=len(batches) * len(mine), desc="network", unit="pass",
                enabled=progress, leave=False)
     for windows in batches:
@@ -216,9 +226,20 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
 
         with timed(timings, "network"):
             network.run(spec, mine, write)
+        del spec
+        _release_batch_memory()
         bar.update(len(mine))
     bar.close()
     return timings, peak
+
+
+def _release_batch_memory():
+    """A batch's arrays back to the system: NNabla's CPU memory cache (which keeps every size
+    it was asked for, and the last batch of a track differs) and glibc's freed heap. Without
+    it, a worker grew by 50 MB between a 3- and a 10-minute song."""
+    import nnabla_ext.cpu
+    nnabla_ext.cpu.clear_memory_cache()
+    return_freed_memory()
 
 
 def separate(audio, rate, cfgs, targets=None, **kw):
