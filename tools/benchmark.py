@@ -5,6 +5,7 @@
     python tools/benchmark.py --train [--vs-openunmix PYTHON]   training steps, data loading
     python tools/benchmark.py --threads         worker processes x BLAS threads
     python tools/benchmark.py --workers [--xumx] seconds and memory with -j 1..4
+    python tools/benchmark.py --network-profile the network's parts over one batch
     python tools/benchmark.py --parity          agreement with open-unmix-pytorch and asteroid
 
 Separation: a fresh process separates N s of real music (the MUSDB18 clip that stempeg ships,
@@ -227,6 +228,55 @@ def benchmark_threads(seconds):
                           "--wav", wav, "--processes", str(processes)], env=env)
             print("| %d | %d | %.2f | %.2f |" % (processes, threads, r["separate"],
                                                 r["network (wall)"]))
+
+
+def network_profile(windows=4, targets=("vocals", "drums")):
+    """Seconds and GFLOP/s of each part of the folded network over one worker's batch
+    (`windows` windows of a separation's length, two full-size UMX targets, one thread): the
+    per-frame layers and the recurrences, timed around the network's own methods."""
+    from context import set_context
+    from inference import InferenceNetwork, network_for
+    from layout import UmxConfig
+    from runtime import limit_blas_threads
+    from separator import CONTEXT_FRAMES, WINDOW_FRAMES
+    from tools.random_weights import write_random_weights
+    from weights import load_models
+    set_context("cpu", verbose=False)
+    limit_blas_threads(1)
+    cfg = UmxConfig()
+    seconds = {}
+
+    def timed_method(name, method):
+        def run(*args, **kw):
+            start = time.perf_counter()
+            result = method(*args, **kw)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+            return result
+        return run
+    with tempfile.TemporaryDirectory() as tmp:
+        write_random_weights(tmp, cfg, targets)
+        network = network_for(load_models(tmp), release=True)
+    per_frame = InferenceNetwork._per_frame
+    network._per_frame = lambda layer, *a, **k: timed_method(layer.__name__.strip("_"), per_frame)(
+        network, layer, *a, **k)
+    network._recurrence = timed_method("recurrence", InferenceNetwork._recurrence)
+    length = WINDOW_FRAMES + 2 * CONTEXT_FRAMES
+    spec = np.abs(np.random.RandomState(0).randn(windows, length, 2, cfg.nb_output_bins)).astype(
+        np.float32)
+    network.run(spec[:, :64], list(targets), write=lambda *a: None)  # graphs built, kernels loaded
+    seconds.clear()
+    network.run(spec, list(targets), write=lambda *a: None)
+    rows, h, hid = windows * length, cfg.lstm_hidden_size, cfg.hidden_size
+    flops = {"fc1_layer": cfg.nb_channels * cfg.max_bin * hid,
+             "projection_layer": sum((hid if l == 0 else 2 * h) * 2 * 4 * h for l in range(3)),
+             "recurrence": 3 * 2 * h * 4 * h,
+             "output_layer": 2 * hid * hid + hid * cfg.nb_channels * cfg.nb_output_bins}
+    print("| part of the network (%d windows of %d frames, %d targets, 1 thread) | s | GFLOP/s |"
+          % (windows, length, len(targets)))
+    print("|---|---|---|")
+    for name, value in seconds.items():
+        print("| %s | %.2f | %.1f |" % (name.replace("_", " "), value,
+                                         2.0 * flops[name] * rows * len(targets) / value / 1e9))
 
 
 def benchmark_workers(seconds, xumx=False, counts=(1, 2, 3, 4)):
@@ -504,6 +554,9 @@ def main(argv=None):
     parser.add_argument("--threads", action="store_true",
                         help="the first --seconds with 1 or 2 worker processes x 1 or 2 BLAS "
                              "threads instead")
+    parser.add_argument("--network-profile", action="store_true",
+                        help="seconds and GFLOP/s of each part of the network over one worker's "
+                             "batch instead")
     parser.add_argument("--workers", action="store_true",
                         help="the first --seconds with -j 1, 2, 3, 4 worker processes instead "
                              "(seconds and peak memory; with --xumx, X-UMX's)")
@@ -535,6 +588,8 @@ def main(argv=None):
         benchmark_threads(args.seconds[0])
     elif args.workers:
         benchmark_workers(args.seconds[0], args.xumx)
+    elif args.network_profile:
+        network_profile()
     else:
         benchmark_separation(args)
 
