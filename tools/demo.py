@@ -70,14 +70,21 @@ def run_demo(args):
     model = os.path.join(args.out, "model")
     run([py, "data.py", "--generate", data, "--nb-train", "10", "--nb-test", "3",
          "--duration", "10"])
-    # NNabla's CPU kernels use one core: train two targets at a time
+    # two targets at a time, one BLAS thread each; each run writes a folder of its own (one
+    # writer per output folder), and the model folder gathers their weights
     commands = [[py, "train.py", "--umx-train", "--root", data, "--is-wav", "--source", target,
-                 "--output", model, "--epochs", str(args.epochs), "--batch-size", "8",
-                 "--seq-dur", "2.0", "--samples-per-track", "8",
-                 "--hidden-size", str(args.hidden_size), "--lr", "0.003", "--context", "cpu"]
+                 "--output", os.path.join(args.out, "train-" + target), "--epochs",
+                 str(args.epochs), "--batch-size", "8", "--seq-dur", "2.0",
+                 "--samples-per-track", "8", "--hidden-size", str(args.hidden_size), "--lr",
+                 "0.003", "--context", "cpu"]
                 for target in TARGETS]
     for pair in (commands[:2], commands[2:]):
         run_parallel(pair, os.path.join(args.out, "logs"))
+    os.makedirs(model, exist_ok=True)
+    for target in TARGETS:
+        for ext in (".h5", ".json", "_loss.png"):
+            shutil.copyfile(os.path.join(args.out, "train-" + target, target + ext),
+                            os.path.join(model, target + ext))
     import stempeg
     test_mix = os.path.join(data, "test", "Synth Test 00", "mixture.wav")
     run([py, "test.py", "--umx-infer", "--inputs", test_mix, stempeg.example_stem_path(),
