@@ -16,12 +16,15 @@
   an unexpected SystemError, never the "interrupted" line.
 - `say`, `progress_bar`: what a CLI shows: lines unless --quiet, progress bars only on a
   terminal (a log file gets no carriage-return noise) and never with --quiet.
+- `ahead(items)`: items computed in a background thread one ahead of their consumer, so that
+  two stages of a stream (the Wiener filter's and the ISTFT's with the writing) overlap.
 - `timed`: stage timings; `keep_freed_memory`: the allocator told to keep a training step's
   memory for the next one.
 """
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -163,12 +166,31 @@ def blas_threads_chosen(environ=os.environ):
 
 
 _THREADS = {}
+_THIS_THREAD = threading.local()
 
 
 def compute_threads():
     """Threads this process's own parallel work may take (scipy's FFTs, thread pools): the
-    count `limit_blas_threads` set (a worker's share of the cores), else the available cores."""
-    return _THREADS.get("count") or available_cores()
+    calling thread's share (`thread_share`), else the count `limit_blas_threads` set (a
+    worker's share of the cores), else the available cores."""
+    return getattr(_THIS_THREAD, "count", None) or _THREADS.get("count") or available_cores()
+
+
+@contextmanager
+def thread_share(count):
+    """Inside the block, the calling thread's parallel work (`compute_threads`, and numba's
+    loops when numba is loaded: its count is per thread too) takes `count` threads."""
+    numba = sys.modules.get("numba")
+    before = getattr(_THIS_THREAD, "count", None), numba and numba.get_num_threads()
+    _THIS_THREAD.count = count
+    if numba:
+        numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        _THIS_THREAD.count = before[0]
+        if numba:
+            numba.set_num_threads(before[1])
 
 
 def limit_blas_threads(count):
@@ -344,6 +366,61 @@ def progress_bar(iterable=None, enabled=True, **kw):
     """tqdm, shown when `enabled` and `progress_enabled()`."""
     from tqdm import tqdm
     return tqdm(iterable, disable=not (enabled and progress_enabled()), **kw)
+
+
+# --------------------------------------------------------------------------------------
+# two stages of a stream side by side
+# --------------------------------------------------------------------------------------
+
+def ahead(items, depth=1):
+    """Iterate over `items`, which a background thread computes up to `depth` items ahead of
+    the consumer: numpy, scipy's FFT and compiled loops release the GIL, so the producer's
+    work overlaps the consumer's. An exception raised by the producer is raised here, in
+    order; closing the iterator early (an error or an interrupt in the consumer) stops the
+    producer after its current item. The producer must not call what only the main thread
+    may (signal handlers), nor compiled parallel loops while the consumer does (numba's
+    workqueue threads serve one caller at a time). The two share the cores (`thread_share`):
+    each stage's threads on as many cores of their own, not both on all of them (their
+    parallel loops waited on each other's busy cores: 3x slower on 2 cores)."""
+    import queue
+    slots, stop = queue.Queue(depth), threading.Event()
+    threads = compute_threads()
+    consumer_threads, producer_threads = max(1, threads // 2), max(1, threads - threads // 2)
+
+    def offer(entry):
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            with thread_share(producer_threads):
+                for item in items:
+                    if not offer((True, item)):
+                        return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer((False, exc))
+            return
+        offer((False, None))
+
+    producer = threading.Thread(target=produce, name="ahead", daemon=True)
+    producer.start()
+    try:
+        with thread_share(consumer_threads):
+            while True:
+                is_item, value = slots.get()
+                if not is_item:
+                    if value is not None:
+                        raise value
+                    return
+                yield value
+    finally:
+        stop.set()
+        producer.join()
 
 
 # --------------------------------------------------------------------------------------

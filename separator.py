@@ -23,7 +23,7 @@ from files import TemporaryArrayFile, writing_into
 from inference import network_for, networks_to_run
 from runtime import UmxError, progress_bar, return_freed_memory, timed, worker_pool
 from spectral import PaddedSignal, nb_stft_frames, stft_frames
-from wiener import wiener_blocks
+from wiener import FirstPassSums, phase_difference, wiener_blocks
 
 # STFT frames per network window, LSTM context frames on each side, windows run together (at
 # most; fewer where their arrays would exceed BATCH_BYTES in a worker)
@@ -69,7 +69,9 @@ class EstimateStore(TemporaryArrayFile):
         self._frame_bytes = nb_bins * nb_channels * 4
         with writing_into(self.folder):
             self.file.truncate(nb_targets * nb_frames * self._frame_bytes)
-        self.mixture_peak = None  # set by estimate_spectrograms
+        # set by estimate_spectrograms: the Wiener filter's scale, and its first pass's sums
+        # when gathered
+        self.mixture_peak = self.first_pass = None
 
     def write(self, target_index, start, block):
         """block [shape=(frames, nb_bins, nb_channels)]: the target's frames from `start` on."""
@@ -94,15 +96,16 @@ WORKER_BASE_BYTES = 200 << 20
 
 def batch_bytes(cfg, nb_networks, length, batch):
     """The largest arrays a worker holds while `nb_networks` networks (UMX targets or X-UMX
-    branches) run over `batch` windows of `length` frames: the mixture's magnitudes, and per
-    network its encoder's output, an LSTM layer's projections and gates, and its outputs."""
+    branches) run over `batch` windows of `length` frames: the mixture's magnitudes and
+    phase differences (`wiener.phase_difference`), and per network its encoder's output, an
+    LSTM layer's projections and gates, and its outputs."""
     rows = batch * length
     hid, dirs = cfg.lstm_hidden_size, cfg.nb_directions
     # per network its encoding and an LSTM layer's outputs (kept for the next layer and the
     # output stage); the projections and gates of one network at a time (InferenceNetwork's
     # recurrences run a target a call in a one-thread worker)
     per_network = rows * (cfg.hidden_size + 2 * dirs * hid) * 4
-    return rows * (2 * cfg.nb_output_bins + 3 * dirs * 4 * hid) * 4 + nb_networks * per_network
+    return rows * (4 * cfg.nb_output_bins + 3 * dirs * 4 * hid) * 4 + nb_networks * per_network
 
 
 def worker_plan(nb_shares, worker_bytes, jobs=None, cores=None, memory=None):
@@ -127,9 +130,12 @@ def worker_plan(nb_shares, worker_bytes, jobs=None, cores=None, memory=None):
 
 def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
                           context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True,
-                          timings=None, network=None, processes=None):
+                          timings=None, network=None, processes=None, first_pass=False):
     """Magnitude estimates of all targets, window by window → an `EstimateStore`, whose
-    `mixture_peak` is the largest STFT magnitude of the mixture (the Wiener filter's scale).
+    `mixture_peak` is the largest STFT magnitude of the mixture (the Wiener filter's scale)
+    and, with `first_pass`, whose `first_pass` holds the Wiener filter's first pass over the
+    estimates (`wiener.FirstPassSums`: gathered as they come out, that pass is not made
+    again after the network; a stereo mixture).
 
     padded [shape=(nb_channels, nb_timesteps + n_fft)]: spectral.pad_for_stft's result, or a
     spectral.PaddedSignal; estimates [shape=(nb_frames, bins, nb_model_channels, nb_targets)]
@@ -160,17 +166,18 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     try:
         if processes == 1:
             results = [_estimate_windows(store, padded, network, targets, targets, plan,
-                                         length, batch, progress)]
+                                         length, batch, progress, first_pass)]
         else:
             # forked workers inherit the network's weights, the audio and the store's open
             # file (through this global: the pool pickles its arguments)
             _FORKED[:] = [store, padded, network]
+            _load_compiled_loops(first_pass)
             gc.collect()
             gc.freeze()  # the workers' collections then leave the inherited objects' pages shared
             try:
                 with worker_pool(processes, threads) as pool:
                     jobs = [pool.submit(_estimate_windows, None, None, None, targets, mine,
-                                        windows, length, batch, progress and p == 0)
+                                        windows, length, batch, progress and p == 0, first_pass)
                             for p, (mine, windows) in enumerate(shares)]
                     results = [job.result() for job in jobs]
             finally:
@@ -179,9 +186,13 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     except BaseException:
         store.close()
         raise
-    store.mixture_peak = max(peak for _, peak in results)
+    store.mixture_peak = max(peak for _, peak, _ in results)
+    if first_pass:
+        store.first_pass = results[0][2]
+        for _, _, sums in results[1:]:
+            store.first_pass.merge(sums)
     if timings is not None:
-        for part, _ in results:
+        for part, _, _ in results:
             for key, value in part.items():
                 timings[key] = timings.get(key, 0.0) + value
         timings["network (wall)"] = timings.get("network (wall)", 0.0) + \
@@ -192,14 +203,29 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
 _FORKED = []  # [store, padded, network] for forked workers
 
 
-def _estimate_windows(store, padded, network, targets, mine, plan, length, batch, progress):
+def _load_compiled_loops(first_pass):
+    """numba and the compiled loops that the workers run, loaded here once, before the fork:
+    each worker loaded them anew (importing numba, starting LLVM, reading its cache: 1.3 s),
+    then this process again for the Wiener filter."""
+    from kernels import lstm_forward
+    lstm_forward(np.zeros((1, 1, 1, 4), np.float32), np.zeros((1, 4, 1), np.float32), (False,),
+                 keep=False)
+    if first_pass:
+        FirstPassSums(1, 1).add(0, np.zeros((0, 2, 1), np.float32), phase_difference(
+            np.zeros((2, 0, 1), np.complex64)))
+
+
+def _estimate_windows(store, padded, network, targets, mine, plan, length, batch, progress,
+                      first_pass=False):
     """Run the network for targets `mine` over windows `plan` and write their cores into the
     store (None, None, None: those of `_FORKED`); → (the seconds spent per stage, the largest
-    mixture STFT magnitude in the windows' cores)."""
+    mixture STFT magnitude in the windows' cores, the `FirstPassSums` of their estimates
+    with `first_pass`, else None)."""
     if store is None:
         store, padded, network = _FORKED
     cfg = network.cfgs[mine[0]]
     timings, peak = {}, 0.0
+    sums = FirstPassSums(len(targets), cfg.nb_output_bins) if first_pass else None
     # as few batches as `batch` allows, of equal sizes (not 3 + 1: one window alone runs slowly)
     size = -(-len(plan) // -(-len(plan) // batch)) if plan else 1
     batches = [plan[i:i + size] for i in range(0, len(plan), size)]
@@ -208,11 +234,16 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
     for windows in batches:
         with timed(timings, "stft"):
             spec = np.empty((len(windows), length, padded.shape[0], cfg.nb_output_bins), np.float32)
+            phases = np.empty((len(windows), length, cfg.nb_output_bins), np.complex64) \
+                if sums else None
             for b, (start, core_start, core_stop) in enumerate(windows):
+                mixture = stft_frames(padded, start, start + length, cfg.n_fft, cfg.n_hop)
                 # (nb_channels, length, bins) -> (length, nb_channels, bins)
-                spec[b] = np.abs(stft_frames(padded, start, start + length, cfg.n_fft,
-                                             cfg.n_hop)).transpose(1, 0, 2)
+                spec[b] = np.abs(mixture).transpose(1, 0, 2)
                 peak = max(peak, float(spec[b, core_start - start:core_stop - start].max()))
+                if sums:
+                    phases[b] = phase_difference(mixture)
+                del mixture
 
         def write(target, row, block, windows=windows):
             # rows (window, frame) -> the cores of the windows that the block overlaps
@@ -223,14 +254,18 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
                     # (frames, channels, bins) -> (frames, bins, channels)
                     store.write(targets.index(target), lo - b * length + start,
                                 block[lo - row: hi - row].transpose(0, 2, 1))
+                    if sums:
+                        with timed(timings, "wiener"):
+                            sums.add(targets.index(target), block[lo - row: hi - row],
+                                     phases[b, lo - b * length: hi - b * length])
 
         with timed(timings, "network"):
             network.run(spec, mine, write)
-        del spec
+        del spec, phases
         _release_batch_memory()
         bar.update(len(mine))
     bar.close()
-    return timings, peak
+    return timings, peak, sums
 
 
 def _release_batch_memory():
@@ -304,13 +339,16 @@ def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, al
     names = stem_names(targets, residual_model)
     residual = len(names) > len(targets)
 
+    # the Wiener filter's first pass gathered by the network's workers (as it runs, not after)
+    first_pass = FirstPassSums.applies(niter, softmask, residual, padded.shape[0])
+
     def blocks():
         with estimate_spectrograms(padded, nb_frames, cfgs, targets, window, context,
                                    progress=progress, timings=timings, processes=processes,
-                                   network=network) as v:
+                                   network=network, first_pass=first_pass) as v:
             yield from wiener_blocks(padded, nb_timesteps, v, cfg.n_fft, cfg.n_hop, niter=niter,
                                      softmask=softmask, alpha=alpha if softmask else 1.0,
                                      residual=residual, progress=progress, timings=timings,
                                      v_power=alpha if softmask else 1.0,
-                                     mixture_peak=v.mixture_peak)
+                                     mixture_peak=v.mixture_peak, first_pass=v.first_pass)
     return names, cfg.sample_rate, blocks()

@@ -7,7 +7,7 @@ is an in-order overlap-add that hands out finished samples chunk by chunk.
 """
 import numpy as np
 
-from runtime import progress_bar, timed
+from runtime import ahead, progress_bar, timed
 from spectral import OverlapAdd, stft_frames
 
 # The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
@@ -58,6 +58,64 @@ def _wiener_step(y, x, R, eps):
     cxx += np.sqrt(eps) * np.eye(nb_channels, dtype=np.complex64)
     rx = np.einsum("fbde,fbe->fbd", np.linalg.pinv(cxx, eps), x)  # Cxx^-1 x
     return np.einsum("fbj,bcdj,fbd->fbcj", v.astype(np.complex64), R, rx)  # v_j R_j Cxx^-1 x
+
+
+class FirstPassSums:
+    """The sums of the filter's first EM pass over the whole track (the sources' spatial
+    covariances, `_covariance_sums` of norbert's start), gathered from the magnitude
+    estimates as the network hands them out, so that `wiener_blocks` skips that pass.
+
+    norbert's start gives source j the mixture's phase, y_jc = v_jc u_c (u_c = x_c / |x_c|,
+    1 where x_c = 0), so for a stereo mixture Σ_t y_j y_jᴴ needs of the mixture only
+    w = u_0 conj(u_1) per time-frequency bin (`phase_difference`, one for all sources):
+
+        Σ |y_j0|² = Σ v_j0²,  Σ |y_j1|² = Σ v_j1²,  Σ y_j0 conj(y_j1) = Σ v_j0 v_j1 w
+
+    summed in float64, without norbert's scale (a factor scale² on all of them, known once
+    the mixture's peak is: `covariances`). For the default filter only (`applies`).
+    """
+
+    def __init__(self, nb_sources, nb_bins):
+        self.power = np.zeros((nb_sources, 2, nb_bins), np.float64)
+        self.cross = np.zeros((nb_sources, nb_bins), np.complex128)
+
+    @staticmethod
+    def applies(niter, softmask, residual, nb_channels):
+        """Whether the first pass can be gathered: EM steps from norbert's start on the
+        models' own magnitudes (no softmask, no residual model), a stereo mixture."""
+        return niter > 0 and not softmask and not residual and nb_channels == 2
+
+    def add(self, source, v, w):
+        """v [shape=(f, C', bins)] (C' = 1 for a mono model: both channels), source's
+        estimates of f frames; w [shape=(f, bins)] those frames' `phase_difference`."""
+        _kernels()["first_pass"](v, w, self.power[source], self.cross[source])
+
+    def merge(self, other):
+        self.power += other.power
+        self.cross += other.cross
+        return self
+
+    def covariances(self, scale, eps):
+        """→ R [shape=(bins, 2, 2, J)] complex64, as the pass over the track would give it
+        for estimates times `scale`: Σ y yᴴ / (eps + Σ_t mean_c |y_c|²)."""
+        squared = scale * scale
+        num = np.empty(self.power.shape[-1:] + (2, 2) + self.power.shape[:1], np.complex128)
+        # (J, bins) -> (bins, J)
+        num[:, 0, 0] = self.power[:, 0].T
+        num[:, 1, 1] = self.power[:, 1].T
+        num[:, 0, 1] = self.cross.T
+        num[:, 1, 0] = np.conj(self.cross.T)
+        weight = eps + squared * self.power.mean(axis=1).T
+        return (squared * num / weight[:, None, None, :]).astype(np.complex64)
+
+
+def phase_difference(x):
+    """x [shape=(2, f, bins)] complex (a stereo STFT) → u_0 conj(u_1) [shape=(f, bins)]
+    complex64, u_c = x_c / |x_c| (1 where x_c = 0): what `FirstPassSums` needs of the
+    mixture."""
+    out = np.empty(x.shape[1:], np.complex64)
+    _kernels()["phase_difference"](x.astype(np.complex64, copy=False), out)
+    return out
 
 
 _KERNELS = {}
@@ -154,13 +212,41 @@ def _kernels():
                         out[t, b, 0, j] = v[j] * (R[b, 0, 0, j] * r0 + R[b, 0, 1, j] * r1)
                         out[t, b, 1, j] = v[j] * (R[b, 1, 0, j] * r0 + R[b, 1, 1, j] * r1)
 
-    _KERNELS.update(initial=initial, covariance=covariance, step=step)
+    # serial: they run in the network's workers, one thread each
+    @numba.njit(cache=True, fastmath=True, error_model="numpy")
+    def phase_difference(x, out):
+        nb_frames, nb_bins = out.shape
+        for t in range(nb_frames):
+            for b in range(nb_bins):
+                a, c = x[0, t, b], x[1, t, b]
+                pa = a.real * a.real + a.imag * a.imag
+                pc = c.real * c.real + c.imag * c.imag
+                # a conj(c) / (|a| |c|), a unit phase 1 where a channel is 0
+                ar, ai = (a.real, a.imag) if pa > 0 else (1.0, 0.0)
+                cr, ci = (c.real, c.imag) if pc > 0 else (1.0, 0.0)
+                inverse = 1.0 / np.sqrt((pa if pa > 0 else 1.0) * (pc if pc > 0 else 1.0))
+                out[t, b] = complex((ar * cr + ai * ci) * inverse, (ai * cr - ar * ci) * inverse)
+
+    @numba.njit(cache=True, fastmath=True, error_model="numpy")
+    def first_pass(v, w, power, cross):
+        nb_frames, nb_channels, nb_bins = v.shape
+        for t in range(nb_frames):
+            for b in range(nb_bins):
+                v0 = np.float64(v[t, 0, b])
+                v1 = np.float64(v[t, nb_channels - 1, b])
+                power[0, b] += v0 * v0
+                power[1, b] += v1 * v1
+                cross[b] += v0 * v1 * np.complex128(w[t, b])
+
+    _KERNELS.update(initial=initial, covariance=covariance, step=step,
+                    phase_difference=phase_difference, first_pass=first_pass)
     return _KERNELS
 
 
 def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
                   alpha=1.0, residual=False, eps=WIENER_EPS, chunk=WIENER_CHUNK_FRAMES,
-                  progress=True, timings=None, v_power=1.0, mixture_peak=None):
+                  progress=True, timings=None, v_power=1.0, mixture_peak=None,
+                  first_pass=None):
     """Source waveforms from magnitude estimates, equal to norbert's whole-track
 
         norbert.wiener(norbert.residual_model(v, x, alpha) if residual else v, x, niter,
@@ -172,7 +258,8 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
     padded [shape=(nb_channels, nb_timesteps + n_fft)] (an array or a `spectral.PaddedSignal`),
     v [shape=(nb_frames, bins, C', J)]: an array or an `EstimateStore`, raised to `v_power` as
     it is read (norbert's softmask takes v ** alpha). mixture_peak: the mixture STFT's largest
-    magnitude, when known (it saves a pass over the track).
+    magnitude, when known (it saves a pass over the track); first_pass: the `FirstPassSums`
+    of v, when gathered (it saves another: then `FirstPassSums.applies` must hold).
     """
     nb_frames = v.shape[0]
     nb_channels = padded.shape[0]
@@ -189,7 +276,12 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
         with timed(timings, "stft"):
             return stft_frames(padded, a, min(a + chunk, nb_frames), n_fft, n_hop).transpose(1, 2, 0)
 
-    passes = (1 if (residual or (niter and mixture_peak is None)) else 0) + niter + 1
+    if first_pass is not None and (mixture_peak is None or v_power != 1.0 or not
+                                   FirstPassSums.applies(niter, softmask, residual, nb_channels)):
+        raise ValueError("the first pass's sums serve the default filter of a stereo mixture "
+                         "whose peak is known")
+    passes = (1 if (residual or (niter and mixture_peak is None)) else 0) + niter + 1 - \
+        (first_pass is not None)
     bar = progress_bar(total=passes * len(starts), desc="wiener", unit="chunk", enabled=progress,
                leave=False)
     # pass: track-wide peak of the mixture and the residual model's gains
@@ -232,8 +324,8 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
                     y = _wiener_step(y, x, R, eps)
         return y
 
-    covariances = []
-    for _ in range(niter):
+    covariances = [] if first_pass is None else [first_pass.covariances(scale, eps)]
+    for _ in range(niter - len(covariances)):
         num, weight = 0.0, eps
         for a in starts:
             y = estimates(a, covariances)
@@ -245,9 +337,11 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
 
     nb_sources = v.shape[-1] + (1 if residual else 0)
     ola = OverlapAdd((nb_sources, nb_channels), nb_timesteps, n_fft, n_hop)
-    for a in starts:
+    _kernels()  # loaded here: the thread below takes numba's threads it then finds
+    # the filter of the next chunk (a thread's) while this one goes through the ISTFT and to
+    # its consumer (which writes it)
+    for a, y in ahead((a, estimates(a, covariances)) for a in starts):
         # (f, bins, C, J) -> (J, C, f, bins)
-        y = estimates(a, covariances)
         with timed(timings, "istft"):
             block = ola.add(y.transpose(3, 2, 0, 1), a)
             if scale != 1.0:

@@ -222,6 +222,89 @@ def test_staging_of_a_killed_run_is_removed_by_the_next(tmp_path, full_model, lo
     assert sorted(os.listdir(os.path.join(out, "short"))) == ["accompaniment.wav", "vocals.wav"]
 
 
+def _ahead_threads():
+    import threading
+    return [t for t in threading.enumerate() if t.name == "ahead"]
+
+
+def test_a_stream_computed_ahead_keeps_its_order_and_raises_the_producers_error():
+    from runtime import UmxError, ahead
+
+    def items():
+        yield from range(10)
+        raise UmxError("chunk 10 failed")
+
+    got = []
+    with pytest.raises(UmxError, match="chunk 10 failed"):
+        for item in ahead(items()):
+            got.append(item)
+    assert got == list(range(10)) and not _ahead_threads()
+
+
+def test_a_stream_closed_early_stops_its_producer():
+    from runtime import ahead
+    produced = []
+
+    def items():
+        for k in range(1000):
+            produced.append(k)
+            yield k
+
+    stream = ahead(items(), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()
+    assert not _ahead_threads()
+    count = len(produced)
+    time.sleep(0.2)
+    assert len(produced) == count <= 3 + 2 + 1  # what was taken, queued, and being offered
+
+
+def test_an_interrupt_while_waiting_for_the_producer_stops_it():
+    from runtime import ahead
+
+    def items():
+        for k in range(100):
+            time.sleep(0.05)
+            yield k
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        got = []
+        with pytest.raises(KeyboardInterrupt):
+            for item in ahead(items()):
+                got.append(item)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert 0 < len(got) < 100 and not _ahead_threads()
+
+
+def test_the_two_stages_of_a_stream_share_the_cores(monkeypatch):
+    """Each stage's parallel work on its own share (both on all cores made the Wiener filter
+    3x slower), numba's per-thread count included; the shares end with the stream."""
+    import numba
+    import runtime
+    monkeypatch.setitem(runtime._THREADS, "count", 5)
+    seen = []
+
+    def items():
+        for k in range(3):
+            seen.append(("producer", runtime.compute_threads(), numba.get_num_threads()))
+            yield k
+
+    for _ in runtime.ahead(items()):
+        seen.append(("consumer", runtime.compute_threads(), None))
+    before = numba.get_num_threads()
+    producer = {(n, c) for who, n, c in seen if who == "producer"}
+    assert producer == {(3, min(3, numba.config.NUMBA_NUM_THREADS))}
+    assert {n for who, n, _ in seen if who == "consumer"} == {2}
+    assert runtime.compute_threads() == 5 and numba.get_num_threads() == before
+
+
 # --------------------------------------------------------------------------------------
 # 2. outputs never clobber inputs or each other
 # --------------------------------------------------------------------------------------

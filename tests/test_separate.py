@@ -8,7 +8,7 @@ from conftest import make_random_weights, music_like, snr
 from separator import EstimateStore, estimate_spectrograms, plan_windows, separate
 from vocabulary import SOURCES
 from weights import load_models
-from wiener import WIENER_EPS, wiener_blocks
+from wiener import WIENER_EPS, FirstPassSums, phase_difference, wiener_blocks
 from spectral import istft, nb_stft_frames, pad_for_stft, stft
 
 
@@ -73,6 +73,61 @@ def test_streamed_wiener_equals_norbert(niter, softmask, residual):
         # 60 dB, or equal to float noise where the source is silent
         error = np.sum((ref_audio[j] - ours[j]) ** 2)
         assert error <= 1e-6 * max(np.sum(ref_audio[j] ** 2), 1e-6)
+
+
+@pytest.mark.parametrize("niter,mono_models", [(1, False), (2, False), (1, True)])
+def test_first_pass_gathered_from_the_estimates_equals_the_pass_over_the_track(niter,
+                                                                                mono_models):
+    """The network's workers gather the filter's first pass (`FirstPassSums`, from the
+    magnitudes and the channels' phase difference); the filter then skips that pass, and
+    gives what its own pass (tested equal to norbert above) gives. Silent bins in one channel
+    or both (a unit phase there) and mono models included."""
+    n_fft, n_hop = 256, 64
+    rng = np.random.RandomState(niter)
+    audio = music_like(2.0, 8000).T  # (C, T)
+    audio[1, 4000:6000] = 0  # the right channel silent, then both
+    audio[:, 9000:11000] = 0
+    x = stft(audio, n_fft, n_hop).transpose(1, 2, 0)  # (frames, bins, C)
+    assert (np.abs(x) == 0).any()
+    channels = 1 if mono_models else 2
+    v = (np.abs(x)[..., :channels, None] * rng.uniform(0, 1, (1, 1, 1, 3))).astype(np.float32)
+    v[..., 0] *= 3
+    sums = FirstPassSums(3, x.shape[1])
+    # in pieces of frames, as windows' cores come out of the network, sources in any order
+    w = phase_difference(x.transpose(2, 0, 1))
+    for lo, hi in ((0, 50), (50, 51), (51, x.shape[0])):
+        for j in (2, 0, 1):
+            # (frames, bins, C') -> (frames, C', bins), the network's layout
+            sums.add(j, np.ascontiguousarray(v[lo:hi, :, :, j].transpose(0, 2, 1)), w[lo:hi])
+    peak = float(np.abs(x).max())
+    gathered, after = (np.concatenate(list(wiener_blocks(
+        pad_for_stft(audio, n_fft), audio.shape[-1], v, n_fft, n_hop, niter=niter, chunk=7,
+        progress=False, mixture_peak=peak, first_pass=first)), axis=-1) for first in (sums, None))
+    for j in range(3):
+        assert snr(after[j], gathered[j]) >= 100
+
+
+def test_first_pass_only_serves_the_default_filter():
+    """A softmask, a residual model or an unknown peak need the pass over the track."""
+    audio = music_like(1.0, 8000).T
+    v = np.ones((126, 129, 2, 2), np.float32)
+    sums = FirstPassSums(2, 129)
+    for kw in (dict(softmask=True), dict(residual=True), dict(niter=0), dict(mixture_peak=None)):
+        args = dict(dict(niter=1, mixture_peak=1.0), **kw)
+        with pytest.raises(ValueError, match="first pass"):
+            next(wiener_blocks(pad_for_stft(audio, 256), audio.shape[-1], v, 256, 64,
+                               progress=False, first_pass=sums, **args))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_separation_with_the_gathered_first_pass_equals_the_pass_after(small_model, processes,
+                                                                        monkeypatch):
+    cfg, cfgs, audio, _, _ = _mixture_and_models(small_model)
+    gathered, _ = separate(audio, cfg.sample_rate, cfgs, progress=False, processes=processes)
+    monkeypatch.setattr(FirstPassSums, "applies", staticmethod(lambda *args: False))
+    after, _ = separate(audio, cfg.sample_rate, cfgs, progress=False, processes=processes)
+    for name in after:
+        assert snr(after[name], gathered[name]) >= 100
 
 
 def test_separate_shapes_rates_and_channels(small_model, capsys):
