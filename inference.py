@@ -5,7 +5,7 @@ import numpy as np
 import nnabla as nn
 import nnabla.functions as F
 
-from ops import dense, lstm_recurrence
+from ops import dense, lstm_recurrence, multiply
 from runtime import compute_threads, signals_deferred
 
 BN_EPS = 1e-5
@@ -145,7 +145,7 @@ class InferenceNetwork:
     def _fc1_layer(variables, params):
         """mixture (size, C, max_bin) -> tanh(bn(fc1(standardized x))) (size, hidden)"""
         (x,), (w, b) = variables, params
-        return F.tanh(dense(x, w, b))
+        return dense(x, w, b, activation="tanh")
 
     @staticmethod
     def _projection_layer(variables, params):
@@ -158,9 +158,9 @@ class InferenceNetwork:
         """fc1 output, LSTM output (size, hidden), mixture (size, C, bins) -> the estimate
         relu(bn(fc3(relu(bn(fc2([skip | lstm])))))) * mix [shape=(size, C * bins)]"""
         (skip, lstm, mix), (w2, b2, w3, b3) = variables, params
-        x = F.relu(dense(F.concatenate(skip, lstm, axis=1), w2, b2))
-        x = F.relu(dense(x, w3, b3))
-        return F.mul_n(x, F.reshape(mix, x.shape))
+        x = dense(F.concatenate(skip, lstm, axis=1), w2, b2, activation="relu")
+        x = dense(x, w3, b3, activation="relu")
+        return multiply(x, F.reshape(mix, x.shape))
 
     @staticmethod
     def _recurrence(gates, w_rec, reverse):

@@ -128,6 +128,26 @@ def worker_plan(nb_shares, worker_bytes, jobs=None, cores=None, memory=None):
     return max(1, processes), max(1, cores // max(1, processes))
 
 
+def split_by_targets(nb_targets, nb_windows, processes, bridged=False):
+    """Whether worker processes share the work by targets (each runs some targets over every
+    window) rather than by windows (each runs every target over some windows): whichever
+    gives the largest share less work; on a tie the windows, whose STFTs then run once, not in
+    every worker. X-UMX's branches (`bridged`) run together: by windows."""
+    if bridged:
+        return False
+    by_targets = -(-nb_targets // processes) * nb_windows
+    by_windows = -(-nb_windows // processes) * nb_targets
+    return by_targets < by_windows
+
+
+def equal_batches(plan, batch):
+    """The windows in as few batches of at most `batch` as there can be, of sizes that differ
+    by one at most (13 by 4: 4, 3, 3, 3, not 4, 4, 4, 1: one window alone runs slowly)."""
+    count = -(-len(plan) // batch) if plan else 0
+    bounds = [len(plan) * k // count for k in range(count + 1)] if count else [0]
+    return [plan[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+
+
 def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES,
                           context=CONTEXT_FRAMES, batch=WINDOWS_PER_BATCH, progress=True,
                           timings=None, network=None, processes=None, first_pass=False):
@@ -143,8 +163,8 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     network: the `InferenceNetwork` to run (default: built from the loaded parameters).
     processes: worker processes (default: `worker_plan`'s choice from the cores and the
     memory); more than 1: forked workers share the work (CPU contexts), each takes some of the
-    targets, or of the windows when there are fewer targets than processes (or the targets
-    are X-UMX branches, which run together), with its share of the cores as threads.
+    targets or some of the windows (`split_by_targets`), with its share of the cores as
+    threads.
     """
     cfg = cfgs[targets[0]]
     model_channels = max(cfgs[t].nb_channels for t in targets)
@@ -157,7 +177,7 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
     nb_shares = len(plan) if network.bridged else max(len(targets), len(plan))
     processes, threads = worker_plan(nb_shares, WORKER_BASE_BYTES + batch_bytes(
         cfg, nb_networks, length, min(batch, len(plan))), jobs=processes)
-    by_target = len(targets) >= processes and not network.bridged
+    by_target = split_by_targets(len(targets), len(plan), processes, network.bridged)
     processes = max(1, min(processes, len(targets) if by_target else len(plan)))
     per_worker = -(-nb_networks // processes) if by_target else nb_networks
     batch = max(1, min(batch, BATCH_BYTES // batch_bytes(cfg, per_worker, length, 1)))
@@ -226,9 +246,7 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
     cfg = network.cfgs[mine[0]]
     timings, peak = {}, 0.0
     sums = FirstPassSums(len(targets), cfg.nb_output_bins) if first_pass else None
-    # as few batches as `batch` allows, of equal sizes (not 3 + 1: one window alone runs slowly)
-    size = -(-len(plan) // -(-len(plan) // batch)) if plan else 1
-    batches = [plan[i:i + size] for i in range(0, len(plan), size)]
+    batches = equal_batches(plan, batch)
     bar = progress_bar(total=len(batches) * len(mine), desc="network", unit="pass",
                enabled=progress, leave=False)
     for windows in batches:

@@ -65,16 +65,24 @@ from ops import dense  # noqa: E402
                                                    ((2, 3, 40), 2, True)])
 @pytest.mark.parametrize("need_grad", [(True, True, True), (False, True, True),
                                        (True, False, False)])
-def test_dense_equals_affine(shape, base_axis, bias, need_grad):
+@pytest.mark.parametrize("activation", [None, "relu", "tanh"])
+def test_dense_equals_affine(shape, base_axis, bias, need_grad, activation):
     rng = np.random.RandomState(1)
     nb_in = int(np.prod(shape[base_axis:]))
     arrays = [rng.randn(*shape), rng.randn(nb_in, 9), rng.randn(9)]
     results = []
-    for function in (dense, F.affine):
+
+    def affine(*args, base_axis):  # NNabla's own, then the activation's function
+        y = F.affine(*args, base_axis=base_axis)
+        return {None: lambda v: v, "relu": F.relu, "tanh": F.tanh}[activation](y)
+
+    def ours(*args, base_axis):
+        return dense(*args, base_axis=base_axis, activation=activation)
+
+    for function in (ours, affine):
         inputs = [V(a, g) for a, g in zip(arrays, need_grad)]
         args = inputs if bias else inputs[:2]
-        y = function(*args, base_axis=base_axis) if function is F.affine else \
-            function(*args, base_axis=base_axis)
+        y = function(*args, base_axis=base_axis)
         # used twice: the second use accumulates into the same gradients
         out = F.sum(y * 2.0) + F.sum(function(*args, base_axis=base_axis) ** 2)
         for v in inputs:
@@ -83,8 +91,15 @@ def test_dense_equals_affine(shape, base_axis, bias, need_grad):
         out.backward()
         results.append([y.d] + [v.g.copy() for v in inputs])
     assert results[0][0].shape == tuple(shape[:base_axis]) + (9,)
-    for ours, theirs in zip(*results):
-        assert np.allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    if activation == "relu":
+        assert (results[0][0] == 0).any() and (results[0][0] > 0).any()
+    for mine, theirs in zip(*results):
+        assert np.allclose(mine, theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_dense_refuses_an_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        dense(V(np.ones((2, 3))), V(np.ones((3, 4))), activation="gelu")
 
 
 def test_istft_and_its_gradient_equal_nnabla_istft():

@@ -5,7 +5,8 @@ import norbert
 import pytest
 
 from conftest import make_random_weights, music_like, snr
-from separator import EstimateStore, estimate_spectrograms, plan_windows, separate
+from separator import (EstimateStore, equal_batches, estimate_spectrograms, plan_windows, separate,
+                       split_by_targets)
 from vocabulary import SOURCES
 from weights import load_models
 from wiener import WIENER_EPS, FirstPassSums, phase_difference, wiener_blocks
@@ -29,6 +30,29 @@ def test_window_plan_covers_every_frame_once(nb_frames, window, context):
         assert start + length - core_stop >= min(context, nb_frames - core_stop)
         covered[core_start:core_stop] += 1
     assert (covered == 1).all()
+
+
+@pytest.mark.parametrize("nb_windows,batch,sizes", [(13, 4, [4, 3, 3, 3]), (8, 4, [4, 4]),
+                                                    (26, 4, [4, 4, 4, 4, 4, 3, 3]), (1, 4, [1]),
+                                                    (5, 1, [1] * 5), (0, 4, [])])
+def test_batches_are_as_few_as_allowed_and_of_equal_sizes(nb_windows, batch, sizes):
+    plan = list(range(nb_windows))
+    batches = equal_batches(plan, batch)
+    assert sorted(len(b) for b in batches) == sorted(sizes) and sum(batches, []) == plan
+
+
+@pytest.mark.parametrize("targets,windows,processes,bridged,expected", [
+    (4, 8, 2, False, False),   # 180 s: 2 x 8 = 4 x 4 windows: a tie, the STFTs run once
+    (4, 3, 2, False, True),    # 60 s: 2 targets x 3 windows beat 2 windows x 4 targets
+    (1, 8, 2, False, False),   # one target: the windows
+    (4, 26, 4, False, True),   # 600 s on 4 cores: 1 target x 26 beat 7 windows x 4
+    (4, 1, 2, False, True),    # one window
+    (4, 26, 2, False, False),  # 600 s on 2 cores: 2 x 26 = 13 x 4
+    (4, 1, 2, True, False),    # X-UMX: its branches run together
+])
+def test_the_workers_share_targets_or_windows_whichever_is_fairer(targets, windows, processes,
+                                                                   bridged, expected):
+    assert split_by_targets(targets, windows, processes, bridged) is expected
 
 
 def _mixture_and_models(small_model, seconds=3.0):
