@@ -58,8 +58,10 @@ def evaluate(args, progress=True):
         cfgs = network = None
         if args.estimates is None:
             from inference import network_for
+            from separator import load_compiled_loops
             from weights import load_models
             set_context(args.context, verbose=not args.quiet)
+            load_compiled_loops(background=True)  # while the model loads
             cfgs = load_models(args.model, args.targets)
             args.targets = args.targets or list(cfgs)  # the model's, unless named
             network = network_for(cfgs, args.targets, release=True)  # once for all tracks

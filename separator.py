@@ -14,6 +14,7 @@ Memory stays bounded by the window sizes, not by the track:
 """
 import gc
 import os
+import threading
 import time
 
 import numpy as np
@@ -191,7 +192,7 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
             # forked workers inherit the network's weights, the audio and the store's open
             # file (through this global: the pool pickles its arguments)
             _FORKED[:] = [store, padded, network]
-            _load_compiled_loops(first_pass)
+            load_compiled_loops()
             gc.collect()
             gc.freeze()  # the workers' collections then leave the inherited objects' pages shared
             try:
@@ -223,16 +224,35 @@ def estimate_spectrograms(padded, nb_frames, cfgs, targets, window=WINDOW_FRAMES
 _FORKED = []  # [store, padded, network] for forked workers
 
 
-def _load_compiled_loops(first_pass):
-    """numba and the compiled loops that the workers run, loaded here once, before the fork:
-    each worker loaded them anew (importing numba, starting LLVM, reading its cache: 1.3 s),
-    then this process again for the Wiener filter."""
+_LOADING = {}  # the thread of `load_compiled_loops(background=True)`
+_LOADING_LOCK = threading.Lock()
+
+
+def load_compiled_loops(background=False):
+    """numba and the compiled loops that the network's workers run, loaded once per process,
+    before the workers fork: each worker loaded them anew (importing numba, starting LLVM,
+    reading its cache: 1.3 s), then this process again for the Wiener filter.
+
+    background: load them in a thread, while the caller loads the model and decodes the
+    audio (test.py, eval.py); a later call waits for that thread, then loads what it could
+    not (an error is raised there, in the caller's thread)."""
+    with _LOADING_LOCK:
+        if "thread" not in _LOADING:
+            # not a daemon: an early exit waits for it rather than stopping it mid-import
+            _LOADING["thread"] = threading.Thread(target=_load_compiled_loops,
+                                                  name="compiled-loops")
+            _LOADING["thread"].start()
+    if not background:
+        _LOADING["thread"].join()
+        _load_compiled_loops()  # at once when the thread did it
+
+
+def _load_compiled_loops():
     from kernels import lstm_forward
     lstm_forward(np.zeros((1, 1, 1, 4), np.float32), np.zeros((1, 4, 1), np.float32), (False,),
                  keep=False)
-    if first_pass:
-        FirstPassSums(1, 1).add(0, np.zeros((0, 2, 1), np.float32), phase_difference(
-            np.zeros((2, 0, 1), np.complex64)))
+    FirstPassSums(1, 1).add(0, np.zeros((0, 2, 1), np.float32), phase_difference(
+        np.zeros((2, 0, 1), np.complex64)))
 
 
 def _estimate_windows(store, padded, network, targets, mine, plan, length, batch, progress,

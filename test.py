@@ -24,10 +24,11 @@ def stem_folders(inputs, out_dir):
 
 
 def run(args):
-    from separator import stem_names
+    from separator import load_compiled_loops, stem_names
     from weights import describe, load_models
     set_quiet(args.quiet)
     set_context(args.context, verbose=not args.quiet)
+    load_compiled_loops(background=True)  # while the model loads
     cfgs = load_models(args.model, args.targets)
     targets = args.targets or list(cfgs)
     say("model: %s" % describe(cfgs))

@@ -128,7 +128,7 @@ def _kernels():
     from kernels import numba_fork_safe
     numba = numba_fork_safe()
 
-    @numba.njit(parallel=True, cache=True)
+    @numba.njit(parallel=True, cache=True, error_model="numpy")
     def initial(v, x, softmask, eps, scale, out):
         nb_frames, nb_bins, nb_channels, nb_sources = out.shape
         mono_models = v.shape[2] == 1
@@ -154,7 +154,7 @@ def _kernels():
                     for j in range(nb_sources):
                         out[t, b, c, j] = v[t, b, cv, j] * factor
 
-    @numba.njit(parallel=True, cache=True)
+    @numba.njit(parallel=True, cache=True, error_model="numpy")
     def covariance(y, num, weight):
         nb_frames, nb_bins, nb_channels, nb_sources = y.shape
         # blocks of bins in parallel, frames in order inside: each frame's block of y is
@@ -172,7 +172,7 @@ def _kernels():
                                 num[b, c, d, j] += yc * np.conj(np.complex128(y[t, b, d, j]))
                         weight[b, j] += power / nb_channels
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
+    @numba.njit(parallel=True, cache=True, fastmath={"nnan", "ninf"}, error_model="numpy")
     def step(y, x, R, eps, out):
         nb_frames, nb_bins, nb_channels, nb_sources = y.shape
         reg = np.float32(np.sqrt(eps))

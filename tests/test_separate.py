@@ -55,6 +55,16 @@ def test_the_workers_share_targets_or_windows_whichever_is_fairer(targets, windo
     assert split_by_targets(targets, windows, processes, bridged) is expected
 
 
+def test_the_compiled_loops_load_in_the_background_and_once():
+    import threading
+    import separator
+    separator.load_compiled_loops(background=True)
+    separator.load_compiled_loops()  # waits for the thread
+    assert not [t for t in threading.enumerate() if t.name == "compiled-loops"]
+    from kernels import forward
+    assert forward.signatures  # loaded: a forked worker inherits it
+
+
 def _mixture_and_models(small_model, seconds=3.0):
     folder, cfg = small_model
     cfgs = load_models(folder, list(SOURCES))

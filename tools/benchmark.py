@@ -101,10 +101,11 @@ def separation_worker(seconds, model, wav, processes=None):
     from audio import decode_audio, write_stream
     from context import set_context
     from inference import network_for
-    from separator import separate_stream
+    from separator import load_compiled_loops, separate_stream
     from weights import load_models
     set_context("cpu", verbose=False)
     start = time.perf_counter()
+    load_compiled_loops(background=True)  # as test.py: while the model loads
     cfgs = load_models(model)
     targets = list(cfgs)
     network = network_for(cfgs, release=True)  # as test.py: once per model
@@ -174,7 +175,8 @@ def benchmark_separation(args):
 
 
 def print_separation(rows, floor):
-    stages = ["decode", "stft", "network", "wiener", "istft", "write"]
+    # load: the model (and, as test.py does meanwhile, the compiled loops), before separate
+    stages = ["load", "decode", "stft", "network", "wiener", "istft", "write"]
     print("\n| system | audio (s) | separate (s) | ratio to open-unmix-pytorch | RTF | "
           "peak PSS (MB) | network GFLOP/s (floor %.0f) | " % floor + " | ".join(stages) + " |")
     print("|---" * (7 + len(stages)) + "|")
