@@ -171,6 +171,20 @@ def backward(dhs, acts, cells, tanh_cells, w, reverse, dproj):
                 small_matmul(da[g], w[g], dh_next[g])
 
 
+@numba.njit(**_FAST)
+def overlap_add(frames, window, pending, offset, hop):
+    """pending[r, offset + k hop + n] += frames[r, k, n] window[n]: an ISTFT's windowed
+    frames [shape=(rows, nb_frames, n_fft)] added into its signal [shape=(rows, length)], in
+    one pass (numpy's product, then the additions, made three)."""
+    rows, nb_frames, n_fft = frames.shape
+    for r in range(rows):
+        for k in range(nb_frames):
+            out = pending[r, offset + k * hop: offset + k * hop + n_fft]
+            frame = frames[r, k]
+            for n in range(n_fft):
+                out[n] += frame[n] * window[n]
+
+
 def lstm_forward(proj, w_rec, reverse, keep=True):
     """proj [shape=(T, B, G, 4H)], w_rec [shape=(G, 4H, H)], reverse (G bools) → (hs
     [shape=(T, B, G, H)], kept): kept = (acts, cells, tanh of cells) for `lstm_backward`,

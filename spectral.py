@@ -80,8 +80,8 @@ class OverlapAdd:
         if start != self.next_frame:
             raise ValueError("OverlapAdd takes frames in order: expected frame %d, got %d"
                              % (self.next_frame, start))
+        from kernels import overlap_add
         frames = scipy.fft.irfft(spec, n=self.n_fft, axis=-1, workers=compute_threads())
-        frames = frames.astype(np.float32, copy=False) * self.window
         nb_frames = frames.shape[-2]
         hop, n_fft = self.n_hop, self.n_fft
         end = (start + nb_frames - 1) * hop + n_fft  # padded position after the last frame
@@ -89,19 +89,10 @@ class OverlapAdd:
             grown = np.zeros(self.lead_shape + (end - self.origin,), np.float32)
             grown[..., :self.pending.shape[-1]] = self.pending
             self.pending = grown
-        offset = start * hop - self.origin
-        if n_fft % hop:
-            for k in range(nb_frames):
-                self.pending[..., offset + k * hop: offset + k * hop + n_fft] += frames[..., k, :]
-        else:
-            # frames k, k + r, k + 2r, ... (r = n_fft / n_hop) do not overlap: add each such
-            # group as one contiguous block
-            ratio = n_fft // hop
-            for first in range(min(ratio, nb_frames)):
-                group = frames[..., first::ratio, :]
-                block = group.reshape(group.shape[:-2] + (-1,))
-                pos = offset + first * hop
-                self.pending[..., pos:pos + block.shape[-1]] += block
+        # (*lead, frames, n_fft) -> (rows, frames, n_fft), (*lead, n) -> (rows, n): views
+        overlap_add(np.ascontiguousarray(frames, np.float32).reshape((-1,) + frames.shape[-2:]),
+                    self.window, self.pending.reshape(-1, self.pending.shape[-1]),
+                    start * hop - self.origin, hop)
         self.next_frame = start + nb_frames
         # later frames start at next_frame * hop: everything before is final
         return self._release(self.next_frame * hop if self.next_frame < self.nb_frames else end)

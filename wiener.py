@@ -16,6 +16,15 @@ WIENER_EPS = 1e-10
 WIENER_CHUNK_FRAMES = 256
 
 
+def _sources_array(nb_frames, nb_bins, nb_channels, nb_sources):
+    """An empty complex64 array [shape=(f, bins, C, J)] laid out in memory as (J, C, f, bins):
+    the ISTFT's inverse FFTs then read each (source, channel)'s frames contiguously (a
+    strided read cost them a fifth more). The kernels read and write it in place."""
+    # (J, C, f, bins) -> (f, bins, C, J): a view
+    return np.empty((nb_sources, nb_channels, nb_frames, nb_bins), np.complex64).transpose(
+        2, 3, 1, 0)
+
+
 def _initial_estimates(v, x, softmask, eps, scale=1.0):
     """norbert's start, times `scale`: softmask(v, x) or v with the mixture's phase.
 
@@ -23,7 +32,7 @@ def _initial_estimates(v, x, softmask, eps, scale=1.0):
     → complex64 [shape=(f, bins, nb_channels, nb_sources)] (compiled: numpy's complex
     temporaries made this a slow, memory-bound step)
     """
-    out = np.empty(x.shape + (v.shape[-1],), np.complex64)
+    out = _sources_array(*x.shape, v.shape[-1])
     # x may be a transposed view: the kernel reads it in place
     _kernels()["initial"](np.ascontiguousarray(v, np.float32), x.astype(np.complex64, copy=False),
                           bool(softmask), np.float32(eps), np.float32(scale), out)
@@ -36,24 +45,35 @@ def _covariance_sums(y):
     _, nb_bins, nb_channels, nb_sources = y.shape
     num = np.zeros((nb_bins, nb_channels, nb_channels, nb_sources), np.complex128)
     weight = np.zeros((nb_bins, nb_sources), np.float64)
-    _kernels()["covariance"](np.ascontiguousarray(y, np.complex64), num, weight)
+    _kernels()["covariance"](y.astype(np.complex64, copy=False), num, weight)
     return num, weight
 
 
-def _wiener_step(y, x, R, eps):
+def _wiener_step(y, x, R, eps, magnitudes=None, scale=1.0):
     """One EM filtering step (norbert's), given spatial covariances R [shape=(bins, C, C, J)].
 
-    y [shape=(f, bins, C, J)], x [shape=(f, bins, C)] → new y. Mono and stereo run in a
-    compiled kernel, one time-frequency bin at a time (numpy's temporaries made this stage
-    memory-bound); other channel counts in numpy.
+    y [shape=(f, bins, C, J)], x [shape=(f, bins, C)] → new y. The step reads of y only its
+    power mean_c |y_c|²: the first step from norbert's start (the mixture's phase on the
+    magnitudes) takes the magnitudes instead (y None, magnitudes [shape=(f, bins, C', J)]:
+    the start's power is (scale v)², so that the start is never computed). Mono and stereo
+    run in a compiled kernel, one time-frequency bin at a time (numpy's temporaries made this
+    stage memory-bound); other channel counts in numpy.
     """
-    nb_channels = x.shape[-1]
+    nb_channels, nb_sources = x.shape[-1], (y if y is not None else magnitudes).shape[-1]
     if nb_channels <= 2:
-        out = np.empty(y.shape, np.complex64)
-        _kernels()["step"](np.ascontiguousarray(y, np.complex64), x.astype(np.complex64, copy=False),
+        out = _sources_array(*x.shape, nb_sources)
+        unused = np.zeros((1, 1, 1, 1), np.float32)
+        _kernels()["step"](unused.astype(np.complex64) if y is None else
+                           y.astype(np.complex64, copy=False),
+                           unused if magnitudes is None else
+                           np.ascontiguousarray(magnitudes, np.float32), np.float32(scale),
+                           magnitudes is not None, x.astype(np.complex64, copy=False),
                            np.ascontiguousarray(R, np.complex64), np.float32(eps), out)
         return out
-    v = np.mean(np.abs(y) ** 2, axis=2)  # (f, bins, J)
+    if y is None:
+        v = np.mean((magnitudes * np.float32(scale)) ** 2, axis=2)  # (f, bins, J)
+    else:
+        v = np.mean(np.abs(y) ** 2, axis=2)  # (f, bins, J)
     cxx = np.einsum("fbj,bcdj->fbcd", v.astype(np.complex64), R)
     cxx += np.sqrt(eps) * np.eye(nb_channels, dtype=np.complex64)
     rx = np.einsum("fbde,fbe->fbd", np.linalg.pinv(cxx, eps), x)  # Cxx^-1 x
@@ -173,18 +193,24 @@ def _kernels():
                         weight[b, j] += power / nb_channels
 
     @numba.njit(parallel=True, cache=True, fastmath={"nnan", "ninf"}, error_model="numpy")
-    def step(y, x, R, eps, out):
-        nb_frames, nb_bins, nb_channels, nb_sources = y.shape
+    def step(y, magnitudes, scale, from_magnitudes, x, R, eps, out):
+        nb_frames, nb_bins, nb_channels, nb_sources = out.shape
         reg = np.float32(np.sqrt(eps))
         for t in numba.prange(nb_frames):
             v = np.empty(nb_sources, np.float32)
             for b in range(nb_bins):
                 for j in range(nb_sources):
                     acc = np.float32(0.0)
-                    for c in range(nb_channels):
-                        z = y[t, b, c, j]
-                        acc += z.real * z.real + z.imag * z.imag
-                    v[j] = acc / nb_channels
+                    if from_magnitudes:
+                        for c in range(magnitudes.shape[2]):
+                            m = magnitudes[t, b, c, j] * scale
+                            acc += m * m
+                        v[j] = acc / magnitudes.shape[2]
+                    else:
+                        for c in range(nb_channels):
+                            z = y[t, b, c, j]
+                            acc += z.real * z.real + z.imag * z.imag
+                        v[j] = acc / nb_channels
                 # mixture covariance and Cxx^-1 x
                 c00 = np.complex64(reg)
                 for j in range(nb_sources):
@@ -317,11 +343,14 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
         """the chunk's source estimates, times `scale`"""
         x = mixture(a)
         with timed(timings, "wiener"):
-            y = _initial_estimates(source_models(a, x), x, softmask, eps, scale)
-            if covariances:
-                x = x * np.float32(scale)
-                for R in covariances:
-                    y = _wiener_step(y, x, R, eps)
+            vj = source_models(a, x)
+            if not covariances:
+                return _initial_estimates(vj, x, softmask, eps, scale)
+            y = None if not softmask else _initial_estimates(vj, x, softmask, eps, scale)
+            x = x * np.float32(scale)
+            for R in covariances:  # the first from the magnitudes, unless a softmask started
+                y = _wiener_step(y, x, R, eps, magnitudes=vj if y is None else None,
+                                 scale=scale)
         return y
 
     covariances = [] if first_pass is None else [first_pass.covariances(scale, eps)]

@@ -141,6 +141,27 @@ def test_first_pass_gathered_from_the_estimates_equals_the_pass_over_the_track(n
         assert snr(after[j], gathered[j]) >= 100
 
 
+@pytest.mark.parametrize("niter", [0, 1, 2])
+def test_mono_models_in_the_streamed_wiener_equal_norbert_with_the_model_twice(niter):
+    """A mono model's magnitudes serve both channels: norbert given them twice."""
+    n_fft, n_hop = 256, 64
+    rng = np.random.RandomState(niter)
+    audio = music_like(2.0, 8000).T  # (C, T)
+    x = stft(audio, n_fft, n_hop).transpose(1, 2, 0)  # (frames, bins, C)
+    v = (np.abs(x).mean(axis=-1)[..., None, None] * rng.uniform(0, 1, (1, 1, 1, 3))).astype(
+        np.float32)  # (frames, bins, 1, J)
+    v[..., 0] *= 3
+    ref = norbert.wiener(np.repeat(v, 2, axis=2).astype(np.float64), x.astype(np.complex128),
+                         niter, use_softmask=False, eps=WIENER_EPS)
+    ref_audio = istft(ref.transpose(3, 2, 0, 1), audio.shape[-1], n_fft, n_hop)
+    ours = np.concatenate(list(wiener_blocks(pad_for_stft(audio, n_fft), audio.shape[-1], v,
+                                             n_fft, n_hop, niter=niter, chunk=7,
+                                             progress=False)), axis=-1)
+    for j in range(3):
+        error = np.sum((ref_audio[j] - ours[j]) ** 2)
+        assert error <= 1e-6 * max(np.sum(ref_audio[j] ** 2), 1e-6)
+
+
 def test_first_pass_only_serves_the_default_filter():
     """A softmask, a residual model or an unknown peak need the pass over the track."""
     audio = music_like(1.0, 8000).T
