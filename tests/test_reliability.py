@@ -359,6 +359,24 @@ def test_eval_and_convert_never_write_over_their_inputs(tmp_path, dataset):
     assert snapshot(src) == before
 
 
+def test_the_demo_removes_only_a_previous_demos_outputs(tmp_path):
+    from runtime import UmxError
+    from tools.demo import start_afresh
+    demo = tmp_path / "demo_out"
+    (demo / "eval-baseline").mkdir(parents=True)
+    (demo / "train-vocals" / "vocals.h5").parent.mkdir()
+    (demo / "train-vocals" / "vocals.h5").write_text("weights")
+    start_afresh(str(demo))
+    assert not demo.exists()
+    start_afresh(str(demo))  # nothing there: nothing to do
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(UmxError, match="thesis.tex"):
+        start_afresh(str(mine))
+    assert (mine / "thesis.tex").read_text() == "years of work" and (mine / "data").is_dir()
+
+
 def test_overlap_rules():
     from files import refuse_overlaps
     from runtime import UmxError

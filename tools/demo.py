@@ -63,9 +63,29 @@ def main(argv=None):
     run_cli(run_demo, parser.parse_args(argv))
 
 
+# what a demo writes into its --out folder: a folder holding only these is a previous demo's
+DEMO_ENTRIES = {"data", "model", "logs", "separated", "eval", "baseline", "eval-baseline"} | {
+    "train-" + target for target in TARGETS}
+
+
+def start_afresh(out):
+    """Remove a previous demo's outputs: a run over them (with other code since) would score new
+    estimates into folders that recorded the old ones, which eval.py rightly refuses. A folder
+    holding anything else is not the demo's to remove."""
+    if not os.path.isdir(out):
+        return
+    others = sorted(set(os.listdir(out)) - DEMO_ENTRIES)
+    if others:
+        raise UmxError("--out %s holds files a demo does not write (%s): give an empty or new "
+                       "folder" % (out, ", ".join(others[:3])))
+    print("demo: removing the previous demo's outputs in %s" % out, flush=True)
+    shutil.rmtree(out)
+
+
 def run_demo(args):
     py = sys.executable
     start = time.time()
+    start_afresh(args.out)
     data = os.path.join(args.out, "data")
     model = os.path.join(args.out, "model")
     run([py, "data.py", "--generate", data, "--nb-train", "10", "--nb-test", "3",
