@@ -1,42 +1,121 @@
-"""Compiled loops (numba) for what NNabla's CPU kernels and numpy do slowly: the LSTM
-recurrence, step by step, forward and backward.
+"""Compiled loops (numba): every loop of the project that NNabla's CPU kernels and numpy run
+slowly, in this one module: the LSTM recurrence, forward and backward, the ISTFT's overlap-add
+and the Wiener filter's per-bin loops.
 
 An LSTM layer's recurrence cannot be batched over time: each step's gates need the previous
 step's output. Per step: the recurrent product h @ W_rec (one small matrix product per
 direction, `small_matmul`), then the gates' elementwise work in compiled loops that the compiler
-vectorizes: the sigmoids and tanh through `_sigmoid`, exp by a polynomial and squarings in
+vectorizes: the sigmoids and tanh through `sigmoid`, exp by a polynomial and squarings in
 float64 (relative error < 2e-8, far below float32's rounding; numba's own exp and tanh are
 scalar calls here, and numpy's take 3 to 7 ns an element). The backward pass needs no
 transcendental function: the forward pass keeps the activations and tanh of the cells.
 
-Layout: [shape=(nb_frames, nb_samples, groups, 4H)], the gates in NNabla's order (i, f, g, o);
-a group is an independent recurrence (a direction of a layer, of one target), each running
+LSTM layout: [shape=(nb_frames, nb_samples, groups, 4H)], the gates in NNabla's order (i, f, g,
+o); a group is an independent recurrence (a direction of a layer, of one target), each running
 forward or backward in time (`reverse`), so that no direction is ever flipped in memory.
 
-Compiled once per machine (numba's cache, beside this file); the first use of a process
-loads it.
+Two rules hold for every loop here:
+- Side by side: numba's `workqueue` threads (the layer that survives the separation's fork)
+  serve one launch at a time, and a second thread's launch aborts the process. Every parallel
+  loop is therefore launched through `parallel_loop`, which holds one lock for the launch:
+  threads take turns (the Wiener filter's stages, a warm-up beside the work), never abort.
+- Compiled once per machine: numba's cache lives under the user's cache folder
+  ($NUMBA_CACHE_DIR when set, else $XDG_CACHE_HOME or ~/.cache, `open-unmix-nnabla/numba`),
+  keyed by this file's content, so that every clone and install of the same code shares it.
 """
+import functools
+import hashlib
+import os
+import threading
+
 import numpy as np
 import numba
+from numba.core import caching
 
 # numba's threads from its own pool ('workqueue'): GNU OpenMP's, numba's default where it is
 # installed, aborts a process forked after it started (the separation's worker processes).
-# Set before any parallel loop runs; every module that compiles parallel loops imports numba
-# through this module.
+# Set before any parallel loop runs; every parallel loop is in this module.
 numba.config.THREADING_LAYER = "workqueue"
 
+
+def cache_folder():
+    """Where numba keeps this module's compiled loops (None: $NUMBA_CACHE_DIR, numba's own)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "open-unmix-nnabla", "numba")
+
+
+class SharedCacheLocator(caching.UserProvidedCacheLocator):
+    """numba's cache of a file's loops in `cache_folder()`, in a folder named by the file's
+    content (numba's own names it by the file's path: each clone compiled anew)."""
+
+    def __init__(self, py_func, py_file):
+        super().__init__(py_func, py_file)
+        with open(py_file, "rb") as source:
+            digest = hashlib.sha256(source.read()).hexdigest()[:16]
+        name = os.path.splitext(os.path.basename(py_file))[0]
+        self._cache_path = os.path.join(cache_folder(), "%s-%s" % (name, digest))
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        # numba's mixin: None where the folder cannot be written (numba then tries its others)
+        return caching._SourceFileBackedLocatorMixin.from_function.__func__(cls, py_func,
+                                                                           py_file)
+
+
+# numba's own locators after ours, as numba orders them
+_LOCATORS = ",".join([__name__ + ".SharedCacheLocator"] + [
+    c.__name__ for c in caching.CacheImpl._locator_classes])
+
+
+def compiled(**options):
+    """numba.njit(cache=True, **options), cached in `cache_folder()`."""
+    def wrap(function):
+        before = numba.config.CACHE_LOCATOR_CLASSES
+        # numba chooses a function's cache folder when it is decorated
+        numba.config.CACHE_LOCATOR_CLASSES = _LOCATORS if cache_folder() else before
+        try:
+            return numba.njit(cache=True, **options)(function)
+        finally:
+            numba.config.CACHE_LOCATOR_CLASSES = before
+    return wrap
+
+
+_LAUNCH = threading.RLock()
+
+
+def _new_launch_lock():
+    # a child forked while another thread held the lock must not inherit it held
+    global _LAUNCH
+    _LAUNCH = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_launch_lock)
+
+
+def parallel_loop(**options):
+    """A compiled loop with numba's parallel ranges, launched by one thread at a time (see the
+    module's doc); `.kernel` is the compiled function itself."""
+    def wrap(function):
+        kernel = compiled(parallel=True, **options)(function)
+
+        @functools.wraps(function)
+        def launch(*args):
+            with _LAUNCH:
+                return kernel(*args)
+        launch.kernel = kernel
+        return launch
+    return wrap
+
+
 # vectorizable loops: no Python error checks (a division never raises), fast math. The loops
-# are module-level functions so that numba's cache (beside this file) serves every later
-# process: functions defined inside a function are compiled anew in each process.
-_FAST = dict(cache=True, fastmath=True, error_model="numpy")
+# are module-level functions so that numba's cache serves every later process: functions
+# defined inside a function are compiled anew in each process.
+_FAST = dict(fastmath=True, error_model="numpy")
 
 
-def numba_fork_safe():
-    """numba, with the fork-safe threading layer set (this module's import sets it)."""
-    return numba
-
-
-@numba.njit(inline="always", **_FAST)
+@compiled(inline="always", **_FAST)
 def sigmoid(x):
     """1 / (1 + exp(-x)) in float64, exp(y) = (Taylor_6(y / 256)) ** 256."""
     x = 40.0 if x > 40.0 else (-40.0 if x < -40.0 else x)
@@ -53,7 +132,7 @@ def sigmoid(x):
     e = e * e
     return 1.0 / (1.0 + e)
 
-@numba.njit(**_FAST)
+@compiled(**_FAST)
 def small_matmul(a, b, out):
     """out = a @ b, for a [shape=(m, k)] of few rows (a recurrence step's samples), b [shape=(k,
     n)]: four rows of b at a time are read once for all of a's rows, and each output row is
@@ -76,7 +155,7 @@ def small_matmul(a, b, out):
                 out[i, j] += s * b[p, j]
 
 
-@numba.njit(**_FAST)
+@compiled(**_FAST)
 def activate(pre, proj, hid, c, acts, tanh_c, h):
     """One step of one group: pre [shape=(B, 4H)] (h_prev @ W_rec^T), proj [shape=(B,
     4H)] (this frame's input projections) → the activations acts (i, f, z, o), the cell
@@ -97,7 +176,7 @@ def activate(pre, proj, hid, c, acts, tanh_c, h):
             tanh_c[b, k] = t
             h[b, k] = acts[b, 3 * hid + k] * t
 
-@numba.njit(cache=True, parallel=True)
+@parallel_loop()
 def forward(proj, w_t, reverse, hs, acts, cells, tanh_cells, keep):
     """The recurrence of every group from zero states. proj [shape=(T, B, G, 4H)] (input
     projections with bias), w_t [shape=(G, H, 4H)] (recurrent weights, transposed),
@@ -126,7 +205,7 @@ def forward(proj, w_t, reverse, hs, acts, cells, tanh_cells, keep):
                 cells[t, :, g, :] = c[g]
                 tanh_cells[t, :, g, :] = tanh_c[g]
 
-@numba.njit(**_FAST)
+@compiled(**_FAST)
 def gate_gradients(dhs, dh_next, dc_next, acts, tanh_c, c_prev, first, da):
     """One step of one group, backward: the output's gradient dhs + dh_next and the
     cell's dc_next [shape=(B, H)], the step's activations [shape=(B, 4H)], tanh of its
@@ -149,7 +228,7 @@ def gate_gradients(dhs, dh_next, dc_next, acts, tanh_c, c_prev, first, da):
             da[b, 3 * hid + k] = dh * t * o * (1.0 - o)
             dc_next[b, k] = dc * f
 
-@numba.njit(cache=True, parallel=True)
+@parallel_loop()
 def backward(dhs, acts, cells, tanh_cells, w, reverse, dproj):
     """Backpropagation through time of `forward`: dhs [shape=(T, B, G, H)] (the outputs'
     gradient), what forward kept, w [shape=(G, 4H, H)] (recurrent weights) → dproj
@@ -171,7 +250,7 @@ def backward(dhs, acts, cells, tanh_cells, w, reverse, dproj):
                 small_matmul(da[g], w[g], dh_next[g])
 
 
-@numba.njit(**_FAST)
+@compiled(**_FAST)
 def overlap_add(frames, window, pending, offset, hop):
     """pending[r, offset + k hop + n] += frames[r, k, n] window[n]: an ISTFT's windowed
     frames [shape=(rows, nb_frames, n_fft)] added into its signal [shape=(rows, length)], in
@@ -183,6 +262,128 @@ def overlap_add(frames, window, pending, offset, hop):
             frame = frames[r, k]
             for n in range(n_fft):
                 out[n] += frame[n] * window[n]
+
+
+# --------------------------------------------------------------------------------------
+# the Wiener filter's per-bin loops (wiener.py): [shape=(nb_frames, nb_bins, nb_channels,
+# nb_sources)] as norbert lays them out
+# --------------------------------------------------------------------------------------
+
+@parallel_loop(error_model="numpy")
+def wiener_initial(v, x, softmask, eps, scale, out):
+    nb_frames, nb_bins, nb_channels, nb_sources = out.shape
+    mono_models = v.shape[2] == 1
+    for t in numba.prange(nb_frames):
+        for b in range(nb_bins):
+            for c in range(nb_channels):
+                cv = 0 if mono_models else c
+                xc = x[t, b, c]
+                if softmask:
+                    total = eps
+                    for j in range(nb_sources):
+                        total += v[t, b, cv, j]
+                    factor = xc * (scale / total)
+                else:
+                    # the mixture's phase as re / |x|, im / |x| (no complex division,
+                    # no hypot call: a scalar library call per bin made this slow)
+                    power = xc.real * xc.real + xc.imag * xc.imag
+                    if power > 0:
+                        inverse = scale / np.sqrt(power)
+                        factor = np.complex64(complex(xc.real * inverse, xc.imag * inverse))
+                    else:
+                        factor = np.complex64(scale)
+                for j in range(nb_sources):
+                    out[t, b, c, j] = v[t, b, cv, j] * factor
+
+@parallel_loop(error_model="numpy")
+def wiener_covariance(y, num, weight):
+    nb_frames, nb_bins, nb_channels, nb_sources = y.shape
+    # blocks of bins in parallel, frames in order inside: each frame's block of y is
+    # contiguous (a loop over frames per bin strode over whole frames, a miss per read)
+    block = 64
+    for k in numba.prange((nb_bins + block - 1) // block):
+        for t in range(nb_frames):
+            for b in range(k * block, min(nb_bins, (k + 1) * block)):
+                for j in range(nb_sources):
+                    power = 0.0
+                    for c in range(nb_channels):
+                        yc = np.complex128(y[t, b, c, j])
+                        power += yc.real * yc.real + yc.imag * yc.imag
+                        for d in range(nb_channels):
+                            num[b, c, d, j] += yc * np.conj(np.complex128(y[t, b, d, j]))
+                    weight[b, j] += power / nb_channels
+
+@parallel_loop(fastmath={"nnan", "ninf"}, error_model="numpy")
+def wiener_step(y, magnitudes, scale, from_magnitudes, x, R, eps, out):
+    nb_frames, nb_bins, nb_channels, nb_sources = out.shape
+    reg = np.float32(np.sqrt(eps))
+    for t in numba.prange(nb_frames):
+        v = np.empty(nb_sources, np.float32)
+        for b in range(nb_bins):
+            for j in range(nb_sources):
+                acc = np.float32(0.0)
+                if from_magnitudes:
+                    for c in range(magnitudes.shape[2]):
+                        m = magnitudes[t, b, c, j] * scale
+                        acc += m * m
+                    v[j] = acc / magnitudes.shape[2]
+                else:
+                    for c in range(nb_channels):
+                        z = y[t, b, c, j]
+                        acc += z.real * z.real + z.imag * z.imag
+                    v[j] = acc / nb_channels
+            # mixture covariance and Cxx^-1 x
+            c00 = np.complex64(reg)
+            for j in range(nb_sources):
+                c00 += v[j] * R[b, 0, 0, j]
+            if nb_channels == 1:
+                r0 = x[t, b, 0] / (c00 + eps)
+                r1 = np.complex64(0)
+            else:
+                c01 = np.complex64(0)
+                c10 = np.complex64(0)
+                c11 = np.complex64(reg)
+                for j in range(nb_sources):
+                    c01 += v[j] * R[b, 0, 1, j]
+                    c10 += v[j] * R[b, 1, 0, j]
+                    c11 += v[j] * R[b, 1, 1, j]
+                det = c00 * c11 - c01 * c10
+                x0 = x[t, b, 0] / det
+                x1 = x[t, b, 1] / det
+                r0 = c11 * x0 - c01 * x1
+                r1 = c00 * x1 - c10 * x0
+            for j in range(nb_sources):
+                if nb_channels == 1:
+                    out[t, b, 0, j] = v[j] * R[b, 0, 0, j] * r0
+                else:
+                    out[t, b, 0, j] = v[j] * (R[b, 0, 0, j] * r0 + R[b, 0, 1, j] * r1)
+                    out[t, b, 1, j] = v[j] * (R[b, 1, 0, j] * r0 + R[b, 1, 1, j] * r1)
+
+# serial: they run in the network's workers, one thread each
+@compiled(**_FAST)
+def unit_phase_difference(x, out):
+    nb_frames, nb_bins = out.shape
+    for t in range(nb_frames):
+        for b in range(nb_bins):
+            a, c = x[0, t, b], x[1, t, b]
+            pa = a.real * a.real + a.imag * a.imag
+            pc = c.real * c.real + c.imag * c.imag
+            # a conj(c) / (|a| |c|), a unit phase 1 where a channel is 0
+            ar, ai = (a.real, a.imag) if pa > 0 else (1.0, 0.0)
+            cr, ci = (c.real, c.imag) if pc > 0 else (1.0, 0.0)
+            inverse = 1.0 / np.sqrt((pa if pa > 0 else 1.0) * (pc if pc > 0 else 1.0))
+            out[t, b] = complex((ar * cr + ai * ci) * inverse, (ai * cr - ar * ci) * inverse)
+
+@compiled(**_FAST)
+def first_pass_sums(v, w, power, cross):
+    nb_frames, nb_channels, nb_bins = v.shape
+    for t in range(nb_frames):
+        for b in range(nb_bins):
+            v0 = np.float64(v[t, 0, b])
+            v1 = np.float64(v[t, nb_channels - 1, b])
+            power[0, b] += v0 * v0
+            power[1, b] += v1 * v1
+            cross[b] += v0 * v1 * np.complex128(w[t, b])
 
 
 def lstm_forward(proj, w_rec, reverse, keep=True):

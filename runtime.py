@@ -109,6 +109,12 @@ def run_cli(work, *args, on_error=None):
     print(start + line, file=sys.stderr, flush=True)
     if on_error is not None:
         on_error(code)
+    if [t for t in threading.enumerate() if t.is_alive() and not t.daemon and
+            t is not threading.main_thread()]:
+        # every cleanup has run (the exception came up through them): an error does not wait
+        # for background work (the compiled loops' first compilation takes half a minute)
+        sys.stdout.flush()
+        os._exit(code)
     sys.exit(code)
 
 

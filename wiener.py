@@ -7,6 +7,7 @@ is an in-order overlap-add that hands out finished samples chunk by chunk.
 """
 import numpy as np
 
+import kernels
 from runtime import ahead, progress_bar, timed
 from spectral import OverlapAdd, stft_frames
 
@@ -34,8 +35,8 @@ def _initial_estimates(v, x, softmask, eps, scale=1.0):
     """
     out = _sources_array(*x.shape, v.shape[-1])
     # x may be a transposed view: the kernel reads it in place
-    _kernels()["initial"](np.ascontiguousarray(v, np.float32), x.astype(np.complex64, copy=False),
-                          bool(softmask), np.float32(eps), np.float32(scale), out)
+    kernels.wiener_initial(np.ascontiguousarray(v, np.float32), x.astype(np.complex64, copy=False),
+                           bool(softmask), np.float32(eps), np.float32(scale), out)
     return out
 
 
@@ -45,7 +46,7 @@ def _covariance_sums(y):
     _, nb_bins, nb_channels, nb_sources = y.shape
     num = np.zeros((nb_bins, nb_channels, nb_channels, nb_sources), np.complex128)
     weight = np.zeros((nb_bins, nb_sources), np.float64)
-    _kernels()["covariance"](y.astype(np.complex64, copy=False), num, weight)
+    kernels.wiener_covariance(y.astype(np.complex64, copy=False), num, weight)
     return num, weight
 
 
@@ -63,12 +64,12 @@ def _wiener_step(y, x, R, eps, magnitudes=None, scale=1.0):
     if nb_channels <= 2:
         out = _sources_array(*x.shape, nb_sources)
         unused = np.zeros((1, 1, 1, 1), np.float32)
-        _kernels()["step"](unused.astype(np.complex64) if y is None else
-                           y.astype(np.complex64, copy=False),
-                           unused if magnitudes is None else
-                           np.ascontiguousarray(magnitudes, np.float32), np.float32(scale),
-                           magnitudes is not None, x.astype(np.complex64, copy=False),
-                           np.ascontiguousarray(R, np.complex64), np.float32(eps), out)
+        kernels.wiener_step(unused.astype(np.complex64) if y is None else
+                            y.astype(np.complex64, copy=False),
+                            unused if magnitudes is None else
+                            np.ascontiguousarray(magnitudes, np.float32), np.float32(scale),
+                            magnitudes is not None, x.astype(np.complex64, copy=False),
+                            np.ascontiguousarray(R, np.complex64), np.float32(eps), out)
         return out
     if y is None:
         v = np.mean((magnitudes * np.float32(scale)) ** 2, axis=2)  # (f, bins, J)
@@ -108,7 +109,7 @@ class FirstPassSums:
     def add(self, source, v, w):
         """v [shape=(f, C', bins)] (C' = 1 for a mono model: both channels), source's
         estimates of f frames; w [shape=(f, bins)] those frames' `phase_difference`."""
-        _kernels()["first_pass"](v, w, self.power[source], self.cross[source])
+        kernels.first_pass_sums(v, w, self.power[source], self.cross[source])
 
     def merge(self, other):
         self.power += other.power
@@ -134,139 +135,8 @@ def phase_difference(x):
     complex64, u_c = x_c / |x_c| (1 where x_c = 0): what `FirstPassSums` needs of the
     mixture."""
     out = np.empty(x.shape[1:], np.complex64)
-    _kernels()["phase_difference"](x.astype(np.complex64, copy=False), out)
+    kernels.unit_phase_difference(x.astype(np.complex64, copy=False), out)
     return out
-
-
-_KERNELS = {}
-
-
-def _kernels():
-    """Compile (once, cached on disk) the Wiener filter's per-bin loops."""
-    if _KERNELS:
-        return _KERNELS
-    from kernels import numba_fork_safe
-    numba = numba_fork_safe()
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy")
-    def initial(v, x, softmask, eps, scale, out):
-        nb_frames, nb_bins, nb_channels, nb_sources = out.shape
-        mono_models = v.shape[2] == 1
-        for t in numba.prange(nb_frames):
-            for b in range(nb_bins):
-                for c in range(nb_channels):
-                    cv = 0 if mono_models else c
-                    xc = x[t, b, c]
-                    if softmask:
-                        total = eps
-                        for j in range(nb_sources):
-                            total += v[t, b, cv, j]
-                        factor = xc * (scale / total)
-                    else:
-                        # the mixture's phase as re / |x|, im / |x| (no complex division,
-                        # no hypot call: a scalar library call per bin made this slow)
-                        power = xc.real * xc.real + xc.imag * xc.imag
-                        if power > 0:
-                            inverse = scale / np.sqrt(power)
-                            factor = np.complex64(complex(xc.real * inverse, xc.imag * inverse))
-                        else:
-                            factor = np.complex64(scale)
-                    for j in range(nb_sources):
-                        out[t, b, c, j] = v[t, b, cv, j] * factor
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy")
-    def covariance(y, num, weight):
-        nb_frames, nb_bins, nb_channels, nb_sources = y.shape
-        # blocks of bins in parallel, frames in order inside: each frame's block of y is
-        # contiguous (a loop over frames per bin strode over whole frames, a miss per read)
-        block = 64
-        for k in numba.prange((nb_bins + block - 1) // block):
-            for t in range(nb_frames):
-                for b in range(k * block, min(nb_bins, (k + 1) * block)):
-                    for j in range(nb_sources):
-                        power = 0.0
-                        for c in range(nb_channels):
-                            yc = np.complex128(y[t, b, c, j])
-                            power += yc.real * yc.real + yc.imag * yc.imag
-                            for d in range(nb_channels):
-                                num[b, c, d, j] += yc * np.conj(np.complex128(y[t, b, d, j]))
-                        weight[b, j] += power / nb_channels
-
-    @numba.njit(parallel=True, cache=True, fastmath={"nnan", "ninf"}, error_model="numpy")
-    def step(y, magnitudes, scale, from_magnitudes, x, R, eps, out):
-        nb_frames, nb_bins, nb_channels, nb_sources = out.shape
-        reg = np.float32(np.sqrt(eps))
-        for t in numba.prange(nb_frames):
-            v = np.empty(nb_sources, np.float32)
-            for b in range(nb_bins):
-                for j in range(nb_sources):
-                    acc = np.float32(0.0)
-                    if from_magnitudes:
-                        for c in range(magnitudes.shape[2]):
-                            m = magnitudes[t, b, c, j] * scale
-                            acc += m * m
-                        v[j] = acc / magnitudes.shape[2]
-                    else:
-                        for c in range(nb_channels):
-                            z = y[t, b, c, j]
-                            acc += z.real * z.real + z.imag * z.imag
-                        v[j] = acc / nb_channels
-                # mixture covariance and Cxx^-1 x
-                c00 = np.complex64(reg)
-                for j in range(nb_sources):
-                    c00 += v[j] * R[b, 0, 0, j]
-                if nb_channels == 1:
-                    r0 = x[t, b, 0] / (c00 + eps)
-                    r1 = np.complex64(0)
-                else:
-                    c01 = np.complex64(0)
-                    c10 = np.complex64(0)
-                    c11 = np.complex64(reg)
-                    for j in range(nb_sources):
-                        c01 += v[j] * R[b, 0, 1, j]
-                        c10 += v[j] * R[b, 1, 0, j]
-                        c11 += v[j] * R[b, 1, 1, j]
-                    det = c00 * c11 - c01 * c10
-                    x0 = x[t, b, 0] / det
-                    x1 = x[t, b, 1] / det
-                    r0 = c11 * x0 - c01 * x1
-                    r1 = c00 * x1 - c10 * x0
-                for j in range(nb_sources):
-                    if nb_channels == 1:
-                        out[t, b, 0, j] = v[j] * R[b, 0, 0, j] * r0
-                    else:
-                        out[t, b, 0, j] = v[j] * (R[b, 0, 0, j] * r0 + R[b, 0, 1, j] * r1)
-                        out[t, b, 1, j] = v[j] * (R[b, 1, 0, j] * r0 + R[b, 1, 1, j] * r1)
-
-    # serial: they run in the network's workers, one thread each
-    @numba.njit(cache=True, fastmath=True, error_model="numpy")
-    def phase_difference(x, out):
-        nb_frames, nb_bins = out.shape
-        for t in range(nb_frames):
-            for b in range(nb_bins):
-                a, c = x[0, t, b], x[1, t, b]
-                pa = a.real * a.real + a.imag * a.imag
-                pc = c.real * c.real + c.imag * c.imag
-                # a conj(c) / (|a| |c|), a unit phase 1 where a channel is 0
-                ar, ai = (a.real, a.imag) if pa > 0 else (1.0, 0.0)
-                cr, ci = (c.real, c.imag) if pc > 0 else (1.0, 0.0)
-                inverse = 1.0 / np.sqrt((pa if pa > 0 else 1.0) * (pc if pc > 0 else 1.0))
-                out[t, b] = complex((ar * cr + ai * ci) * inverse, (ai * cr - ar * ci) * inverse)
-
-    @numba.njit(cache=True, fastmath=True, error_model="numpy")
-    def first_pass(v, w, power, cross):
-        nb_frames, nb_channels, nb_bins = v.shape
-        for t in range(nb_frames):
-            for b in range(nb_bins):
-                v0 = np.float64(v[t, 0, b])
-                v1 = np.float64(v[t, nb_channels - 1, b])
-                power[0, b] += v0 * v0
-                power[1, b] += v1 * v1
-                cross[b] += v0 * v1 * np.complex128(w[t, b])
-
-    _KERNELS.update(initial=initial, covariance=covariance, step=step,
-                    phase_difference=phase_difference, first_pass=first_pass)
-    return _KERNELS
 
 
 def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False,
@@ -366,7 +236,6 @@ def wiener_blocks(padded, nb_timesteps, v, n_fft, n_hop, niter=1, softmask=False
 
     nb_sources = v.shape[-1] + (1 if residual else 0)
     ola = OverlapAdd((nb_sources, nb_channels), nb_timesteps, n_fft, n_hop)
-    _kernels()  # loaded here: the thread below takes numba's threads it then finds
     # the filter of the next chunk (a thread's) while this one goes through the ISTFT and to
     # its consumer (which writes it)
     for a, y in ahead((a, estimates(a, covariances)) for a in starts):

@@ -62,7 +62,7 @@ def test_the_compiled_loops_load_in_the_background_and_once():
     separator.load_compiled_loops()  # waits for the thread
     assert not [t for t in threading.enumerate() if t.name == "compiled-loops"]
     from kernels import forward
-    assert forward.signatures  # loaded: a forked worker inherits it
+    assert forward.kernel.signatures  # loaded: a forked worker inherits it
 
 
 def _mixture_and_models(small_model, seconds=3.0):
