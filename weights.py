@@ -123,10 +123,19 @@ def branch_config(shapes, path):
 
 def _into_scope(scope, params):
     """Set {name: ndarray} as the parameters of nn.parameter_scope(scope), in float32 (the
-    models' type: a float64 file's arrays set as they are would make float64 parameters)."""
+    models' type: a float64 file's arrays set as they are would make float64 parameters).
+    New parameters are registered as constants (separation); parameters that exist keep
+    their flag: a training graph's stay trainable (NNabla's get_parameter_or_create would
+    overwrite it, and the solver would then receive none of them)."""
     with nn.parameter_scope(scope):
+        existing = nn.get_parameters(grad_only=False)
         for name, value in params.items():
-            var = nn.parameter.get_parameter_or_create(name, value.shape, need_grad=False)
+            var = existing.get(name)
+            if var is None:
+                var = nn.parameter.get_parameter_or_create(name, value.shape, need_grad=False)
+            elif var.shape != value.shape:
+                raise UmxError("the weights' %s has shape %s, the graph's %s"
+                               % (name, value.shape, var.shape))
             var.d = value.astype(np.float32, copy=False)
 
 

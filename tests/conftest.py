@@ -3,9 +3,12 @@
 The project's `test.py` shares its name with Python's standard-library `test` package:
 `import_script` loads the project's scripts by path so a test never gets the wrong one.
 """
+import http.server
 import importlib.util
 import os
 import sys
+import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -105,3 +108,119 @@ def stem_clip():
     """The real 6 s MUSDB18 track that the stempeg package ships (STEMS .mp4)."""
     import stempeg
     return stempeg.example_stem_path()
+
+
+# --------------------------------------------------------------------------------------
+# models by name, from a local server
+# --------------------------------------------------------------------------------------
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves `files` {path: bytes}; `mode` per path: 'ok', 'truncated' (announces more bytes
+    than it sends), 'redirect' (to the path + '.real'), 'missing' (404)."""
+    files, modes = {}, {}
+
+    def do_GET(self):
+        path = self.path.lstrip("/")
+        mode = self.modes.get(path, "ok")
+        if mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "/" + path + ".real")
+            self.end_headers()
+            return
+        body = self.files.get(path[:-len(".real")] if path.endswith(".real") else path)
+        if body is None or mode == "missing":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) * (2 if mode == "truncated" else 1)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """A model server on 127.0.0.1 → (base URL, files, modes)."""
+    _Handler.files, _Handler.modes = {}, {}
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d" % httpd.server_address[1], _Handler.files, _Handler.modes
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """An 'umxhq.zip' in the official layout (small random weights) and an 'x-umx.h5'."""
+    from layout import UmxConfig
+    from tools.random_weights import write_random_xumx
+    tmp = tmp_path_factory.mktemp("published")
+    folder = str(tmp / "umxhq")
+    make_random_weights(folder, **SMALL)
+    archive = str(tmp / "umxhq.zip")
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in sorted(os.listdir(folder)):
+            z.write(os.path.join(folder, name), "umxhq/" + name)
+    xumx = str(tmp / "x-umx.h5")  # served without its .json: the published STFT, narrow layers
+    write_random_xumx(xumx, UmxConfig(hidden_size=4, max_bin=20))
+    with open(archive, "rb") as f, open(xumx, "rb") as g:
+        return {"open-unmix-nnabla/umxhq.zip": f.read(), "ai-research-code/x-umx/x-umx.h5": g.read()}
+
+
+@pytest.fixture
+def hub_env(server, published, tmp_path, monkeypatch):
+    """The hub pointed at the local server and a cache of its own."""
+    url, files, modes = server
+    files.update(published)
+    cache = str(tmp_path / "cache")
+    monkeypatch.setenv("UMX_MODELS_URL", url)
+    monkeypatch.setenv("UMX_CACHE", cache)
+    return url, files, modes, cache
+
+
+# --------------------------------------------------------------------------------------
+# what a training run left: parameters and solver states
+# --------------------------------------------------------------------------------------
+
+def read_h5(path):
+    """{name: array} of every dataset in an HDF5 file."""
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
+                     else None)
+    return out
+
+
+def checkpoint(out, scope):
+    """(parameters, {parameter: {'t', 'mean', 'var'}}: Adam's state) of a run's checkpoint."""
+    folder = os.path.join(out, scope + ".checkpoint")
+    states = {}
+    for key, value in read_h5(os.path.join(folder, "solver.h5")).items():
+        name, part = key.rsplit("|", 1)
+        states.setdefault(name.replace("|", "/"), {})[part] = value
+    return read_h5(os.path.join(folder, "parameters.h5")), states
+
+
+def trainable(names):
+    """All but batch normalization's running statistics."""
+    return {n for n in names if not n.endswith(("/mean", "/var"))}
+
+
+def assert_trained(start, out, scope, steps):
+    """Every trainable parameter of the checkpoint differs from `start`, and the solver state
+    holds exactly those, each after `steps` updates with non-zero moments."""
+    params, states = checkpoint(out, scope)
+    assert set(params) == set(start)
+    names = trainable(params)
+    assert len(names) >= 16
+    assert set(states) == names
+    unmoved = [n for n in names if np.array_equal(params[n], start[n])]
+    assert not unmoved, unmoved
+    for name in names:
+        assert int(states[name]["t"]) == steps, (name, states[name]["t"])
+        assert np.any(states[name]["mean"] != 0) and np.any(states[name]["var"] > 0), name
+    return params

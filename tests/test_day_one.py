@@ -1,15 +1,12 @@
 """Day one, as a user of `umx` or demucs would try it: models by name (downloaded from a local
 server, cached, verified), one folder per song, output formats that never clip silently,
 familiar flags, fine-tuning, the README's Python example."""
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
-import zipfile
 
 import numpy as np
 import pytest
@@ -17,77 +14,6 @@ import soundfile as sf
 
 from conftest import ROOT, SMALL, make_random_weights, music_like, run_script
 from runtime import UmxError
-
-
-# --------------------------------------------------------------------------------------
-# models by name, from a local server
-# --------------------------------------------------------------------------------------
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves `files` {path: bytes}; `mode` per path: 'ok', 'truncated' (announces more bytes
-    than it sends), 'redirect' (to the path + '.real'), 'missing' (404)."""
-    files, modes = {}, {}
-
-    def do_GET(self):
-        path = self.path.lstrip("/")
-        mode = self.modes.get(path, "ok")
-        if mode == "redirect":
-            self.send_response(302)
-            self.send_header("Location", "/" + path + ".real")
-            self.end_headers()
-            return
-        body = self.files.get(path[:-len(".real")] if path.endswith(".real") else path)
-        if body is None or mode == "missing":
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body) * (2 if mode == "truncated" else 1)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    """A model server on 127.0.0.1 → (base URL, files, modes)."""
-    _Handler.files, _Handler.modes = {}, {}
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield "http://127.0.0.1:%d" % httpd.server_address[1], _Handler.files, _Handler.modes
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    """An 'umxhq.zip' in the official layout (small random weights) and an 'x-umx.h5'."""
-    from layout import UmxConfig
-    from tools.random_weights import write_random_xumx
-    tmp = tmp_path_factory.mktemp("published")
-    folder = str(tmp / "umxhq")
-    make_random_weights(folder, **SMALL)
-    archive = str(tmp / "umxhq.zip")
-    with zipfile.ZipFile(archive, "w") as z:
-        for name in sorted(os.listdir(folder)):
-            z.write(os.path.join(folder, name), "umxhq/" + name)
-    xumx = str(tmp / "x-umx.h5")  # served without its .json: the published STFT, narrow layers
-    write_random_xumx(xumx, UmxConfig(hidden_size=4, max_bin=20))
-    with open(archive, "rb") as f, open(xumx, "rb") as g:
-        return {"open-unmix-nnabla/umxhq.zip": f.read(), "ai-research-code/x-umx/x-umx.h5": g.read()}
-
-
-@pytest.fixture
-def hub_env(server, published, tmp_path, monkeypatch):
-    """The hub pointed at the local server and a cache of its own."""
-    url, files, modes = server
-    files.update(published)
-    cache = str(tmp_path / "cache")
-    monkeypatch.setenv("UMX_MODELS_URL", url)
-    monkeypatch.setenv("UMX_CACHE", cache)
-    return url, files, modes, cache
 
 
 def test_a_model_by_name_is_downloaded_once_verified_and_cached(hub_env):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, assert_trained, checkpoint
 from synth import generate_dataset
 
 pytestmark = pytest.mark.mpi
@@ -96,6 +96,7 @@ def test_train_py_under_mpirun_writes_once(root, tmp_path):
     assert code == 0, log
     summary = json.load(open(os.path.join(out, "drums.json")))
     assert summary["nb_processes"] == 2 and len(summary["history"]) == 2
+    after_two, _ = checkpoint(out, "drums")
     assert "training UMX for 'drums' on 2 processes (mpirun)" in log
     assert sorted(os.listdir(out)) == ["data-check.json", "drums.checkpoint", "drums.h5", "drums.json",
                                        "drums_loss.png", "drums_monitor"]
@@ -107,6 +108,9 @@ def test_train_py_under_mpirun_writes_once(root, tmp_path):
     assert code == 0, log
     assert "resuming drums from epoch 2" in log
     assert len(json.load(open(os.path.join(out, "drums.json")))["history"]) == 3
+    # the third epoch trained every parameter: 2 training tracks (one is held out for
+    # validation) x 4 samples / (2 ranks x batch 2), 2 steps an epoch
+    assert_trained(after_two, out, "drums", steps=6)
 
 
 def test_an_error_on_one_rank_stops_all(root, tmp_path):
