@@ -38,6 +38,10 @@ def prepare_audio(audio, rate, model_rate):
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:
         audio = audio[:, None]
+    if audio.ndim != 2 or audio.shape[1] > audio.shape[0]:
+        # a (2, n) array read as n channels would be a silent mistake
+        raise UmxError("audio of shape %s: expected [shape=(nb_timesteps, nb_channels)], time "
+                       "first (for a channels-first array, pass audio.T)" % (audio.shape,))
     audio = to_stereo(audio)
     if rate != model_rate:
         audio = StreamResampler(rate, model_rate).push(audio, final=True)

@@ -17,8 +17,10 @@ from audio import write_stream
 from context import set_context
 from files import WriteError, atomic_path, output_folder, refuse_overlaps
 from runtime import UmxError, run_cli, say, set_quiet, warn, worker_pool
-from scoring import (Origins, aggregate, boxplot, format_table, model_files, musdb_tracks,
-                     paper_model, reason, score_track)
+from hub import resolve_model
+from scoring import (Origins, aggregate, boxplot, format_table, musdb_tracks, paper_model,
+                     reason, score_track)
+from weights import load_weights, model_files
 
 # the options that change a separation's scores (recorded with them)
 SEPARATION_OPTIONS = ("targets", "niter", "softmask", "alpha", "residual_model")
@@ -55,21 +57,21 @@ def evaluate(args, progress=True):
         tracks = musdb_tracks(args.root, args.is_wav, args.subset, private, args.tracks, failed)
         for name, why in failed.items():
             warn("track '%s' skipped: %s" % (name, why))
-        cfgs = network = None
+        cfgs = network = weights = None
         if args.estimates is None:
             from inference import network_for
             from separator import load_compiled_loops
-            from weights import load_models
+            weights = resolve_model(args.model)  # a name fetched, before any compilation
             set_context(args.context, verbose=not args.quiet)
             load_compiled_loops(background=True)  # while the model loads
-            cfgs = load_models(args.model, args.targets)
+            cfgs = load_weights(weights, args.targets)
             args.targets = args.targets or list(cfgs)  # the model's, unless named
             network = network_for(cfgs, args.targets, release=True)  # once for all tracks
         refuse_overlaps(*planned_files(args, tracks))
         stack.enter_context(output_folder(args.out_dir, "--out-dir"))
         json_paths = {t.name: os.path.join(args.out_dir, args.subset, t.name + ".json")
                       for t in tracks}
-        origins = Origins(args.out_dir, args.subset, made_by(args))
+        origins = Origins(args.out_dir, args.subset, made_by(args, weights))
         todo = [t for t in tracks if not origins.matches(
             t.name, origins.expected(t.name, estimates_folder(args, t.name)), json_paths[t.name])]
         if len(todo) < len(tracks):
@@ -88,14 +90,15 @@ def evaluate(args, progress=True):
     return table
 
 
-def made_by(args):
-    """What makes this run's scores (`scoring.Origins`): the model's files and the options of
-    the separation, or the estimates' folder; and the dataset."""
+def made_by(args, weights):
+    """What makes this run's scores (`scoring.Origins`): the model's files (at `weights`, its
+    resolved path) and the options of the separation, or the estimates' folder; and the
+    dataset."""
     dataset = {"root": os.path.realpath(args.root), "is_wav": bool(args.is_wav)}
     if args.estimates:
         return {"estimates": os.path.realpath(args.estimates), "dataset": dataset}
     options = {k: getattr(args, k) for k in SEPARATION_OPTIONS}
-    return {"model files": model_files(args.model), "options": options, "dataset": dataset}
+    return {"model files": model_files(weights), "options": options, "dataset": dataset}
 
 
 def estimates_folder(args, track):

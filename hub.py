@@ -18,10 +18,15 @@ downloaded is recorded in the model's SOURCE.json. An interrupted, truncated or 
 is never used, and the next run fetches it again. Offline, one line names the URL and the path
 where to put the file by hand.
 
+A model is named one way in every CLI and the Python API (`resolve_model`, `load_models`): a
+published name means the published model, always; a folder or file of the same name is used
+when written as a path (`./umxhq`), and a line says so when both exist.
+
 UMX_MODELS_URL replaces https://nnabla.org/pretrained-models, UMX_ZENODO_URL replaces
 https://zenodo.org/records (same relative paths, the addresses open-unmix-pytorch 1.3 uses):
 for mirrors, and the tests' local server.
 """
+import errno
 import hashlib
 import json
 import os
@@ -29,7 +34,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from runtime import UmxError
+from conversion import convert_checkpoints, write_converted
+from files import (current_or_old, replaced_folder, sha256_of, verify_manifest, write_failure,
+                   write_json_atomic, writing_into)
+from runtime import UmxError, progress_bar, progress_enabled, say, warn
+from weights import extract_model, load_weights
 
 BASES = {"nnabla": ("UMX_MODELS_URL", "https://nnabla.org/pretrained-models"),
          "zenodo": ("UMX_ZENODO_URL", "https://zenodo.org/records")}
@@ -77,11 +86,44 @@ def url_of(base, path):
     return (os.environ.get(variable) or default).rstrip("/") + "/" + path
 
 
+def resolve_model(model, progress=None, log=None):
+    """--model (a published name, or a path) → the path of its weights: a published name is
+    fetched once into the cache (`model_path`); a local folder or file of that name is taken
+    only when written as a path (`./umxhq`), and a warning says which was taken when both
+    exist. Anything else must exist."""
+    model = os.fspath(model)
+    if model in MODELS:
+        if os.path.exists(model):
+            warn("--model %s is the published model; the local %s is used when written as a "
+                 "path: ./%s" % (model, model, model))
+        return model_path(model, progress, log)
+    if not os.path.exists(model):
+        if os.sep not in model and not os.path.splitext(model)[1]:
+            raise UmxError("model not found: %s is neither a path nor a published model (%s)"
+                           % (model, ", ".join(MODELS)))
+        raise UmxError("model not found: %s" % model)
+    return model
+
+
+def model_label(model):
+    """A model's name in output paths: the published name, or the name of its weights' file
+    (without .h5 or .zip) or folder."""
+    if model in MODELS:
+        return model
+    name = os.path.basename(os.path.normpath(os.fspath(model)))
+    return os.path.splitext(name)[0] if name.endswith((".h5", ".zip")) else name
+
+
+def load_models(model, targets=None, load=True):
+    """Load --model's weights → {target: UmxConfig}, the parameters in
+    nn.parameter_scope(target) (UMX's names): a published name (`resolve_model`), a folder
+    of `<target>.h5` (or an official zip), or an X-UMX file (`weights.load_weights`)."""
+    return load_weights(resolve_model(model), targets, load)
+
+
 def model_path(name, progress=None, log=None):
     """The cached model `name` (a folder of `<target>.h5`, or an x-umx.h5), fetched and
     verified first if it is not cached, or if the cached copy does not verify."""
-    from files import current_or_old, verify_manifest
-    from runtime import progress_enabled, say
     progress = progress_enabled() if progress is None else progress
     log = log or say
     published = MODELS[name]
@@ -106,7 +148,6 @@ def _entry(folder, published):
 
 
 def _verifies(folder):
-    from files import verify_manifest
     try:
         verify_manifest(folder, "")
         return True
@@ -119,7 +160,6 @@ class _cache_locked:
 
     def __enter__(self):
         import fcntl
-        from files import writing_into
         folder = cache_dir()
         with writing_into(folder):
             os.makedirs(folder, exist_ok=True)
@@ -133,8 +173,6 @@ class _cache_locked:
 
 def _fetch(name, published, folder, progress, log):
     """Download, verify and publish the model `name` into `folder` (replacing a damaged one)."""
-    from files import replaced_folder, write_json_atomic
-    from weights import load_models
     log("fetching the published model %s into %s (once)" % (name, folder))
     if published.notice:
         log(published.notice)
@@ -155,7 +193,7 @@ def _fetch(name, published, folder, progress, log):
             paths.append(target)
         try:  # what was downloaded must be the model: its files and every weight's shape
             _unpack(name, published, paths, staging)
-            load_models(_entry(staging, published), load=False)
+            load_weights(_entry(staging, published), load=False)
         except UmxError as exc:
             # named without the staging folder, which is about to go
             why = str(exc).replace(downloads + os.sep, "").replace(staging + os.sep, "")
@@ -172,7 +210,6 @@ def _fetch(name, published, folder, progress, log):
 def _unpack(name, published, paths, staging):
     """The downloaded files → the model's files in `staging`."""
     if published.kind == "zip":
-        from weights import extract_model
         with tempfile.TemporaryDirectory(dir=staging) as tmp:
             folder = extract_model(paths[0], tmp)
             for entry in os.listdir(folder):
@@ -181,7 +218,6 @@ def _unpack(name, published, paths, staging):
     elif published.kind == "h5":
         shutil.move(paths[0], os.path.join(staging, "x-umx.h5"))
     else:  # open-unmix-pytorch checkpoints: named <target>-<hash>.pth or <target>_<hash>.pth
-        from conversion import convert_checkpoints, write_converted
         pth = os.path.dirname(paths[0])
         for path in paths:
             target = os.path.basename(path).replace("_", "-").split("-")[0]
@@ -198,10 +234,8 @@ def download(url, path, hand_placed=None, progress=True):
     UmxError naming the URL (and where a file can be put by hand); nothing incomplete stays."""
     import urllib.error
     import urllib.request
-    from runtime import progress_bar
     if hand_placed and os.path.isfile(hand_placed):
         shutil.copyfile(hand_placed, path)
-        from files import sha256_of
         return sha256_of(path)
     tmp = path + ".part"
     digest = hashlib.sha256()
@@ -224,19 +258,34 @@ def download(url, path, hand_placed=None, progress=True):
     except UmxError:
         _remove(tmp)
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except OSError as exc:
         _remove(tmp)
-        reason = getattr(exc, "reason", None) or exc
-        if isinstance(exc, urllib.error.HTTPError):
-            reason = "HTTP %d %s" % (exc.code, exc.reason)
-        raise UmxError("cannot download %s (%s): download it yourself and put it at %s"
-                       % (url, str(reason).strip() or type(exc).__name__,
-                          hand_placed or path)) from None
+        if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                               errno.EACCES):
+            raise _unreachable(url, exc, hand_placed or path) from None
+        advice = ("free space there, or set UMX_CACHE to another folder"
+                  if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+                  "set UMX_CACHE to a folder you can write")
+        raise UmxError("cannot download %s: %s: %s"
+                       % (url, write_failure(cache_dir(), exc), advice)) from None
+    except ValueError as exc:
+        _remove(tmp)
+        raise _unreachable(url, exc, hand_placed or path) from None
     except BaseException:
         _remove(tmp)
         raise
     os.replace(tmp, path)
     return digest.hexdigest()
+
+
+def _unreachable(url, exc, hand_placed):
+    """The error for a download that the network or the server refused."""
+    import urllib.error
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(exc, urllib.error.HTTPError):
+        reason = "HTTP %d %s" % (exc.code, exc.reason)
+    return UmxError("cannot download %s (%s): download it yourself and put it at %s"
+                    % (url, str(reason).strip() or type(exc).__name__, hand_placed))
 
 
 def _remove(path):

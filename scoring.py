@@ -16,7 +16,7 @@ import traceback
 
 import numpy as np
 
-from files import atomic_path, read_json, sha256_of, write_json_atomic, writing_into
+from files import atomic_path, read_json, write_json_atomic, writing_into
 from runtime import UmxError
 
 METRICS = ["SDR", "SIR", "SAR", "ISR"]
@@ -230,17 +230,6 @@ def reason(exc):
 # --------------------------------------------------------------------------------------
 
 ORIGINS = ".scored-with"  # OUT/.scored-with/<subset>/<track>.json, beside museval's files
-
-
-def model_files(model):
-    """{file name: SHA-256} of --model's weight files: the file (and the .json beside it), or
-    the .h5, .json and .zip files of the folder."""
-    if os.path.isfile(model):
-        paths = [model, os.path.splitext(model)[0] + ".json"]
-    else:
-        paths = [os.path.join(model, f) for f in sorted(os.listdir(model))
-                 if f.endswith((".h5", ".json", ".zip"))]
-    return {os.path.basename(p): sha256_of(p) for p in paths if os.path.isfile(p)}
 
 
 def estimate_files(folder):

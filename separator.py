@@ -21,6 +21,7 @@ import numpy as np
 
 from audio import prepare_audio
 from files import TemporaryArrayFile, writing_into
+from hub import load_models
 from inference import network_for, networks_to_run
 from runtime import UmxError, progress_bar, return_freed_memory, timed, worker_pool
 from spectral import PaddedSignal, nb_stft_frames, stft_frames
@@ -318,8 +319,9 @@ def _release_batch_memory():
 def separate(audio, rate, cfgs, targets=None, **kw):
     """Separate a mixture into the targets' estimates, in memory.
 
-    audio [shape=(nb_timesteps, nb_channels)] at `rate`; cfgs: `load_models`' result; other
-    arguments as `separate_stream`'s. Returns ({name: float32 [shape=(nb_timesteps', 2)]},
+    audio [shape=(nb_timesteps, nb_channels)] at `rate`; cfgs: `load_models`' result, or a
+    model as `load_models` takes it (a published name, a folder or a file); other arguments
+    as `separate_stream`'s. Returns ({name: float32 [shape=(nb_timesteps', 2)]},
     model_rate).
     """
     names, model_rate, blocks = separate_stream(audio, rate, cfgs, targets, **kw)
@@ -343,7 +345,8 @@ def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, al
     audio [shape=(nb_timesteps, nb_channels)] at `rate` (resampled to the models' rate; mono
     is duplicated, channels beyond two are dropped), or an `audio.AudioFile` already decoded
     at the models' rate in stereo (`decode_audio(path, rate=..., stereo=True)`: then no part of
-    the track is held in memory); cfgs: `load_models`' result.
+    the track is held in memory); cfgs: `load_models`' result, or a model as `load_models`
+    takes it (a published name, a folder or a file: loaded here).
     Returns (names, model_rate, blocks): blocks is a generator of float32 [shape=(len(names), 2,
     n)] that does the work as it is consumed; writing the blocks out as they come keeps memory
     bounded whatever the length. With `residual_model`, or a single target, the rest of the
@@ -354,6 +357,8 @@ def separate_stream(audio, rate, cfgs, targets=None, niter=1, softmask=False, al
     for several separations (it is otherwise rebuilt for each: about 0.4 s for 4 full-size
     targets).
     """
+    if isinstance(cfgs, (str, os.PathLike)):
+        cfgs = load_models(cfgs, targets)
     targets = list(targets or cfgs)
     unknown = [t for t in targets if t not in cfgs]
     if unknown:

@@ -2,19 +2,26 @@
 
     python test.py song.mp3 [more.flac ...] --model umxhq -o stems
 
-Each song gets a folder, `<out-dir>/<song>/<target>.<ext>` (WAV float by default; FLAC, MP3,
-24- or 16-bit integers, with a clip policy that never clips silently). The model is a
-published one by name (downloaded once) or weights on disk; its targets are separated unless
---targets names some. Every output path is checked before any work: no stem may replace an
-input, and no two songs may write the same folder.
+Each song gets a folder per model, `<out-dir>/<model>/<song>/<target>.<ext>` (as demucs lays
+them out: stems of two models never mix), `<model>` the published name or the weights' file
+or folder name; `<out-dir>/<model>/MODEL.json` records the weight files' SHA-256, and another
+model of the same name is refused there. WAV float by default; FLAC, MP3, 24- or 16-bit
+integers, with a clip policy that never clips silently. The model is a published one by name
+(downloaded once) or weights on disk; its targets are separated unless --targets names some.
+Every output path is checked before any work: no stem may replace an input, and no two songs
+may write the same folder.
 """
 import os
 
 from args import SAMPLE_FORMATS, get_inference_args
 from audio import StemFormat, decode_audio, write_stream
 from context import set_context
-from files import output_folder, refuse_overlaps
-from runtime import run_cli, say, set_quiet, warn
+from files import output_folder, read_json, refuse_overlaps, write_json_atomic
+from hub import model_label, resolve_model
+from runtime import UmxError, run_cli, say, set_quiet, warn
+from weights import describe, load_weights, model_files
+
+MODEL_RECORD = "MODEL.json"
 
 
 def stem_folders(inputs, out_dir):
@@ -23,25 +30,43 @@ def stem_folders(inputs, out_dir):
             for path in inputs}
 
 
+def model_record(model_dir, model, weights):
+    """What `model_dir` records of the model whose stems it holds: {'model': --model,
+    'files': {file: SHA-256}}; one of another model's files is refused."""
+    record = {"model": model, "files": model_files(weights)}
+    path = os.path.join(model_dir, MODEL_RECORD)
+    if os.path.isfile(path):
+        held = read_json(path, "model record")
+        if not isinstance(held, dict) or held.get("files") != record["files"]:
+            raise UmxError("%s holds the stems of another model named %s (%s): choose another "
+                           "--out-dir" % (model_dir, os.path.basename(model_dir),
+                                          held.get("model") if isinstance(held, dict) else "?"))
+    return record
+
+
 def run(args):
     from separator import load_compiled_loops, stem_names
-    from weights import describe, load_models
     set_quiet(args.quiet)
+    weights = resolve_model(args.model)  # a name fetched, before any compilation
     set_context(args.context, verbose=not args.quiet)
     load_compiled_loops(background=True)  # while the model loads
-    cfgs = load_models(args.model, args.targets)
+    cfgs = load_weights(weights, args.targets)
     targets = args.targets or list(cfgs)
     say("model: %s" % describe(cfgs))
-    folders = stem_folders(args.inputs, args.out_dir)
+    model_dir = os.path.join(args.out_dir, model_label(args.model))
+    record = model_record(model_dir, args.model, weights)
+    folders = stem_folders(args.inputs, model_dir)
     names = stem_names(targets, args.residual_model)
     refuse_overlaps([(path, "the input") for path in args.inputs],
                     [(os.path.join(folder, "%s.%s" % (name, args.ext)), "the input %s" % path)
                      for path, folder in folders.items() for name in names])
     with output_folder(args.out_dir, "--out-dir"):
-        separate_files(args, cfgs, targets, folders)
+        separate_files(args, cfgs, targets, folders, lambda: write_json_atomic(
+            os.path.join(model_dir, MODEL_RECORD), record))
 
 
-def separate_files(args, cfgs, targets, folders):
+def separate_files(args, cfgs, targets, folders, published=lambda: None):
+    """Separate each input into its folder; published() after each song's stems are."""
     from inference import network_for
     from separator import WINDOW_FRAMES, separate_stream
     cfg = cfgs[targets[0]]
@@ -65,6 +90,7 @@ def separate_files(args, cfgs, targets, folders):
                                                         **options)
             clipping = write_stream(stems, model_rate, blocks, folder, fmt,
                                     out_rate=args.sample_rate, staging_root=args.out_dir)
+        published()
         say("%s -> %s (%s)" % (path, folder, ", ".join("%s.%s" % (s, args.ext) for s in stems)))
         if clipping:
             warn("%s: %s" % (path, clipping))

@@ -30,6 +30,7 @@ from checkpoint import output_files, resume_point, save_checkpoint
 from context import set_context
 from datasets import epoch_batches, load_dataset
 from files import output_folder, refuse_overlaps, write_json_atomic
+from hub import load_models
 from inference import network_for
 from layout import UmxConfig, bandwidth_to_max_bin, check_config, split_branches
 from loss import (TRIM, mixture_phasor, mse, reference_magnitudes, umx_loss, xumx_loss,
@@ -336,7 +337,8 @@ def prepare_run(args, comm, log, progress):
 
 # train.py's architecture flags → the configuration field each sets
 ARCHITECTURE_FIELDS = {"hidden_size": "hidden_size", "nfft": "n_fft", "nhop": "n_hop",
-                       "nb_channels": "nb_channels", "unidirectional": "unidirectional"}
+                       "nb_channels": "nb_channels", "unidirectional": "unidirectional",
+                       "bandwidth": "max_bin"}
 
 
 def fine_tuning_config(args, data):
@@ -344,7 +346,6 @@ def fine_tuning_config(args, data):
     X-UMX), from its weights (nothing loaded yet), checked against the dataset and the
     architecture flags given."""
     from dataclasses import replace
-    from weights import load_models
     target = data.targets[0]
     cfgs = load_models(args.model, [target] if args.umx_train else None, load=False)
     cfg = cfgs[target] if args.umx_train else next(iter(cfgs.values()))
@@ -356,15 +357,16 @@ def fine_tuning_config(args, data):
     if cfg.sample_rate != data.rate:
         raise UmxError("--model %s is for %d Hz audio, the dataset is at %d Hz"
                        % (args.model, cfg.sample_rate, data.rate))
-    given = dict(args.architecture_given)
-    if "bandwidth" in given:
-        given["max_bin"] = bandwidth_to_max_bin(data.rate, cfg.n_fft, given.pop("bandwidth"))
-    for flag, value in given.items():
+    for flag, value in dict(args.architecture_given).items():
         field = ARCHITECTURE_FIELDS.get(flag, flag)
-        if getattr(cfg, field) != value:
+        # --bandwidth sets the bins that reach the network
+        wanted = bandwidth_to_max_bin(data.rate, cfg.n_fft, value) if flag == "bandwidth" \
+            else value
+        if getattr(cfg, field) != wanted:
             raise UmxError("--%s %s, but --model %s has %s = %s (the architecture comes from the "
-                           "weights: drop the flag)" % (flag.replace("_", "-"), value, args.model,
-                                                        field, getattr(cfg, field)))
+                           "weights: drop the flag)" % (
+                               flag.replace("_", "-"), "%g" % value if isinstance(value, float)
+                               else value, args.model, field, getattr(cfg, field)))
     return replace(cfg, xumx_branches=cfg.xumx_branches if not args.umx_train else ())
 
 
@@ -372,7 +374,6 @@ def start_from_model(model, cfg, scope, mean=None, std=None):
     """Set the training graph's parameters (in `scope`) to --model's weights; with mean and std,
     the input standardization from these statistics instead of the model's."""
     from layout import branch_name
-    from weights import load_models
     targets = list(cfg.xumx_branches) or [scope]
     load_models(model, targets)  # each target's parameters in its scope, UMX's names
     with nn.parameter_scope(scope):

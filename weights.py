@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import nnabla as nn
 
-from files import atomic_path, read_json
+from files import atomic_path, read_json, sha256_of
 from layout import (check_config, config_field, config_from_shapes, parameter_shapes,
                     split_branches, xumx_parameter_shapes)
 from runtime import UmxError
@@ -240,45 +240,56 @@ def save_arrays(path, params):
                                   for name, value in params.items()})
 
 
-def load_models(model, targets=None, load=True):
-    """Load the weights of --model → {target: UmxConfig}, the parameters in
-    nn.parameter_scope(target) (UMX's names).
+def load_weights(path, targets=None, load=True):
+    """Load the weights at `path` → {target: UmxConfig}, the parameters in
+    nn.parameter_scope(target) (UMX's names). A published model's name is resolved above this
+    loader (`hub.load_models`, which users call).
 
-    model: a published model's name (`hub.MODELS`: fetched once into the cache), a UMX folder
-    holding `<target>.h5` per target (the official layout; an official `umx*.zip` as it is),
-    or an X-UMX file (Sony's `x-umx.h5`; or a folder or zip holding one).
+    path: a UMX folder holding `<target>.h5` per target (the official layout; an official
+    `umx*.zip` as it is), or an X-UMX file (Sony's `x-umx.h5`; or a folder or zip holding one).
     targets: the ones to load (None: every target the model holds). For an X-UMX every branch
     is loaded (its bridges need them all), and the configs say so (`xumx_branches`). A folder
     or zip holding more than one model is refused, naming them. load=False: only check the
     files' names and shapes (nothing is read or loaded).
     """
     from context import ensure_context
-    from hub import MODELS, model_path
-    if not os.path.exists(model) and model in MODELS:
-        model = model_path(model)
-    if not os.path.exists(model):
-        raise UmxError("model not found: %s" % model)
+    if not os.path.exists(path):
+        raise UmxError("model not found: %s" % path)
     if load:
         ensure_context()
-    if os.path.isfile(model) and zipfile.is_zipfile(model):
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
         with tempfile.TemporaryDirectory() as tmp:
-            return load_models(extract_model(model, tmp), targets, load)
-    if os.path.isfile(model):
-        if not model.endswith(".h5"):
-            raise UmxError("--model %s is neither a folder, a .zip nor an .h5 weight file" % model)
-        cfgs = load_xumx(model, load)
+            return load_weights(extract_model(path, tmp), targets, load)
+    if os.path.isfile(path):
+        if not path.endswith(".h5"):
+            raise UmxError("--model %s is neither a folder, a .zip nor an .h5 weight file" % path)
+        cfgs = load_xumx(path, load)
     else:
-        cfgs = _load_folder(model, targets, load)
+        cfgs = _load_folder(path, targets, load)
     targets = list(targets or cfgs)
     missing = [t for t in targets if t not in cfgs]
     if missing:
         raise UmxError("the X-UMX in %s has no branch '%s' (branches: %s)"
-                       % (model, missing[0], ", ".join(cfgs)))
+                       % (path, missing[0], ", ".join(cfgs)))
     first = cfgs[targets[0]]
     for target, cfg in cfgs.items():
         if (cfg.n_fft, cfg.n_hop, cfg.sample_rate) != (first.n_fft, first.n_hop, first.sample_rate):
             raise UmxError("target '%s' uses another STFT or rate than '%s'" % (target, targets[0]))
     return cfgs
+
+
+def model_files(path):
+    """{file name: SHA-256} of the weight files at `path` (what identifies a model): the
+    file (and the .json beside it), or the folder's .h5 and .zip files and the .json beside
+    each .h5 (not a cache's MANIFEST.json or SOURCE.json: a model unpacked by hand is the
+    same model)."""
+    if os.path.isfile(path):
+        paths = [path, os.path.splitext(path)[0] + ".json"]
+    else:
+        files = sorted(os.listdir(path))
+        paths = [os.path.join(path, f) for f in files if f.endswith((".h5", ".zip")) or
+                 (f.endswith(".json") and f[:-len(".json")] + ".h5" in files)]
+    return {os.path.basename(p): sha256_of(p) for p in paths if os.path.isfile(p)}
 
 
 def _load_folder(folder, targets, load):

@@ -29,12 +29,12 @@ def import_script(name):
     return sys.modules[key]
 
 
-def run_script(name, *argv, env=None):
+def run_script(name, *argv, env=None, cwd=ROOT):
     """Run the project's `<name>.py` in a subprocess: (exit code, stdout, stderr); env: more
     environment variables."""
     import subprocess
     proc = subprocess.run([sys.executable, os.path.join(ROOT, name + ".py"), *argv],
-                          capture_output=True, text=True, cwd=ROOT,
+                          capture_output=True, text=True, cwd=cwd,
                           env=dict(os.environ, **(env or {})))
     return proc.returncode, proc.stdout, proc.stderr
 

@@ -96,7 +96,7 @@ def test_padded_signal_equals_pad_for_stft(from_file, tmp_path):
 def test_separating_a_decoded_file_equals_separating_the_array(small_model, tmp_path):
     from separator import separate
     from vocabulary import SOURCES
-    from weights import load_models
+    from hub import load_models
     folder, cfg = small_model
     cfgs = load_models(folder, list(SOURCES))
     signal = music_like(4.0, cfg.sample_rate)

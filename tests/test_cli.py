@@ -9,7 +9,7 @@ import soundfile as sf
 
 from conftest import ROOT, run_script, SMALL, import_script, make_random_weights, music_like
 from vocabulary import SOURCES
-from weights import load_models
+from hub import load_models
 from runtime import UmxError
 
 
@@ -47,8 +47,8 @@ def test_full_size_official_layout_loads_and_runs(tmp_path):
     code, err = run_cli("--umx-infer", "--inputs", wav, "--model", archive, "--out-dir",
                         str(tmp_path / "out"), "--targets", "vocals", "drums")
     assert code == 0, err
-    for name in ("vocals", "drums"):  # one folder per song, also for one input
-        audio, rate = sf.read(str(tmp_path / "out" / "song" / (name + ".wav")))
+    for name in ("vocals", "drums"):  # a folder per model and per song, also for one input
+        audio, rate = sf.read(str(tmp_path / "out" / "umxhq" / "song" / (name + ".wav")))
         assert rate == 44100 and audio.shape == (44100, 2)
 
 
@@ -66,7 +66,7 @@ def test_real_stem_clip_end_to_end(tmp_path, small_model, stem_clip):
     code, err = run_cli(stem_clip, "--model", folder, "-o", str(tmp_path / "out"),
                         "--niter", "1", "--residual-model", "--int16")
     assert code == 0, err
-    out = tmp_path / "out" / os.path.basename(stem_clip)[:-len(".mp4")]
+    out = tmp_path / "out" / "model" / os.path.basename(stem_clip)[:-len(".mp4")]
     written = sorted(os.listdir(out))
     assert written == sorted([t + ".wav" for t in list(SOURCES)] + ["residual.wav"])
     info = sf.info(str(out / "vocals.wav"))
@@ -85,9 +85,9 @@ def test_several_inputs_get_a_folder_each(tmp_path, small_model):
                         str(tmp_path / "out"), "--targets", "vocals", "--sample-rate", "16000")
     assert code == 0, err
     for name in ("a", "b"):
-        audio, rate = sf.read(str(tmp_path / "out" / name / "vocals.wav"))
+        audio, rate = sf.read(str(tmp_path / "out" / "model" / name / "vocals.wav"))
         assert rate == 16000 and audio.shape == (8000, 2)
-        assert os.path.isfile(str(tmp_path / "out" / name / "accompaniment.wav"))
+        assert os.path.isfile(str(tmp_path / "out" / "model" / name / "accompaniment.wav"))
 
 
 def _bad_input_cases(tmp_path, folder):

@@ -18,7 +18,7 @@ from conftest import ROOT, convert_fixture, fixture_reference, snr
 from pth import read_checkpoint
 from model import OpenUnmix
 from separator import separate
-from weights import load_models
+from hub import load_models
 from runtime import UmxError
 from spectral import stft
 

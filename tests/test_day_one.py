@@ -102,7 +102,7 @@ def test_pytorch_models_are_converted_on_first_use(hub_env, monkeypatch):
     assert sorted(os.listdir(path)) == ["MANIFEST.json", "SOURCE.json", "vocals.h5",
                                         "vocals.json"]
     assert "licence notice" in lines
-    from weights import load_models
+    from hub import load_models
     assert load_models(path, load=False)["vocals"].n_hop == 128
     wrong = hub.Published((("zenodo", "vocals-%s.pth" % prefix, "00000000"),), "pth")
     monkeypatch.setitem(hub.MODELS, "wrong", wrong)
@@ -120,7 +120,7 @@ def test_test_py_by_name_writes_a_folder_per_song(hub_env, tmp_path):
                                    env=env)
     assert code == 0, err
     assert "fetching the published model umxhq" in stdout
-    assert sorted(os.listdir(os.path.join(out, "my song"))) == \
+    assert sorted(os.listdir(os.path.join(out, "umxhq", "my song"))) == \
         ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
     # one song after another into one folder: none replaces another
     second = str(tmp_path / "other.wav")
@@ -128,7 +128,7 @@ def test_test_py_by_name_writes_a_folder_per_song(hub_env, tmp_path):
     code, stdout, err = run_script("test", second, "--model", "umxhq", "--outdir", out,
                                    "--niter", "0", "--quiet", env=env)
     assert code == 0 and stdout == "", err
-    assert sorted(os.listdir(out)) == ["my song", "other"]
+    assert sorted(os.listdir(os.path.join(out, "umxhq"))) == ["MODEL.json", "my song", "other"]
 
 
 # --------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_stems_are_written_as_asked_and_never_clip_silently(loud, tmp_path, flag
     code, _, err = run_script("test", song, "--model", model, "-o", out, "--niter", "0",
                               "--targets", "vocals", *flags)
     assert code == 0, err
-    folder = os.path.join(out, "loud")
+    folder = os.path.join(out, "model", "loud")
     assert sorted(os.listdir(folder)) == ["accompaniment." + ext, "vocals." + ext]
     stems = []
     for name in ("vocals", "accompaniment"):
@@ -210,8 +210,8 @@ def test_the_default_targets_are_the_models(tmp_path):
     code, out, err = run_script("test", song, "--model", model, "-o", str(tmp_path / "out"),
                                 "-j", "1", "--niter", "0")
     assert code == 0, err
-    assert sorted(os.listdir(str(tmp_path / "out" / "song"))) == ["accompaniment.wav",
-                                                                  "vocals.wav"]
+    assert sorted(os.listdir(str(tmp_path / "out" / "model" / "song"))) == [
+        "accompaniment.wav", "vocals.wav"]
     pth = str(tmp_path / "pth")
     shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "openunmix_small"), pth)
     code, _, err = run_script("test", song, "--model", pth, "-o", str(tmp_path / "o2"))
@@ -249,7 +249,8 @@ def test_training_speaks_plainly_into_a_log_and_ends_with_the_best_epoch(tmp_pat
     # the run starts from the model's parameters, exactly
     import nnabla as nn
     from conftest import import_script
-    from weights import load_models, read_parameter_file
+    from hub import load_models
+    from weights import read_parameter_file
     train_module = import_script("train")
     cfg = load_models(out, ["drums"], load=False)["drums"]
     nn.clear_parameters()

@@ -113,7 +113,7 @@ def test_a_few_device_steps_lower_the_loss(xumx, monkeypatch):
 def test_the_device_separation_equals_the_cpu_separation(xumx, tmp_path, monkeypatch):
     from separator import separate
     from tools.random_weights import write_random_xumx
-    from weights import load_models
+    from hub import load_models
     if xumx:
         model = str(tmp_path / "x-umx.h5")
         write_random_xumx(model, UmxConfig(**SMALL))

@@ -8,7 +8,7 @@ from conftest import make_random_weights, music_like, snr
 from separator import (EstimateStore, equal_batches, estimate_spectrograms, plan_windows, separate,
                        split_by_targets)
 from vocabulary import SOURCES
-from weights import load_models
+from hub import load_models
 from wiener import WIENER_EPS, FirstPassSums, phase_difference, wiener_blocks
 from spectral import istft, nb_stft_frames, pad_for_stft, stft
 

@@ -85,7 +85,7 @@ def test_training_writes_loadable_outputs(root, tmp_path):
     assert all(np.isfinite(h["train_loss"]) and h["lr"] > 0 for h in summary["history"])
     assert os.listdir(os.path.join(out, "bass_monitor"))
     # the weights load in test.py's loader with the official layout
-    from weights import load_models
+    from hub import load_models
     cfgs = load_models(out, ["bass"])
     assert cfgs["bass"] == UmxConfig(hidden_size=16, max_bin=186, nb_output_bins=257, n_fft=512,
                                      n_hop=128)

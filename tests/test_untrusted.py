@@ -210,7 +210,7 @@ def _small_model(tmp_path, targets=("vocals",)):
     ("unidirectional", "no", "unidirectional is 'no', expected true or false"),
 ])
 def test_model_descriptions_are_checked(tmp_path, field, value, message):
-    from weights import load_models
+    from hub import load_models
     folder = _small_model(tmp_path)
     meta_path = os.path.join(folder, "vocals.json")
     with open(meta_path) as f:
@@ -277,7 +277,7 @@ def test_open_unmix_json_values_are_checked(fixture_state):
 def test_two_models_in_one_zip_or_folder_are_refused(tmp_path):
     from layout import UmxConfig
     from tools.random_weights import write_random_xumx
-    from weights import load_models
+    from hub import load_models
     one, two = _small_model(tmp_path / "a"), _small_model(tmp_path / "b")
     archive = str(tmp_path / "two.zip")
     with zipfile.ZipFile(archive, "w") as z:

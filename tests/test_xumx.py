@@ -28,7 +28,8 @@ from runtime import UmxError
 from separator import separate
 from spectral import istft, stft
 from tools.random_weights import write_random_xumx
-from weights import describe, load_models
+from hub import load_models
+from weights import describe
 
 SMALL = dict(hidden_size=16, max_bin=60, nb_output_bins=129, n_fft=256, n_hop=64,
              sample_rate=8000, xumx_branches=XUMX_BRANCHES)

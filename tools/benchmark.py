@@ -102,7 +102,7 @@ def separation_worker(seconds, model, wav, processes=None):
     from context import set_context
     from inference import network_for
     from separator import load_compiled_loops, separate_stream
-    from weights import load_models
+    from hub import load_models
     set_context("cpu", verbose=False)
     start = time.perf_counter()
     load_compiled_loops(background=True)  # as test.py: while the model loads
@@ -242,7 +242,7 @@ def network_profile(windows=4, targets=("vocals", "drums")):
     from runtime import limit_blas_threads
     from separator import CONTEXT_FRAMES, WINDOW_FRAMES
     from tools.random_weights import write_random_weights
-    from weights import load_models
+    from hub import load_models
     set_context("cpu", verbose=False)
     limit_blas_threads(1)
     cfg = UmxConfig()
@@ -500,7 +500,7 @@ def parity():
     from inference import network_for
     from separator import separate
     from spectral import stft
-    from weights import load_models
+    from hub import load_models
     set_context("cpu", verbose=False)
 
     def snr(ref, est):

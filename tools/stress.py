@@ -80,8 +80,11 @@ def check_run(command, stems, out, song_frames):
     if stems is None:  # eval.py: one score file per track, holding the target's frames
         scores = glob.glob(os.path.join(out, "test", "*.json"))
         return None if len(scores) == 1 else "scores: %s" % scores
+    folders = glob.glob(os.path.join(out, "*", "song"))  # OUT/<model>/<song>
+    if len(folders) != 1:
+        return "song folders: %s" % folders
     for name in stems:
-        audio, _ = sf.read(os.path.join(out, "song", name + ".wav"))
+        audio, _ = sf.read(os.path.join(folders[0], name + ".wav"))
         if audio.shape[0] != song_frames or not np.isfinite(audio).all():
             return "%s.wav: %s samples, finite %s" % (name, audio.shape, np.isfinite(audio).all())
     return None
@@ -99,23 +102,23 @@ def main(argv=None):
     parser.add_argument("--hogs", type=int, default=os.cpu_count() or 1,
                         help="CPU hog processes beside the runs (default: one per core)")
     parser.add_argument("--paths", nargs="+", help="the paths to run (default: all)")
-    args = parser.parse_args(argv)
+    options = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="umx-stress-")
     hogs = []
     try:
         paths = prepare(work)
         song_frames = sf.info(os.path.join(work, "song.wav")).frames
-        hogs = cpu_hogs(args.hogs)
+        hogs = cpu_hogs(options.hogs)
         failures = 0
-        print("%d runs of each path, %d CPU hogs beside them" % (args.runs, len(hogs)),
+        print("%d runs of each path, %d CPU hogs beside them" % (options.runs, len(hogs)),
               flush=True)
         for name, (command, stems) in paths.items():
-            if args.paths and name not in args.paths:
+            if options.paths and name not in options.paths:
                 continue
             out = os.path.join(work, "out")
             os.makedirs(out + ".tmp", exist_ok=True)
             start, failed = time.time(), []
-            for run in range(args.runs):
+            for run in range(options.runs):
                 problem = check_run(command, stems, out, song_frames)
                 if problem:
                     failed.append(problem)
@@ -123,7 +126,7 @@ def main(argv=None):
                 os.makedirs(out + ".tmp", exist_ok=True)
             failures += len(failed)
             print("%-30s %d runs, %d failed (%.1f s a run)" % (
-                name, args.runs, len(failed), (time.time() - start) / args.runs), flush=True)
+                name, options.runs, len(failed), (time.time() - start) / options.runs), flush=True)
         print("stress: %d failed run%s" % (failures, "" if failures == 1 else "s"))
         return 1 if failures else 0
     finally:
