@@ -1,5 +1,6 @@
 # make demo           train a small UMX on a generated MUSDB-format dataset, separate, score
 # make test           the test suite
+# make stress         the separation paths that once aborted, 30 runs each beside CPU hogs
 # make bench          speed and memory of separation on this machine
 # make gpu-check      on a machine with a GPU: installs the GPU libraries, checks and measures
 # make gpu-env-check  without a GPU: proves the GPU environment loads (a venv apart, ~4 GB)
@@ -9,7 +10,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup venv test demo bench gpu-check gpu-env-check clean
+.PHONY: setup venv test stress demo bench gpu-check gpu-env-check clean
 
 setup:
 	@GPU=$(GPU) scripts/setup.sh $(VENV)
@@ -18,6 +19,9 @@ venv: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+stress: setup
+	$(PY) tools/stress.py --runs 30
 
 demo: setup
 	$(PY) tools/demo.py
