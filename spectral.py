@@ -1,12 +1,14 @@
 """The project's one STFT/ISTFT, used everywhere: training inputs and targets, statistics,
 separation.
 
-Convention: periodic Hann window, `n_fft`-sample frames every `n_hop` samples, *centered* (the
-signal is reflect-padded by n_fft // 2 on both sides), no normalization — the conventions of
-`torch.stft` and of NNabla's `F.stft(..., window_type='hanning', center=True,
-pad_mode='reflect')`. Two backends: `stft`/`istft` (numpy/scipy FFT, wherever no gradient
-flows and the data is on the host) and `nnabla_stft`/`nnabla_spectrogram` (NNabla's F.stft, in
-training graphs on GPU contexts, where the audio goes to the device and the STFT runs there).
+Convention: periodic Hann window, `n_fft`-sample frames every `n_hop` samples, no
+normalization — the conventions of `torch.stft` and of NNabla's `F.stft(..., window_type=
+'hanning')`. Centered (the signal reflect-padded by n_fft // 2 on both sides, 1 + n // n_hop
+frames) or not (frames from the first sample, 1 + (n - n_fft) // n_hop of them), by the rule
+that `training_centered` writes once: separation and X-UMX's training centered, UMX's training
+not. Two backends: `stft`/`istft` (numpy/scipy FFT, wherever no gradient flows and the data is
+on the host) and `nnabla_stft`/`nnabla_spectrogram` (NNabla's F.stft, in training graphs on GPU
+contexts, where the audio goes to the device and the STFT runs there).
 """
 import functools
 
@@ -21,9 +23,21 @@ def hann_window(n_fft):
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
 
-def nb_stft_frames(nb_timesteps, n_hop):
-    """Number of frames of a centered STFT."""
-    return 1 + nb_timesteps // n_hop
+def training_centered(xumx):
+    """Whether a training graph's STFTs are centered: X-UMX's are (as Sony's X-UMX training
+    graph frames them); UMX's are not, nor are the statistics of its input standardization
+    (as open-unmix-pytorch's training, whose `make_filterbanks` defaults to center=False, and
+    Sony's UMX training graph frame them). Separation is always centered (as both references
+    separate), and so is the validation loss, computed by the separation's network."""
+    return bool(xumx)
+
+
+def nb_stft_frames(nb_timesteps, n_hop, n_fft=None, center=True):
+    """Number of frames of an STFT: 1 + n // n_hop centered, 1 + (n - n_fft) // n_hop not (0
+    when the signal is shorter than one window)."""
+    if center:
+        return 1 + nb_timesteps // n_hop
+    return max(0, 1 + (nb_timesteps - n_fft) // n_hop)
 
 
 def pad_for_stft(audio, n_fft):
@@ -50,11 +64,17 @@ def stft_frames(padded, start, stop, n_fft, n_hop):
                           workers=compute_threads()).astype(np.complex64, copy=False)
 
 
-def stft(audio, n_fft=4096, n_hop=1024):
-    """Centered STFT. audio [shape=(..., nb_timesteps)] → complex64 [shape=(..., nb_frames, nb_bins)]."""
+def stft(audio, n_fft=4096, n_hop=1024, center=True):
+    """STFT, centered unless `center` is False (see the module's doc).
+
+    audio [shape=(..., nb_timesteps)] → complex64 [shape=(..., nb_frames, nb_bins)]"""
     audio = np.asarray(audio, dtype=np.float32)
-    return stft_frames(pad_for_stft(audio, n_fft), 0, nb_stft_frames(audio.shape[-1], n_hop),
-                       n_fft, n_hop)
+    nb_frames = nb_stft_frames(audio.shape[-1], n_hop, n_fft, center)
+    if not center and nb_frames == 0:
+        raise UmxError("audio of %d samples is shorter than one STFT window (%d samples)"
+                       % (audio.shape[-1], n_fft))
+    return stft_frames(pad_for_stft(audio, n_fft) if center else audio, 0, nb_frames, n_fft,
+                       n_hop)
 
 
 class OverlapAdd:
@@ -189,16 +209,17 @@ class PaddedSignal:
         return np.asarray(self.signal[start:stop], np.float32)
 
 
-def nnabla_stft(x, n_fft=4096, n_hop=1024):
+def nnabla_stft(x, n_fft=4096, n_hop=1024, center=True):
     """The STFT with NNabla's F.stft (same convention as `stft`), for graphs on the device.
 
     x [shape=(rows, nb_timesteps)] Variable → (real, imag) [shape=(rows, nb_bins, nb_frames)]
     """
     import nnabla.functions as F
-    return F.stft(x, n_fft, n_hop, n_fft, window_type="hanning", center=True, pad_mode="reflect")
+    return F.stft(x, n_fft, n_hop, n_fft, window_type="hanning", center=center,
+                  pad_mode="reflect")
 
 
-def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False):
+def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False, center=True):
     """Magnitude spectrogram with NNabla's F.stft (same convention as `stft`).
 
     x [shape=(nb_samples, nb_channels, nb_timesteps)] Variable
@@ -206,7 +227,8 @@ def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False):
     """
     import nnabla.functions as F
     nb_samples, nb_channels, _ = x.shape
-    real, imag = nnabla_stft(F.reshape(x, (nb_samples * nb_channels, -1)), n_fft, n_hop)
+    real, imag = nnabla_stft(F.reshape(x, (nb_samples * nb_channels, -1)), n_fft, n_hop,
+                             center)
     return magnitude_layout(F.pow_scalar(real ** 2 + imag ** 2, 0.5), nb_samples, mono)
 
 

@@ -43,7 +43,7 @@ from runtime import (UmxError, keep_freed_memory, limit_blas_threads, progress_b
 from schedule import EarlyStopping, ReduceLROnPlateau
 from separator import estimate_spectrograms
 from spectral import (magnitude_layout, model_layout, nb_stft_frames, nnabla_spectrogram,
-                      nnabla_stft, pad_for_stft, stft)
+                      nnabla_stft, pad_for_stft, stft, training_centered)
 from standardization import compute_statistics
 from tracks import check_sources
 from vocabulary import XUMX_BRANCHES
@@ -99,7 +99,8 @@ def _host_inputs(cfg, batch_size, nb_timesteps, length):
     nb_frames)], the targets' magnitudes [shape=(J, ...)] and time signals [shape=(J, batch
     * 2, length)], the mixture's time signal [shape=(1, batch * 2, length)]. → (inputs, the
     same: what the model and loss read)."""
-    nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop)
+    nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop, cfg.n_fft,
+                               training_centered(cfg.xumx_branches))
     spec = (nb_frames, batch_size, cfg.nb_channels, cfg.nb_output_bins)
     if not cfg.xumx_branches:
         inputs = dict(mixture=nn.Variable(spec), target=nn.Variable(spec))
@@ -126,9 +127,11 @@ def _device_inputs(cfg, batch_size, nb_timesteps, length):
     # (J, B, 2, n) -> J x (B, 2, n)
     sources = list(F.split(targets, axis=0)) if nb_targets > 1 else \
         [F.reshape(targets, targets.shape[1:])]
-    magnitudes = [nnabla_spectrogram(s, cfg.n_fft, cfg.n_hop, mono) for s in sources]
+    center = training_centered(cfg.xumx_branches)
+    magnitudes = [nnabla_spectrogram(s, cfg.n_fft, cfg.n_hop, mono, center) for s in sources]
     if not cfg.xumx_branches:
-        return inputs, dict(mixture=nnabla_spectrogram(mixture, cfg.n_fft, cfg.n_hop, mono),
+        return inputs, dict(mixture=nnabla_spectrogram(mixture, cfg.n_fft, cfg.n_hop, mono,
+                                                       center),
                             target=magnitudes[0])
     rows = batch_size * 2
     real, imag = nnabla_stft(F.reshape(mixture, (rows, nb_timesteps)), cfg.n_fft, cfg.n_hop)
@@ -151,12 +154,13 @@ def feed_spectrograms(graph, cfg, mixtures, targets):
     """The host's inputs from audio batches: mixtures [shape=(batch, nb_timesteps, 2)], targets
     [shape=(batch, nb_timesteps, 2 * nb_targets)] (UMX: one target; X-UMX: Sony's order)."""
     inputs, mono = graph.inputs, cfg.nb_channels == 1
-    spec = stft(mixtures.transpose(0, 2, 1), cfg.n_fft, cfg.n_hop)  # (B, 2, T, bins)
+    center = training_centered(cfg.xumx_branches)
+    spec = stft(mixtures.transpose(0, 2, 1), cfg.n_fft, cfg.n_hop, center)  # (B, 2, T, bins)
     inputs["mixture"].d = model_layout(spec, mono)
     nb_targets = len(cfg.xumx_branches) or 1
     # (B, n, 2 * J) -> (J, B, 2, n)
     sources = targets.reshape(targets.shape[0], -1, nb_targets, 2).transpose(2, 0, 3, 1)
-    magnitudes = [model_layout(stft(s, cfg.n_fft, cfg.n_hop), mono) for s in sources]
+    magnitudes = [model_layout(stft(s, cfg.n_fft, cfg.n_hop, center), mono) for s in sources]
     if not cfg.xumx_branches:
         inputs["target"].d = magnitudes[0]
         return
@@ -295,6 +299,9 @@ def prepare_run(args, comm, log, progress):
     seq_samples = int(round(data.train.seq_dur * data.rate))
     if cfg.xumx_branches:
         xumx_signal_length(cfg, seq_samples)
+    elif seq_samples < cfg.n_fft:
+        raise UmxError("--seq-dur %g s is shorter than one STFT window (%d samples, --nfft)"
+                       % (data.train.seq_dur, cfg.n_fft))
     resume_from = resume_point(args.output, args.checkpoint, paths, cfg)
     set_context(args.context, args.device_id if comm is None else comm.local_rank,
                 verbose=is_main and not args.quiet)
@@ -312,7 +319,8 @@ def prepare_run(args, comm, log, progress):
     # ranks get rank 0's
     new_statistics = args.model is None or args.new_statistics
     mean, std = (None, None) if resume_from or not is_main or not new_statistics else \
-        compute_statistics(data.statistics_items(), cfg.n_fft, cfg.n_hop, progress)
+        compute_statistics(data.statistics_items(), cfg.n_fft, cfg.n_hop, progress,
+                           training_centered(cfg.xumx_branches))
     graph = build_training_graph(cfg, scope, args.batch_size, seq_samples, mean, std,
                                  mcoef=args.mcoef)
     if args.model is not None and not resume_from:

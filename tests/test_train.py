@@ -93,7 +93,7 @@ def test_training_writes_loadable_outputs(root, tmp_path):
                               os.path.join(root, "test", "Synth Test 00", "mixture.wav"),
                               "--model", out, "--targets", "bass", "--out-dir", str(tmp_path / "sep"))
     assert code == 0, err
-    assert sorted(os.listdir(str(tmp_path / "sep" / "mixture"))) == ["accompaniment.wav",
+    assert sorted(os.listdir(str(tmp_path / "sep" / "out" / "mixture"))) == ["accompaniment.wav",
                                                                       "bass.wav"]
 
 

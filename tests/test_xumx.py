@@ -302,7 +302,7 @@ def test_a_tiny_xumx_trains_separates_and_resumes(root, tmp_path):
                                    str(tmp_path / "sep"), "--context", "cpu")
     assert code == 0, err
     assert "model: X-UMX" in stdout
-    assert sorted(os.listdir(str(tmp_path / "sep" / "mixture"))) == \
+    assert sorted(os.listdir(str(tmp_path / "sep" / "x-umx" / "mixture"))) == \
         sorted(t + ".wav" for t in XUMX_BRANCHES)
     # 2 epochs, then 2 more in a second run: the same weights as 4 in one
     for epochs in ("2", "4"):
