@@ -336,3 +336,31 @@ def test_eval_separation_options_reach_the_estimates(setup, tmp_path):
         assert written.shape == mixture.shape
         # equal up to the rounding of the two resamplings (a dropped --alpha: 11 dB)
         assert snr(back, written) > 50, name
+
+
+# --------------------------------------------------------------------------------------
+# the schedule: --patience, --lr-decay-patience, --lr-decay-gamma
+# --------------------------------------------------------------------------------------
+
+def test_a_validation_loss_that_stops_improving_decays_the_lr_and_stops(tracks, tmp_path,
+                                                                       monkeypatch):
+    """train.py with a validation loss that never improves after epoch 1: the learning rate is
+    multiplied by --lr-decay-gamma after --lr-decay-patience epochs, and the run stops after
+    --patience epochs without improvement."""
+    from args import get_train_args
+    from conftest import import_script
+    train_module = import_script("train")
+    root, _ = tracks
+    monkeypatch.setattr(train_module, "validation_loss", lambda *a, **k: 1.0)
+    args = get_train_args(["--umx-train", "--root", root, "--is-wav", "--source", "vocals",
+                           "--seq-dur", "0.5", "--samples-per-track", "2", "--batch-size", "4",
+                           "--hidden-size", "8", "--nfft", "512", "--nhop", "256", "--context",
+                           "cpu", "--epochs", "10", "--lr", "0.01", "--lr-decay-patience", "1",
+                           "--lr-decay-gamma", "0.5", "--patience", "4", "--output",
+                           str(tmp_path / "out"), "-q"])
+    summary = train_module.run(args, None)
+    history = summary["history"]
+    # epoch 1 sets the best; 2 and 3 do not improve: the lr halves after the second bad epoch
+    # (patience 1), then a cooldown of 10 epochs; 4 bad epochs stop the run after epoch 5
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5] and summary["stopped_early"]
+    assert np.allclose([h["lr"] for h in history], [0.01, 0.01, 0.005, 0.005, 0.005])
