@@ -59,9 +59,16 @@ class SharedCacheLocator(caching.UserProvidedCacheLocator):
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        # numba's mixin: None where the folder cannot be written (numba then tries its others)
-        return caching._SourceFileBackedLocatorMixin.from_function.__func__(cls, py_func,
-                                                                           py_file)
+        """The locator, or None where its folder could not be written (numba then tries its
+        others). The folder itself is made when numba first saves into it (its save calls
+        `ensure_cache_path`): a process that compiles nothing leaves nothing behind."""
+        if not os.path.exists(py_file):
+            return None
+        self = cls(py_func, py_file)
+        existing = self._cache_path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        return self if os.access(existing, os.W_OK | os.X_OK) else None
 
 
 # numba's own locators after ours, as numba orders them

@@ -62,8 +62,8 @@ def test_each_kind_trains_and_separates(kind, roots, tmp_path):
                               "--out-dir", str(tmp_path / "sep"), "--context", "cpu")
     assert code == 0, err
     song_name = os.path.splitext(os.path.basename(song))[0]
-    assert sorted(os.listdir(str(tmp_path / "sep" / song_name))) == ["accompaniment.wav",
-                                                                     "vocals.wav"]
+    assert sorted(os.listdir(str(tmp_path / "sep" / "model" / song_name))) == [
+        "accompaniment.wav", "vocals.wav"]
 
 
 @pytest.mark.parametrize("kind", sorted(FLAGS))

@@ -116,7 +116,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_model(tmp_path_factory):
     """Two full-size targets (umxhq's shapes): the network runs long enough to be killed."""
-    folder = str(tmp_path_factory.mktemp("full"))
+    folder = str(tmp_path_factory.mktemp("full") / "full")
     make_random_weights(folder, targets=("vocals", "drums"))
     return folder
 
@@ -219,7 +219,8 @@ def test_staging_of_a_killed_run_is_removed_by_the_next(tmp_path, full_model, lo
     assert code == 0, err
     assert staging_left(out) == [live]
     os.close(lock)
-    assert sorted(os.listdir(os.path.join(out, "short"))) == ["accompaniment.wav", "vocals.wav"]
+    assert sorted(os.listdir(os.path.join(out, "full", "short"))) == ["accompaniment.wav",
+                                                                      "vocals.wav"]
 
 
 def _ahead_threads():
@@ -317,8 +318,9 @@ def test_outputs_never_replace_inputs_or_each_other(tmp_path):
         os.makedirs(str(tmp_path / sub))
         songs[sub] = str(tmp_path / sub / "song.wav")
         sf.write(songs[sub], music_like(0.5, 8000, seed=len(sub)), 8000)
-    os.makedirs(str(tmp_path / "a" / "vocals"))
-    vocals = str(tmp_path / "a" / "vocals" / "vocals.wav")  # where its own stem would go
+    os.makedirs(str(tmp_path / "a" / "model" / "vocals"))
+    # where its own stem would go: <out-dir>/<model>/<song>/<target>.wav
+    vocals = str(tmp_path / "a" / "model" / "vocals" / "vocals.wav")
     sf.write(vocals, music_like(0.5, 8000), 8000)
     other = str(tmp_path / "b" / "song.flac")
     sf.write(other, music_like(0.5, 8000), 8000)

@@ -271,7 +271,7 @@ def check_separation(context, quick, tmp):
                             "--niter", "0", "--context", ctx], memory_gpu=ctx != "cpu", env=env)
             if measured is None:
                 return False
-            outs.append(os.path.join(out, "song%d" % seconds))
+            outs.append(os.path.join(out, "model", "song%d" % seconds))  # OUT/<model>/<song>
             if len(outs) == 1:
                 elapsed, gpu_mb, host_mb = measured
                 print("   %d s of music: %.1f s (real-time factor %.3f), peak GPU memory %s, "
