@@ -341,3 +341,29 @@ def test_blas_threads_set_by_the_project_are_not_taken_for_the_users(monkeypatch
             assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
         finally:
             runtime._THREADS.clear()
+
+
+@pytest.mark.parametrize("options", [dict(niter=2), dict(softmask=True, alpha=2.0, niter=0),
+                                     dict(softmask=True, alpha=2.0, niter=1,
+                                          residual_model=True),
+                                     dict(niter=1, residual_model=True)])
+def test_separate_applies_its_options_as_norbert_does(small_model, options):
+    """separate() with the Wiener filter's options equals norbert's filter (and its residual
+    model) applied to the network's estimates as open-unmix-pytorch applies it: an option
+    that separate() handed on wrongly (say --alpha to the residual model) fails here."""
+    cfg, cfgs, audio, padded, nb_frames = _mixture_and_models(small_model)
+    targets = ["vocals", "drums"]
+    ours, _ = separate(audio, cfg.sample_rate, cfgs, targets, progress=False, **options)
+    v = estimates(padded, nb_frames, cfgs, targets, progress=False)  # (frames, bins, C, J)
+    x = stft(audio.T, cfg.n_fft, cfg.n_hop).transpose(1, 2, 0)  # (frames, bins, C)
+    softmask, alpha = options.get("softmask", False), options.get("alpha", 1.0)
+    vv = v ** alpha if softmask else v
+    if options.get("residual_model"):
+        vv = norbert.residual_model(vv, x, alpha if softmask else 1.0)
+    ref = norbert.wiener(vv.astype(np.float64), x.astype(np.complex128), options["niter"],
+                         use_softmask=softmask, eps=WIENER_EPS)
+    ref_audio = istft(ref.transpose(3, 2, 0, 1), audio.shape[0], cfg.n_fft, cfg.n_hop)
+    names = targets + (["residual"] if options.get("residual_model") else [])
+    assert list(ours) == names
+    for j, name in enumerate(names):
+        assert snr(ref_audio[j].T, ours[name]) > 60, name
