@@ -210,9 +210,11 @@ def trainable(names):
     return {n for n in names if not n.endswith(("/mean", "/var"))}
 
 
-def assert_trained(start, out, scope, steps):
-    """Every trainable parameter of the checkpoint differs from `start`, and the solver state
-    holds exactly those, each after `steps` updates with non-zero moments."""
+def assert_trained(start, out, scope, steps, lr=0.001):
+    """Every trainable parameter of the checkpoint differs from `start`, yet lies within what
+    `steps` Adam updates of rate `lr` can move it (each at most (1 - beta1) / sqrt(1 - beta2)
+    = 3.16 lr: a run that ignored `start` lies further away); the solver state holds exactly
+    those parameters, each after `steps` updates with non-zero moments."""
     params, states = checkpoint(out, scope)
     assert set(params) == set(start)
     names = trainable(params)
@@ -220,6 +222,10 @@ def assert_trained(start, out, scope, steps):
     assert set(states) == names
     unmoved = [n for n in names if np.array_equal(params[n], start[n])]
     assert not unmoved, unmoved
+    reach = 3.2 * lr * steps
+    too_far = {n: float(np.abs(params[n] - start[n]).max()) for n in names
+               if np.abs(params[n] - start[n]).max() > reach}
+    assert not too_far, (reach, too_far)
     for name in names:
         assert int(states[name]["t"]) == steps, (name, states[name]["t"])
         assert np.any(states[name]["mean"] != 0) and np.any(states[name]["var"] > 0), name
