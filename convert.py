@@ -9,34 +9,13 @@ asteroid X-UMX model package. OUT gets `<target>.h5` (official NNabla layout) or
 and `eval.py --model OUT` load unchanged. No code in a checkpoint ever runs (`pth.py`); the
 mapping is `conversion.py`.
 """
-import os
-
-from args import get_convert_args
-from runtime import run_cli, say, set_quiet
-
-
-def run(args):
-    set_quiet(args.quiet)
-    from conversion import convert_checkpoints, find_checkpoints, write_converted
-    from files import output_folder, refuse_overlaps
-    converted = convert_checkpoints(args.from_pytorch, args.targets)
-    checkpoints = find_checkpoints(args.from_pytorch)
-    refuse_overlaps([(path, "the checkpoint file") for pair in checkpoints.values()
-                     for path in pair if path],
-                    [(os.path.join(args.out, name + ext), "--out") for name in converted
-                     for ext in (".h5", ".json")])
-    with output_folder(args.out, "--out"):
-        write_converted(converted, args.out)
-    for name, (_, cfg, _) in converted.items():
-        say("%s: %shidden %d, %d channels, max_bin %d, %s -> %s"
-              % (name, "X-UMX branches %s, " % ", ".join(cfg.xumx_branches)
-                 if cfg.xumx_branches else "", cfg.hidden_size, cfg.nb_channels, cfg.max_bin,
-                 "unidirectional" if cfg.unidirectional else "bidirectional",
-                 os.path.join(args.out, name + ".h5")))
+from unmix_nnabla.cli.args import get_convert_args  # first: it quiets NNabla's import-time log line
+from unmix_nnabla.cli.commands import convert
+from unmix_nnabla.base.runtime import run_cli
 
 
 def main(argv=None):
-    run_cli(run, get_convert_args(argv))
+    run_cli(convert, get_convert_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,93 +11,13 @@ integers, with a clip policy that never clips silently. The model is a published
 Every output path is checked before any work: no stem may replace an input, and no two songs
 may write the same folder.
 """
-import os
-
-from args import SAMPLE_FORMATS, get_inference_args
-from audio import StemFormat, decode_audio, write_stream
-from context import set_context
-from files import output_folder, read_json, refuse_overlaps, write_json_atomic
-from hub import model_label, resolve_model
-from runtime import UmxError, run_cli, say, set_quiet, warn
-from weights import describe, load_weights, model_files
-
-MODEL_RECORD = "MODEL.json"
-
-
-def stem_folders(inputs, out_dir):
-    """{input: the folder of its stems}: OUT/<name of the input file>."""
-    return {path: os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
-            for path in inputs}
-
-
-def model_record(model_dir, model, weights):
-    """What `model_dir` records of the model whose stems it holds: {'model': --model,
-    'files': {file: SHA-256}}; one of another model's files is refused."""
-    record = {"model": model, "files": model_files(weights)}
-    path = os.path.join(model_dir, MODEL_RECORD)
-    if os.path.isfile(path):
-        held = read_json(path, "model record")
-        if not isinstance(held, dict) or held.get("files") != record["files"]:
-            raise UmxError("%s holds the stems of another model named %s (%s): choose another "
-                           "--out-dir" % (model_dir, os.path.basename(model_dir),
-                                          held.get("model") if isinstance(held, dict) else "?"))
-    return record
-
-
-def run(args):
-    from separator import load_compiled_loops, stem_names
-    set_quiet(args.quiet)
-    weights = resolve_model(args.model)  # a name fetched, before any compilation
-    set_context(args.context, verbose=not args.quiet)
-    load_compiled_loops(background=True)  # while the model loads
-    cfgs = load_weights(weights, args.targets)
-    targets = args.targets or list(cfgs)
-    say("model: %s" % describe(cfgs))
-    model_dir = os.path.join(args.out_dir, model_label(args.model))
-    record = model_record(model_dir, args.model, weights)
-    folders = stem_folders(args.inputs, model_dir)
-    names = stem_names(targets, args.residual_model)
-    refuse_overlaps([(path, "the input") for path in args.inputs],
-                    [(os.path.join(folder, "%s.%s" % (name, args.ext)), "the input %s" % path)
-                     for path, folder in folders.items() for name in names])
-    with output_folder(args.out_dir, "--out-dir"):
-        separate_files(args, cfgs, targets, folders, lambda: write_json_atomic(
-            os.path.join(model_dir, MODEL_RECORD), record))
-
-
-def separate_files(args, cfgs, targets, folders, published=lambda: None):
-    """Separate each input into its folder; published() after each song's stems are."""
-    from inference import network_for
-    from separator import WINDOW_FRAMES, separate_stream
-    cfg = cfgs[targets[0]]
-    network = network_for(cfgs, targets, release=True)  # once for all inputs
-    window = WINDOW_FRAMES
-    if args.chunk_dur:
-        window = max(1, int(round(args.chunk_dur * cfg.sample_rate / cfg.n_hop)))
-    fmt = StemFormat(args.ext, SAMPLE_FORMATS.get(args.sample_format), args.clip_mode,
-                     args.mp3_bitrate)
-    for path, folder in folders.items():
-        # decoded (and resampled) into a temporary file: the track is never held in memory
-        with decode_audio(path, args.start, args.duration, rate=cfg.sample_rate,
-                          stereo=True) as audio:
-            if audio.peak == 0.0:
-                warn("%s is silent: its stems will be silent" % path)
-            options = dict(niter=args.niter, softmask=args.softmask, alpha=args.alpha,
-                           residual_model=args.residual_model, window=window, network=network,
-                           processes=args.jobs)
-            # stems written as they are computed: memory does not grow with the length
-            stems, model_rate, blocks = separate_stream(audio, cfg.sample_rate, cfgs, targets,
-                                                        **options)
-            clipping = write_stream(stems, model_rate, blocks, folder, fmt,
-                                    out_rate=args.sample_rate, staging_root=args.out_dir)
-        published()
-        say("%s -> %s (%s)" % (path, folder, ", ".join("%s.%s" % (s, args.ext) for s in stems)))
-        if clipping:
-            warn("%s: %s" % (path, clipping))
+from unmix_nnabla.cli.args import get_inference_args  # first: it quiets NNabla's import-time log line
+from unmix_nnabla.base.runtime import run_cli
+from unmix_nnabla.separation.songs import separate_songs
 
 
 def main(argv=None):
-    run_cli(run, get_inference_args(argv))
+    run_cli(separate_songs, get_inference_args(argv))
 
 
 if __name__ == "__main__":

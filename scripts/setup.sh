@@ -5,7 +5,9 @@
 #   2. a venv (argument 1, default .venv) from Python 3.10 (nnabla 1.39.0, NNabla's last
 #      release, has no wheel for newer Pythons) with the pinned requirements, and with GPU=1
 #      requirements-gpu.txt too (re-installed when the requirement files change);
-#   3. mpi4py, built against the system's Open MPI, whenever it is missing from the venv (so a
+#   3. the package (unmix_nnabla) into the venv, editable, unless the venv already imports it
+#      from this checkout;
+#   4. mpi4py, built against the system's Open MPI, whenever it is missing from the venv (so a
 #      venv made before Open MPI was installed gains it on the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,12 @@ if [ ! -f "$stamp" ]; then
   done
   rm -f "$VENV"/.installed-*
   touch "$stamp"
+fi
+# the package itself, editable: the checkout's code is what every script and test imports
+here=$(pwd)
+if [ "$(cd / && "$PY" -c "import unmix_nnabla, os; print(os.path.dirname(os.path.dirname(unmix_nnabla.__file__)))" 2>/dev/null)" != "$here" ]; then
+  echo "installing the package unmix_nnabla into $VENV (editable)"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps -e .
 fi
 if ! "$PY" -c "import mpi4py" >/dev/null 2>&1; then
   echo "installing mpi4py (built against $(command -v mpicc))"

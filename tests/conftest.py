@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def import_script(name):
@@ -52,8 +50,8 @@ def cpu_and_clean_parameters():
 
 def make_random_weights(folder, targets=("vocals", "drums", "bass", "other"), seed=0, **cfg_kw):
     """Write random `<target>.h5` files in the official layout; return the config."""
-    from layout import UmxConfig
-    from tools.random_weights import write_random_weights
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.models.random_weights import write_random_weights
     cfg = UmxConfig(**cfg_kw)
     write_random_weights(folder, cfg, targets, seed)
     return cfg
@@ -155,8 +153,8 @@ def server():
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     """An 'umxhq.zip' in the official layout (small random weights) and an 'x-umx.h5'."""
-    from layout import UmxConfig
-    from tools.random_weights import write_random_xumx
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.models.random_weights import write_random_xumx
     tmp = tmp_path_factory.mktemp("published")
     folder = str(tmp / "umxhq")
     make_random_weights(folder, **SMALL)

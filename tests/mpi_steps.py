@@ -6,10 +6,8 @@ OUT/rank<r>.npz.
 """
 import argparse
 import os
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def main():
@@ -24,12 +22,12 @@ def main():
     import numpy as np
     import nnabla as nn
     import nnabla.solvers as S
-    from comm import get_communicator
-    from datasets import MusdbSamples, epoch_batches
-    from tracks import load_tracks
-    from layout import UmxConfig
+    from unmix_nnabla.training.comm import get_communicator
+    from unmix_nnabla.data.datasets import MusdbSamples, epoch_batches
+    from unmix_nnabla.data.tracks import load_tracks
+    from unmix_nnabla.networks.layout import UmxConfig
     from train import build_training_graph, dropout_rngs, train_step
-    from context import set_context
+    from unmix_nnabla.base.context import set_context
 
     comm = get_communicator("cpu")
     rank, size = (comm.rank, comm.size) if comm else (0, 1)
@@ -39,8 +37,8 @@ def main():
     tracks = load_tracks(args.root, True, "train", log=lambda *a: None)
     dataset = MusdbSamples(tracks, "vocals", seq_dur=0.25, samples_per_track=8, seed=1)
     if args.freeze_bn:  # normalize with the running statistics: samples do not interact
-        import model
-        import ops
+        from unmix_nnabla.networks import model
+        from unmix_nnabla.networks import ops
         model.batch_norm = lambda *a, batch_stat, **k: ops.batch_norm(*a, batch_stat=False, **k)
     graph = build_training_graph(cfg, "vocals", args.batch, 11025)
     solver = S.Adam(alpha=0.01)

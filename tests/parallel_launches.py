@@ -5,14 +5,12 @@ subprocess: numba's abort would otherwise end the test session).
 
 prints "ok"; with --bypass-lock (the compiled loops called without `kernels.parallel_loop`'s
 lock) numba's workqueue layer aborts the process: the check can fail."""
-import os
 import sys
 import threading
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import kernels  # noqa: E402
+from unmix_nnabla.base import kernels
 
 
 def main(bypass, threads=4, launches=200):

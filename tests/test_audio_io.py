@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 
 from conftest import music_like
-from audio import AudioFile, StreamResampler, decode_audio, prepare_audio, write_stream
-from runtime import UmxError
-from spectral import PaddedSignal, pad_for_stft
+from unmix_nnabla.audio.io import AudioFile, StreamResampler, decode_audio, prepare_audio, write_stream
+from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.audio.spectral import PaddedSignal, pad_for_stft
 
 
 def resample_in_blocks(signal, rate_in, rate_out, sizes):
@@ -94,9 +94,9 @@ def test_padded_signal_equals_pad_for_stft(from_file, tmp_path):
 
 
 def test_separating_a_decoded_file_equals_separating_the_array(small_model, tmp_path):
-    from separator import separate
-    from vocabulary import SOURCES
-    from hub import load_models
+    from unmix_nnabla.separation.separator import separate
+    from unmix_nnabla.base.vocabulary import SOURCES
+    from unmix_nnabla.models.hub import load_models
     folder, cfg = small_model
     cfgs = load_models(folder, list(SOURCES))
     signal = music_like(4.0, cfg.sample_rate)

@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, run_script, SMALL, import_script, make_random_weights, music_like
-from vocabulary import SOURCES
-from hub import load_models
-from runtime import UmxError
+from unmix_nnabla.base.vocabulary import SOURCES
+from unmix_nnabla.models.hub import load_models
+from unmix_nnabla.base.runtime import UmxError
 
 
 def run_cli(*argv):
@@ -155,7 +155,7 @@ def test_load_models_errors_name_the_problem(tmp_path, small_model):
 def test_demucs_format_flags_and_no_abbreviated_flags(tmp_path, capsys):
     """demucs' --flac and --mp3 choose the format; a prefix of a flag (umx's --residual NAME,
     --mp3 before it existed) is never taken for another flag."""
-    from args import get_inference_args, get_train_args
+    from unmix_nnabla.cli.args import get_inference_args, get_train_args
     song = tmp_path / "song.wav"
     sf.write(str(song), music_like(0.5, 8000), 8000)
     assert get_inference_args([str(song), "--flac"]).ext == "flac"

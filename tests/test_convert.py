@@ -13,14 +13,14 @@ import numpy as np
 import nnabla as nn
 import pytest
 
-import conversion
+from unmix_nnabla.models import conversion
 from conftest import ROOT, convert_fixture, fixture_reference, snr
-from pth import read_checkpoint
-from model import OpenUnmix
-from separator import separate
-from hub import load_models
-from runtime import UmxError
-from spectral import stft
+from unmix_nnabla.models.pth import read_checkpoint
+from unmix_nnabla.networks.model import OpenUnmix
+from unmix_nnabla.separation.separator import separate
+from unmix_nnabla.models.hub import load_models
+from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.audio.spectral import stft
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
 
@@ -40,10 +40,10 @@ def converted(tmp_path):
 
 
 def test_both_serializations_read_without_torch():
-    code = ("import sys; sys.path.insert(0, %r); import pth; "
+    code = ("import sys; from unmix_nnabla.models import pth; "
             "z = pth.read_checkpoint(%r)[0]; l = pth.read_checkpoint(%r)[0]; "
             "assert 'torch' not in sys.modules; print(len(z), len(l))"
-            % (ROOT, os.path.join(FIXTURE, "vocals.pth"), os.path.join(FIXTURE, "drums-5e3d0a1b.pth")))
+            % (os.path.join(FIXTURE, "vocals.pth"), os.path.join(FIXTURE, "drums-5e3d0a1b.pth")))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     zipped = read_pth(os.path.join(FIXTURE, "vocals.pth"))

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from args import get_train_args
-from vocabulary import SOURCES
-from args import data_config
-from datasets import MusdbSamples, augment, epoch_batches, load_dataset
-from tracks import load_tracks
-from runtime import UmxError
-from synth import generate_dataset
+from unmix_nnabla.cli.args import get_train_args
+from unmix_nnabla.base.vocabulary import SOURCES
+from unmix_nnabla.data.datasets import data_config
+from unmix_nnabla.data.datasets import MusdbSamples, augment, epoch_batches, load_dataset
+from unmix_nnabla.data.tracks import load_tracks
+from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.data.synth import generate_dataset
 
 
 @pytest.fixture(scope="session")

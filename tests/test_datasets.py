@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from args import data_config, get_train_args
+from unmix_nnabla.cli.args import get_train_args
+from unmix_nnabla.data.datasets import data_config
 from conftest import run_script
-from datasets import KINDS, epoch_batches, load_dataset
+from unmix_nnabla.data.datasets import KINDS, epoch_batches, load_dataset
 
 TINY = ["--umx-train", "--batch-size", "2", "--hidden-size", "8", "--nfft", "512", "--nhop", "256",
         "--seq-dur", "0.5", "--context", "cpu", "--epochs", "1"]
@@ -237,5 +238,5 @@ def test_decode_stems_resumes(tmp_path, stem_clip):
     assert sorted(os.listdir(os.path.join(dst, "train", "B - Two"))) == \
         sorted(n + ".wav" for n in ["mixture", "drums", "bass", "other", "vocals"])
     # and trains as a WAV MUSDB18 root
-    from tracks import load_tracks
+    from unmix_nnabla.data.tracks import load_tracks
     assert [t.name for t in load_tracks(dst, True, "train")] == ["A - One", "B - Two"]

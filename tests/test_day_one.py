@@ -13,11 +13,11 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, SMALL, make_random_weights, music_like, run_script
-from runtime import UmxError
+from unmix_nnabla.base.runtime import UmxError
 
 
 def test_a_model_by_name_is_downloaded_once_verified_and_cached(hub_env):
-    import hub
+    from unmix_nnabla.models import hub
     url, files, modes, cache = hub_env
     path = hub.model_path("umxhq", progress=False, log=lambda *a: None)
     assert path == os.path.join(cache, "umxhq")
@@ -46,7 +46,7 @@ def test_a_model_by_name_is_downloaded_once_verified_and_cached(hub_env):
     ("wrong", "is not the published model"),
 ])
 def test_a_bad_download_is_never_used_and_fetched_again(hub_env, mode, message):
-    import hub
+    from unmix_nnabla.models import hub
     url, files, modes, cache = hub_env
     key = "open-unmix-nnabla/umxhq.zip"
     good = files[key]
@@ -64,7 +64,7 @@ def test_a_bad_download_is_never_used_and_fetched_again(hub_env, mode, message):
 
 
 def test_redirects_hand_placed_files_and_offline(hub_env):
-    import hub
+    from unmix_nnabla.models import hub
     url, files, modes, cache = hub_env
     modes["ai-research-code/x-umx/x-umx.h5"] = "redirect"
     path = hub.model_path("x-umx", progress=False, log=lambda *a: None)
@@ -86,7 +86,7 @@ def test_pytorch_models_are_converted_on_first_use(hub_env, monkeypatch):
     """umxl and umxse come as open-unmix-pytorch .pth files: checked against the hash in
     their names, converted once (here: the fixture's model under a test entry)."""
     import hashlib
-    import hub
+    from unmix_nnabla.models import hub
     url, files, modes, cache = hub_env
     fixture = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
     data = open(os.path.join(fixture, "vocals.pth"), "rb").read()
@@ -102,7 +102,7 @@ def test_pytorch_models_are_converted_on_first_use(hub_env, monkeypatch):
     assert sorted(os.listdir(path)) == ["MANIFEST.json", "SOURCE.json", "vocals.h5",
                                         "vocals.json"]
     assert "licence notice" in lines
-    from hub import load_models
+    from unmix_nnabla.models.hub import load_models
     assert load_models(path, load=False)["vocals"].n_hop == 128
     wrong = hub.Published((("zenodo", "vocals-%s.pth" % prefix, "00000000"),), "pth")
     monkeypatch.setitem(hub.MODELS, "wrong", wrong)
@@ -220,7 +220,7 @@ def test_the_default_targets_are_the_models(tmp_path):
 
 
 def test_training_speaks_plainly_into_a_log_and_ends_with_the_best_epoch(tmp_path):
-    from synth import generate_dataset
+    from unmix_nnabla.data.synth import generate_dataset
     root = generate_dataset(str(tmp_path / "data"), 3, 1, 1.5, progress=False)
     out = str(tmp_path / "out")
     argv = ["--umx-train", "--root", root, "--is-wav", "--target", "drums", "--output", out,
@@ -248,14 +248,13 @@ def test_training_speaks_plainly_into_a_log_and_ends_with_the_best_epoch(tmp_pat
     assert not os.path.exists(str(tmp_path / "t3"))
     # the run starts from the model's parameters, exactly
     import nnabla as nn
-    from conftest import import_script
-    from hub import load_models
-    from weights import read_parameter_file
-    train_module = import_script("train")
+    from unmix_nnabla.models.hub import load_models
+    from unmix_nnabla.models.weights import read_parameter_file
+    from unmix_nnabla.training import graph as train_graph, run as train_run
     cfg = load_models(out, ["drums"], load=False)["drums"]
     nn.clear_parameters()
-    train_module.build_training_graph(cfg, "drums", 2, 11025)
-    train_module.start_from_model(out, cfg, "drums")
+    train_graph.build_training_graph(cfg, "drums", 2, 11025)
+    train_run.start_from_model(out, cfg, "drums")
     stored = read_parameter_file(os.path.join(out, "drums.h5"))
     with nn.parameter_scope("drums"):
         params = nn.get_parameters(grad_only=False)
@@ -264,7 +263,7 @@ def test_training_speaks_plainly_into_a_log_and_ends_with_the_best_epoch(tmp_pat
 
 
 def test_eval_estimates_take_only_the_targets_and_flags_that_apply(tmp_path):
-    from synth import generate_dataset
+    from unmix_nnabla.data.synth import generate_dataset
     root = generate_dataset(str(tmp_path / "data"), 1, 1, 2.0, progress=False)
     out = str(tmp_path / "out")
     code, stdout, err = run_script("eval", "--estimates", root, "--root", root, "--is-wav",
@@ -299,7 +298,6 @@ def test_the_readme_python_blocks_run_in_a_fresh_interpreter(tmp_path):
     sf.write(str(tmp_path / "song.wav"), music_like(2.0, 8000), 8000)
     sf.write(str(tmp_path / "song.mp3.wav"), music_like(2.0, 8000), 8000)
     for block in runnable:
-        code = "import sys; sys.path.insert(0, %r)\n" % ROOT + block
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
                               cwd=str(tmp_path))
         assert proc.returncode == 0, block + proc.stderr

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from vocabulary import SOURCES
-from synth import generate_dataset
+from unmix_nnabla.base.vocabulary import SOURCES
+from unmix_nnabla.data.synth import generate_dataset
 
-import scoring
-
-
+from unmix_nnabla.scoring import scores as scoring
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return generate_dataset(str(tmp_path_factory.mktemp("synth")), nb_train=1, nb_test=2,

@@ -18,7 +18,7 @@ def test_gpu_check_runs_every_step_on_the_cpu():
 
 
 def test_without_a_gpu_it_says_why_and_succeeds():
-    from context import gpu_status
+    from unmix_nnabla.base.context import gpu_status
     usable, why = gpu_status()
     if usable:
         pytest.skip("a GPU is here: `make gpu-check` checks it")

@@ -10,12 +10,12 @@ import numpy as np
 import nnabla as nn
 import pytest
 
-from conftest import ROOT, SMALL, import_script, make_random_weights, music_like, snr
-from layout import UmxConfig
-from runtime import UmxError
-from vocabulary import XUMX_BRANCHES
+from conftest import ROOT, SMALL, make_random_weights, music_like, snr
+from unmix_nnabla.networks.layout import UmxConfig
+from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
 
-train_module = import_script("train")
+from unmix_nnabla.training import graph as train_graph, step as training_step
 TINY = dict(hidden_size=8, max_bin=40, nb_output_bins=129, n_fft=256, n_hop=128, nb_layers=2)
 
 
@@ -28,9 +28,9 @@ def _step(cfg, scope, mixtures, targets, monkeypatch, ops=None, lstm=None):
             monkeypatch.delenv(name, raising=False)
     nn.clear_parameters()
     nn.random.seed(0)
-    graph = train_module.build_training_graph(cfg, scope, mixtures.shape[0], mixtures.shape[1],
+    graph = train_graph.build_training_graph(cfg, scope, mixtures.shape[0], mixtures.shape[1],
                                               mcoef=1.0, dropout=0.0)
-    return train_module.step_gradients(graph, cfg, mixtures, targets)
+    return training_step.step_gradients(graph, cfg, mixtures, targets)
 
 
 def _batch(xumx, samples=2048):
@@ -54,7 +54,7 @@ def _assert_same(a, b):
 def test_fused_lstm_graph_equals_unrolled(xumx, monkeypatch):
     """Loss and gradients of the training graph with the fused and the unrolled LSTM
     (dropout off: F.lstm's on GPUs draws its own masks), and outputs in test mode."""
-    import model
+    from unmix_nnabla.networks import model
     cfg = UmxConfig(**dict(TINY, xumx_branches=XUMX_BRANCHES if xumx else ()))
     scope = "x-umx" if xumx else "vocals"
     mixtures, targets = _batch(xumx)
@@ -87,7 +87,7 @@ def test_the_device_training_step_equals_the_cpu_step(xumx, monkeypatch):
     # the device's graph takes the audio itself: nothing but two audio inputs
     monkeypatch.setenv("UMX_OPS", "nnabla")
     nn.clear_parameters()
-    graph = train_module.build_training_graph(cfg, scope, 2, 2048)
+    graph = train_graph.build_training_graph(cfg, scope, 2, 2048)
     assert sorted(graph.inputs) == ["mixture_audio", "targets_audio"]
 
 
@@ -99,21 +99,21 @@ def test_a_few_device_steps_lower_the_loss(xumx, monkeypatch):
     scope = "x-umx" if xumx else "vocals"
     mixtures, targets = _batch(xumx)
     nn.random.seed(0)
-    graph = train_module.build_training_graph(cfg, scope, 2, 2048, mcoef=1.0)
+    graph = train_graph.build_training_graph(cfg, scope, 2, 2048, mcoef=1.0)
     solver = S.Adam(alpha=0.01)
     with nn.parameter_scope(scope):
         solver.set_parameters(nn.get_parameters())
-    losses = [train_module.train_step(graph, solver, mixtures, targets, cfg, 0.0,
-                                      train_module.dropout_rngs(0, k, range(2)))
+    losses = [training_step.train_step(graph, solver, mixtures, targets, cfg, 0.0,
+                                      training_step.dropout_rngs(0, k, range(2)))
               for k in range(8)]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
 @pytest.mark.parametrize("xumx", [False, True])
 def test_the_device_separation_equals_the_cpu_separation(xumx, tmp_path, monkeypatch):
-    from separator import separate
-    from tools.random_weights import write_random_xumx
-    from hub import load_models
+    from unmix_nnabla.separation.separator import separate
+    from unmix_nnabla.models.random_weights import write_random_xumx
+    from unmix_nnabla.models.hub import load_models
     if xumx:
         model = str(tmp_path / "x-umx.h5")
         write_random_xumx(model, UmxConfig(**SMALL))
@@ -133,7 +133,7 @@ def test_the_device_separation_equals_the_cpu_separation(xumx, tmp_path, monkeyp
 
 
 def test_umx_ops_takes_only_known_values(monkeypatch):
-    from ops import numpy_kernels
+    from unmix_nnabla.networks.ops import numpy_kernels
     monkeypatch.setenv("UMX_OPS", "cuda")
     with pytest.raises(ValueError, match="UMX_OPS must be"):
         numpy_kernels()
@@ -147,7 +147,7 @@ def test_umx_ops_takes_only_known_values(monkeypatch):
 def pretend_installed(monkeypatch):
     """The CUDA extension 'installed' (its module found) for context.gpu_status."""
     import importlib.util
-    import context
+    from unmix_nnabla.base import context
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name.startswith("nnabla_ext") else real(name, *a))
@@ -181,11 +181,11 @@ def test_gpu_status_names_the_cause(pretend_installed, monkeypatch):
 def test_an_explicit_gpu_context_is_refused_and_the_default_says_why(tmp_path):
     """Here NNabla's CUDA extension is not installed: --context cudnn stops with the reason;
     without --context, the CPU is used, and a line says why."""
-    from context import gpu_status
+    from unmix_nnabla.base.context import gpu_status
     usable, why = gpu_status()
     if usable:
         pytest.skip("a GPU is usable here")
-    from synth import generate_dataset
+    from unmix_nnabla.data.synth import generate_dataset
     from conftest import run_script
     root = generate_dataset(str(tmp_path / "data"), 2, 1, 1.5, progress=False)
     argv = ["--umx-train", "--root", root, "--is-wav", "--source", "bass", "--batch-size", "2",
@@ -237,7 +237,7 @@ class _FakeCommunicator:
 
 def test_the_nccl_communicator_checks_before_it_starts(monkeypatch):
     import functools
-    from comm import NcclCommunicator
+    from unmix_nnabla.training.comm import NcclCommunicator
     from types import SimpleNamespace
     ok = (lambda: (True, "1 GPU"))
     NcclCommunicator = functools.partial(  # noqa: N806 (the class, with NNabla's context made here)

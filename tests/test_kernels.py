@@ -17,14 +17,15 @@ def test_threads_launching_parallel_loops_at_once_never_abort():
 def test_the_warm_up_beside_the_work_takes_turns():
     """A process's first separation races the compiled loops' warm-up thread (test.py's
     `load_compiled_loops(background=True)`): each launch waits for the other."""
-    code = ("import sys; sys.path.insert(0, %r)\n"
-            "import numpy as np, kernels, separator\n"
+    code = ("import numpy as np\n"
+            "from unmix_nnabla.base import kernels\n"
+            "from unmix_nnabla.separation import separator\n"
             "separator.load_compiled_loops(background=True)\n"
             "for _ in range(300):\n"
             "    kernels.lstm_forward(np.ones((8, 2, 2, 16), np.float32),\n"
             "                         np.ones((2, 16, 4), np.float32), (False, True))\n"
             "separator.load_compiled_loops()\n"
-            "print('ok')\n" % ROOT)
+            "print('ok')\n")
     for _ in range(5):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]

@@ -3,9 +3,9 @@ import nnabla as nn
 import nnabla.functions as F
 import pytest
 
-from inference import InferenceNetwork, scope_parameters
-from layout import UmxConfig, bandwidth_to_max_bin, config_from_shapes, parameter_shapes
-from model import OpenUnmix, unrolled_lstm
+from unmix_nnabla.networks.inference import InferenceNetwork, scope_parameters
+from unmix_nnabla.networks.layout import UmxConfig, bandwidth_to_max_bin, config_from_shapes, parameter_shapes
+from unmix_nnabla.networks.model import OpenUnmix, unrolled_lstm
 
 
 def V(a, need_grad=False):

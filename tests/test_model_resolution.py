@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from conftest import SMALL, make_random_weights, music_like, run_script
-from runtime import UmxError
+from unmix_nnabla.base.runtime import UmxError
 
 
 def names_env(hub_env):
@@ -30,9 +30,9 @@ def read_stems(folder):
 
 
 def test_a_published_name_resolves_the_same_in_test_eval_and_the_api(hub_env, tmp_path, song):
-    from hub import load_models, resolve_model
-    from separator import separate
-    from synth import generate_dataset
+    from unmix_nnabla.models.hub import load_models, resolve_model
+    from unmix_nnabla.separation.separator import separate
+    from unmix_nnabla.data.synth import generate_dataset
     path = resolve_model("umxhq", progress=False, log=lambda *a: None)
     assert path == os.path.join(hub_env[3], "umxhq")
     # the API takes the name where it takes loaded models
@@ -118,7 +118,7 @@ def test_the_readme_separation_commands_in_order_never_mix_models(hub_env, tmp_p
 
 
 def test_the_api_refuses_a_channels_first_array(small_model):
-    from separator import separate
+    from unmix_nnabla.separation.separator import separate
     folder, _ = small_model
     audio = music_like(1.0, 8000)
     with pytest.raises(UmxError, match=r"audio of shape \(2, 8000\): expected \[shape="
@@ -130,8 +130,7 @@ def test_the_api_refuses_a_channels_first_array(small_model):
 
 
 def test_a_full_disk_under_the_cache_names_the_folder_and_the_remedy(hub_env, monkeypatch):
-    import hub
-
+    from unmix_nnabla.models import hub
     class FullDisk:
         def __init__(self, *args):
             pass
@@ -156,7 +155,7 @@ def test_a_full_disk_under_the_cache_names_the_folder_and_the_remedy(hub_env, mo
 
 
 def test_a_conflicting_bandwidth_names_bandwidth(tmp_path):
-    from synth import generate_dataset
+    from unmix_nnabla.data.synth import generate_dataset
     root = generate_dataset(str(tmp_path / "data"), nb_train=2, nb_test=0, duration=1.0,
                             progress=False)
     model = str(tmp_path / "model")
@@ -174,7 +173,7 @@ def test_numba_s_cache_is_shared_by_copies_of_the_same_code(tmp_path, monkeypatc
     """Two clones (the same kernels.py at two paths) read one cache folder, under the user's
     cache folder; other code gets another."""
     import shutil
-    import kernels
+    from unmix_nnabla.base import kernels
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     paths = []
@@ -188,6 +187,12 @@ def test_numba_s_cache_is_shared_by_copies_of_the_same_code(tmp_path, monkeypatc
     a, b, edited = locate(paths[0]), locate(paths[1]), locate(str(tmp_path / "edited.py"))
     assert a == b != edited
     assert os.path.dirname(a) == str(tmp_path / "cache" / "open-unmix-nnabla" / "numba")
+
+    def loop():  # the same file imported under another module name: its cached code names
+        pass     # the module, so it must not share the folder
+    loop.__module__ = "kernels"
+    other = kernels.SharedCacheLocator.from_function(loop, paths[0]).get_cache_path()
+    assert other != a and os.path.basename(other).startswith("kernels-")
 
 
 def test_an_early_error_starts_no_compilation(tmp_path, song):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_trained, checkpoint
-from synth import generate_dataset
+from unmix_nnabla.data.synth import generate_dataset
 
 pytestmark = pytest.mark.mpi
 

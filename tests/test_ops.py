@@ -4,7 +4,7 @@ import pytest
 import nnabla as nn
 import nnabla.functions as F
 
-from ops import lstm_recurrence, multiply
+from unmix_nnabla.networks.ops import lstm_recurrence, multiply
 
 
 def V(a, need_grad=True):
@@ -58,7 +58,7 @@ def test_lstm_recurrence_equals_nnabla_functions(reverse, monkeypatch):
 
 import pytest  # noqa: E402
 
-from ops import dense  # noqa: E402
+from unmix_nnabla.networks.ops import dense  # noqa: E402
 
 
 @pytest.mark.parametrize("shape,base_axis,bias", [((7, 5), 1, True), ((4, 3, 2, 6), 2, False),
@@ -103,7 +103,7 @@ def test_dense_refuses_an_unknown_activation():
 
 
 def test_istft_and_its_gradient_equal_nnabla_istft():
-    from ops import istft
+    from unmix_nnabla.networks.ops import istft
     rng = np.random.RandomState(3)
     real, imag = rng.randn(3, 129, 12), rng.randn(3, 129, 12)
     grad = rng.randn(3, 11 * 64).astype(np.float32)
@@ -128,7 +128,7 @@ def test_istft_and_its_gradient_equal_nnabla_istft():
 def test_batch_norm_equals_nnabla_batch_normalization(shape, accum):
     """Training mode: outputs, gradients of x, beta and gamma, and the updated running
     statistics, against F.batch_normalization (test mode is NNabla's own function)."""
-    from ops import batch_norm
+    from unmix_nnabla.networks.ops import batch_norm
     rng = np.random.RandomState(len(shape) + shape[0])
     width = shape[-1]
     x, grad = rng.randn(*shape) * 3 + 1, rng.randn(*shape)

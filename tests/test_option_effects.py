@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from conftest import SMALL, make_random_weights, music_like, read_h5, run_script, snr
-from runtime import UmxError
+from unmix_nnabla.base.runtime import UmxError
 
 RATE = SMALL["sample_rate"]
 
@@ -39,8 +39,8 @@ def separate_cli(tmp_path, model, song, *flags):
 
 
 def separate_api(model, song, **options):
-    from hub import load_models
-    from separator import separate
+    from unmix_nnabla.models.hub import load_models
+    from unmix_nnabla.separation.separator import separate
     audio = sf.read(song, dtype="float32")[0]
     targets = options.pop("targets", None)
     estimates, _ = separate(audio, RATE, load_models(model, targets), targets, progress=False,
@@ -80,8 +80,8 @@ def test_excerpt_and_output_rate(setup, tmp_path):
     model, song = setup
     excerpt = separate_cli(tmp_path, model, song, "--start", "0.25", "--duration", "0.5")
     audio = sf.read(song, dtype="float32")[0]
-    from separator import separate
-    from hub import load_models
+    from unmix_nnabla.separation.separator import separate
+    from unmix_nnabla.models.hub import load_models
     expected, _ = separate(audio[2000:6000], RATE, load_models(model), progress=False)
     for name, stem in expected.items():
         assert excerpt[name].shape == (4000, 2) and np.allclose(excerpt[name], stem, atol=1e-6)
@@ -145,15 +145,15 @@ def test_mp3_bitrate_sets_the_files_bitrate(setup, tmp_path):
 
 @pytest.fixture(scope="module")
 def tracks(tmp_path_factory):
-    from synth import generate_dataset
-    from tracks import load_tracks
+    from unmix_nnabla.data.synth import generate_dataset
+    from unmix_nnabla.data.tracks import load_tracks
     root = generate_dataset(str(tmp_path_factory.mktemp("data")), nb_train=3, nb_test=1,
                             duration=2.0, seed=3, progress=False)
     return root, load_tracks(root, True, "train")
 
 
 def test_augmentations_and_seeds_change_the_samples_as_promised(tracks):
-    from datasets import MusdbSamples
+    from unmix_nnabla.data.datasets import MusdbSamples
     _, train = tracks
 
     def samples(**kw):
@@ -178,8 +178,9 @@ def test_augmentations_and_seeds_change_the_samples_as_promised(tracks):
 
 
 def test_source_augmentations_and_seed_flags_reach_the_samples(tracks):
-    from args import data_config, get_train_args
-    from datasets import load_dataset
+    from unmix_nnabla.cli.args import get_train_args
+    from unmix_nnabla.data.datasets import data_config
+    from unmix_nnabla.data.datasets import load_dataset
     root, _ = tracks
 
     def first_sample(*flags):
@@ -225,9 +226,9 @@ def test_lr_and_new_statistics_act_on_the_weights(tracks, tmp_path):
                               out)
     assert code == 0, err
     params = read_h5(os.path.join(out, "vocals.checkpoint", "parameters.h5"))
-    from standardization import compute_statistics
-    from spectral import training_centered
-    from tracks import load_tracks
+    from unmix_nnabla.training.standardization import compute_statistics
+    from unmix_nnabla.audio.spectral import training_centered
+    from unmix_nnabla.data.tracks import load_tracks
     train = [t for t in load_tracks(root, True, "train")]
     # the statistics are those of the training tracks (musdb's split holds one out)
     summary = json.load(open(os.path.join(out, "vocals.json")))
@@ -259,7 +260,7 @@ def test_seeds_train_different_weights_and_a_seed_repeats_itself(tracks, tmp_pat
 
 def test_a_well_formed_download_with_a_wrong_weight_shape_is_refused(hub_env, tmp_path):
     import zipfile
-    import hub
+    from unmix_nnabla.models import hub
     url, files, _, cache = hub_env
     folder = str(tmp_path / "umxhq")
     make_random_weights(folder, **SMALL)
@@ -285,7 +286,7 @@ def test_eval_scores_each_track_under_its_own_name(tmp_path):
     """Estimates that are track A's true sources and track B's mixture: A's scores are high,
     B's low, each under its own name."""
     import shutil
-    from synth import generate_dataset
+    from unmix_nnabla.data.synth import generate_dataset
     root = generate_dataset(str(tmp_path / "data"), nb_train=1, nb_test=2, duration=2.0,
                             seed=5, progress=False)
     names = sorted(os.listdir(os.path.join(root, "test")))
@@ -314,7 +315,7 @@ def test_eval_scores_each_track_under_its_own_name(tmp_path):
 def test_eval_separation_options_reach_the_estimates(setup, tmp_path):
     """eval.py's estimates equal the API's separation with the same options (from the
     dataset's 44.1 kHz to the model's 8 kHz and back)."""
-    from synth import generate_dataset
+    from unmix_nnabla.data.synth import generate_dataset
     model, _ = setup
     root = generate_dataset(str(tmp_path / "data"), nb_train=1, nb_test=1, duration=1.5,
                             seed=6, progress=False)
@@ -326,14 +327,14 @@ def test_eval_separation_options_reach_the_estimates(setup, tmp_path):
     assert code == 0, err
     track = os.listdir(os.path.join(root, "test"))[0]
     mixture, rate = sf.read(os.path.join(root, "test", track, "mixture.wav"), dtype="float32")
-    from hub import load_models
-    from separator import separate
+    from unmix_nnabla.models.hub import load_models
+    from unmix_nnabla.separation.separator import separate
     expected, model_rate = separate(mixture, rate, load_models(model, ["vocals", "drums"]),
                                     ["vocals", "drums"], residual_model=True, softmask=True,
                                     alpha=2.0, niter=2, progress=False)
     folder = os.path.join(out, "test", track)
     assert sorted(os.listdir(folder)) == ["drums.wav", "residual.wav", "vocals.wav"]
-    from audio import StreamResampler
+    from unmix_nnabla.audio.io import StreamResampler
     for name, stem in expected.items():
         written = sf.read(os.path.join(folder, name + ".wav"), dtype="float32")[0]
         back = StreamResampler(model_rate, rate).push(stem, final=True)[:mixture.shape[0]]
@@ -351,18 +352,17 @@ def test_a_validation_loss_that_stops_improving_decays_the_lr_and_stops(tracks, 
     """train.py with a validation loss that never improves after epoch 1: the learning rate is
     multiplied by --lr-decay-gamma after --lr-decay-patience epochs, and the run stops after
     --patience epochs without improvement."""
-    from args import get_train_args
-    from conftest import import_script
-    train_module = import_script("train")
+    from unmix_nnabla.cli.args import get_train_args
+    from unmix_nnabla.training import run as train_run
     root, _ = tracks
-    monkeypatch.setattr(train_module, "validation_loss", lambda *a, **k: 1.0)
+    monkeypatch.setattr(train_run, "validation_loss", lambda *a, **k: 1.0)
     args = get_train_args(["--umx-train", "--root", root, "--is-wav", "--source", "vocals",
                            "--seq-dur", "0.5", "--samples-per-track", "2", "--batch-size", "4",
                            "--hidden-size", "8", "--nfft", "512", "--nhop", "256", "--context",
                            "cpu", "--epochs", "10", "--lr", "0.01", "--lr-decay-patience", "1",
                            "--lr-decay-gamma", "0.5", "--patience", "4", "--output",
                            str(tmp_path / "out"), "-q"])
-    summary = train_module.run(args, None)
+    summary = train_run.run(args, None)
     history = summary["history"]
     # epoch 1 sets the best; 2 and 3 do not improve: the lr halves after the second bad epoch
     # (patience 1), then a cooldown of 10 epochs; 4 bad epochs stop the run after epoch 5

@@ -21,8 +21,8 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, SMALL, make_random_weights, music_like, run_script
-from vocabulary import SOURCES
-from synth import generate_dataset
+from unmix_nnabla.base.vocabulary import SOURCES
+from unmix_nnabla.data.synth import generate_dataset
 
 TINY_TRAIN = ["--umx-train", "--is-wav", "--source", "bass", "--batch-size", "2",
               "--hidden-size", "16",
@@ -229,7 +229,8 @@ def _ahead_threads():
 
 
 def test_a_stream_computed_ahead_keeps_its_order_and_raises_the_producers_error():
-    from runtime import UmxError, ahead
+    from unmix_nnabla.base.runtime import UmxError
+    from unmix_nnabla.base.threads import ahead
 
     def items():
         yield from range(10)
@@ -243,7 +244,7 @@ def test_a_stream_computed_ahead_keeps_its_order_and_raises_the_producers_error(
 
 
 def test_a_stream_closed_early_stops_its_producer():
-    from runtime import ahead
+    from unmix_nnabla.base.threads import ahead
     produced = []
 
     def items():
@@ -261,7 +262,7 @@ def test_a_stream_closed_early_stops_its_producer():
 
 
 def test_an_interrupt_while_waiting_for_the_producer_stops_it():
-    from runtime import ahead
+    from unmix_nnabla.base.threads import ahead
 
     def items():
         for k in range(100):
@@ -288,22 +289,22 @@ def test_the_two_stages_of_a_stream_share_the_cores(monkeypatch):
     """Each stage's parallel work on its own share (both on all cores made the Wiener filter
     3x slower), numba's per-thread count included; the shares end with the stream."""
     import numba
-    import runtime
-    monkeypatch.setitem(runtime._THREADS, "count", 5)
+    from unmix_nnabla.base import threads
+    monkeypatch.setitem(threads._THREADS, "count", 5)
     seen = []
 
     def items():
         for k in range(3):
-            seen.append(("producer", runtime.compute_threads(), numba.get_num_threads()))
+            seen.append(("producer", threads.compute_threads(), numba.get_num_threads()))
             yield k
 
-    for _ in runtime.ahead(items()):
-        seen.append(("consumer", runtime.compute_threads(), None))
+    for _ in threads.ahead(items()):
+        seen.append(("consumer", threads.compute_threads(), None))
     before = numba.get_num_threads()
     producer = {(n, c) for who, n, c in seen if who == "producer"}
     assert producer == {(3, min(3, numba.config.NUMBA_NUM_THREADS))}
     assert {n for who, n, _ in seen if who == "consumer"} == {2}
-    assert runtime.compute_threads() == 5 and numba.get_num_threads() == before
+    assert threads.compute_threads() == 5 and numba.get_num_threads() == before
 
 
 # --------------------------------------------------------------------------------------
@@ -362,7 +363,7 @@ def test_eval_and_convert_never_write_over_their_inputs(tmp_path, dataset):
 
 
 def test_the_demo_removes_only_a_previous_demos_outputs(tmp_path):
-    from runtime import UmxError
+    from unmix_nnabla.base.runtime import UmxError
     from tools.demo import start_afresh
     demo = tmp_path / "demo_out"
     (demo / "eval-baseline").mkdir(parents=True)
@@ -380,8 +381,8 @@ def test_the_demo_removes_only_a_previous_demos_outputs(tmp_path):
 
 
 def test_overlap_rules():
-    from files import refuse_overlaps
-    from runtime import UmxError
+    from unmix_nnabla.base.files import refuse_overlaps
+    from unmix_nnabla.base.runtime import UmxError
     refuse_overlaps([("/x/in.wav", "in")], [("/x/out/a.wav", "one"), ("/x/out/b.wav", "one")])
     with pytest.raises(UmxError, match="would replace in /x/in.wav"):
         refuse_overlaps([("/x/in.wav", "in")], [("/x/../x/in.wav", "one")])
@@ -496,7 +497,7 @@ def test_mono_stems_are_duplicated_and_said_so(tmp_path, dataset):
     root = copy_dataset(dataset, tmp_path)
     path = os.path.join(root, "train", "Synth 00", "vocals.wav")
     _rewrite(path, lambda a: a[:, :1])
-    from tracks import load_tracks
+    from unmix_nnabla.data.tracks import load_tracks
     track = [t for t in load_tracks(root, True) if t.name == "Synth 00"][0]
     stereo = track.read("vocals")
     assert stereo.shape[1] == 2 and np.array_equal(stereo[:, 0], stereo[:, 1])
@@ -507,18 +508,18 @@ def test_mono_stems_are_duplicated_and_said_so(tmp_path, dataset):
 
 
 def test_a_nan_loss_names_the_tracks_and_the_weights(tmp_path, dataset):
-    train_module = __import__("conftest").import_script("train")
-    from datasets import MusdbSamples
-    from tracks import load_tracks
+    from unmix_nnabla.training import run as train_run
+    from unmix_nnabla.data.datasets import MusdbSamples
+    from unmix_nnabla.data.tracks import load_tracks
     tracks = load_tracks(dataset, True, "train")
     ds = MusdbSamples(tracks, "bass", seq_dur=0.5, samples_per_track=2, seed=1)
     weights = str(tmp_path / "bass.h5")
-    line = train_module.nan_message("training", float("nan"), 3, ds, [0, 5], weights)
+    line = train_run.nan_message("training", float("nan"), 3, ds, [0, 5], weights)
     names = {t.name for i in (0, 5) for _, _, t, _, _ in ds.draws(3, i)[0]}
     assert line.startswith("training loss is nan at epoch 3 (batch from tracks ")
     assert all("'%s'" % n in line for n in names) and "no weights were saved yet" in line
     open(weights, "w").close()
-    line = train_module.nan_message("training", float("inf"), 3, ds, [0], weights)
+    line = train_run.nan_message("training", float("inf"), 3, ds, [0], weights)
     assert "the best weights so far are in %s" % weights in line
 
 
@@ -830,7 +831,7 @@ def _signal_during(cls, method, signum):
 @pytest.fixture
 def cli_handlers():
     """The handlers run_cli installs (SIGTERM → Interrupted), restored afterwards."""
-    from runtime import _raise_interrupted
+    from unmix_nnabla.base.runtime import _raise_interrupted
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -841,8 +842,8 @@ def cli_handlers():
 
 def test_a_signal_inside_an_nnabla_pass_arrives_after_it(cli_handlers):
     import nnabla as nn
-    from ops import NumpyFunction
-    from runtime import Interrupted, signals_deferred
+    from unmix_nnabla.networks.ops import NumpyFunction
+    from unmix_nnabla.base.runtime import Interrupted, signals_deferred
 
     class _Twice(NumpyFunction):
         """2 x, sending `signum` to this process inside the pass named `during`."""
@@ -878,30 +879,31 @@ def _tiny_step(xumx):
     """A tiny UMX or X-UMX training graph and solver, and a batch for it."""
     import nnabla as nn
     import nnabla.solvers as S
-    from layout import UmxConfig
-    from vocabulary import XUMX_BRANCHES
-    train_module = __import__("conftest").import_script("train")
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
+    from unmix_nnabla.training import graph as train_graph
     cfg = UmxConfig(**dict(SMALL, xumx_branches=XUMX_BRANCHES if xumx else ()))
     scope = "x-umx" if xumx else "vocals"
     nn.clear_parameters()
-    graph = train_module.build_training_graph(cfg, scope, 2, 4000)
+    graph = train_graph.build_training_graph(cfg, scope, 2, 4000)
     solver = S.Adam(alpha=1e-3)
     with nn.parameter_scope(scope):
         solver.set_parameters(nn.get_parameters())
     rng = np.random.RandomState(0)
     mixtures = rng.randn(2, 4000, 2).astype(np.float32) * 0.1
     targets = np.tile(mixtures * 0.25, (1, 1, 4 if xumx else 1))
-    return train_module, cfg, graph, solver, mixtures, targets
+    return cfg, graph, solver, mixtures, targets
 
 
 @pytest.mark.parametrize("xumx", [False, True])
 @pytest.mark.parametrize("phase", ["forward", "backward", "loss", "update"])
 def test_a_signal_during_a_training_step_ends_it_cleanly(xumx, phase, cli_handlers,
                                                          monkeypatch):
-    import ops
-    import loss
-    from runtime import Interrupted
-    train_module, cfg, graph, solver, mixtures, targets = _tiny_step(xumx)
+    from unmix_nnabla.networks import ops
+    from unmix_nnabla.training import loss
+    from unmix_nnabla.base.runtime import Interrupted
+    from unmix_nnabla.training import step as training_step
+    cfg, graph, solver, mixtures, targets = _tiny_step(xumx)
     signum, expected = ((signal.SIGTERM, Interrupted) if xumx else
                         (signal.SIGINT, KeyboardInterrupt))
     where = {"forward": (ops._Dense, "forward_impl"), "backward": (ops._Dense, "backward_impl"),
@@ -912,8 +914,8 @@ def test_a_signal_during_a_training_step_ends_it_cleanly(xumx, phase, cli_handle
     else:
         monkeypatch.setattr(*where, _signal_during(*where, signum))
     with pytest.raises(expected):
-        train_module.train_step(graph, solver, mixtures, targets, cfg, 1e-5,
-                                train_module.dropout_rngs(0, 1, range(2)))
+        training_step.train_step(graph, solver, mixtures, targets, cfg, 1e-5,
+                                training_step.dropout_rngs(0, 1, range(2)))
 
 
 class _SignalingSolver:
@@ -932,20 +934,21 @@ class _SignalingSolver:
 
 def test_a_signal_during_validation_ends_it_cleanly(cli_handlers, monkeypatch, dataset):
     import nnabla as nn
-    import ops
-    from layout import UmxConfig
-    from args import data_config, get_train_args
-    from datasets import load_dataset
-    train_module = __import__("conftest").import_script("train")
+    from unmix_nnabla.networks import ops
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.cli.args import get_train_args
+    from unmix_nnabla.data.datasets import data_config
+    from unmix_nnabla.data.datasets import load_dataset
+    from unmix_nnabla.training import graph as train_graph, step as training_step
     cfg = UmxConfig(hidden_size=16, max_bin=100, nb_output_bins=257, n_fft=512, n_hop=128)
     args = get_train_args(["--root", dataset] + TINY_TRAIN)
     data = load_dataset(data_config(args), log=lambda *a: None)
     nn.clear_parameters()
-    train_module.build_training_graph(cfg, "bass", 2, 22050)
+    train_graph.build_training_graph(cfg, "bass", 2, 22050)
     where = (ops._LstmRecurrence, "forward_impl")  # inside the inference network's pass
     monkeypatch.setattr(*where, _signal_during(*where, signal.SIGINT))
     with pytest.raises(KeyboardInterrupt):
-        train_module.validation_loss(data, "bass", cfg, progress=False)
+        training_step.validation_loss(data, "bass", cfg, progress=False)
 
 
 @pytest.mark.slow

@@ -5,12 +5,12 @@ import norbert
 import pytest
 
 from conftest import make_random_weights, music_like, snr
-from separator import (EstimateStore, equal_batches, estimate_spectrograms, plan_windows, separate,
+from unmix_nnabla.separation.separator import (EstimateStore, equal_batches, estimate_spectrograms, plan_windows, separate,
                        split_by_targets)
-from vocabulary import SOURCES
-from hub import load_models
-from wiener import WIENER_EPS, FirstPassSums, phase_difference, wiener_blocks
-from spectral import istft, nb_stft_frames, pad_for_stft, stft
+from unmix_nnabla.base.vocabulary import SOURCES
+from unmix_nnabla.models.hub import load_models
+from unmix_nnabla.separation.wiener import WIENER_EPS, FirstPassSums, phase_difference, wiener_blocks
+from unmix_nnabla.audio.spectral import istft, nb_stft_frames, pad_for_stft, stft
 
 
 def estimates(*args, **kw):
@@ -57,11 +57,11 @@ def test_the_workers_share_targets_or_windows_whichever_is_fairer(targets, windo
 
 def test_the_compiled_loops_load_in_the_background_and_once():
     import threading
-    import separator
+    from unmix_nnabla.separation import separator
     separator.load_compiled_loops(background=True)
     separator.load_compiled_loops()  # waits for the thread
     assert not [t for t in threading.enumerate() if t.name == "compiled-loops"]
-    from kernels import forward
+    from unmix_nnabla.base.kernels import forward
     assert forward.kernel.signatures  # loaded: a forked worker inherits it
 
 
@@ -289,8 +289,8 @@ def test_estimate_store_round_trip(tmp_path):
 
 def test_streamed_stems_equal_separate(small_model, tmp_path):
     import soundfile as sf
-    from separator import separate_stream
-    from audio import write_stream
+    from unmix_nnabla.separation.separator import separate_stream
+    from unmix_nnabla.audio.io import write_stream
     folder, cfg = small_model
     cfgs = load_models(folder, list(SOURCES))
     audio = music_like(6.0, cfg.sample_rate)
@@ -305,7 +305,7 @@ def test_streamed_stems_equal_separate(small_model, tmp_path):
 
 
 def test_the_workers_are_chosen_from_the_cores_the_work_and_the_memory():
-    from separator import worker_plan
+    from unmix_nnabla.separation.separator import worker_plan
     mb = 1 << 20
     # as many as the cores and the shares of work allow, the cores split among them
     assert worker_plan(8, 500 * mb, cores=2, memory=16 << 30) == (2, 1)
@@ -322,25 +322,25 @@ def test_the_workers_are_chosen_from_the_cores_the_work_and_the_memory():
 def test_blas_threads_set_by_the_project_are_not_taken_for_the_users(monkeypatch):
     """limit_blas_threads puts its count in the environment (for BLAS libraries loaded later,
     such as the one numba's products call) without making it look like the user's choice."""
-    import runtime
+    from unmix_nnabla.base import threads
     from threadpoolctl import threadpool_limits
     variables = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "UMX_BLAS_THREADS")
     for variable in variables:  # set, so that monkeypatch restores them whatever the test sets
         monkeypatch.setenv(variable, "")
     with threadpool_limits(limits=None):  # the libraries' thread counts restored afterwards
         try:
-            assert not runtime.blas_threads_chosen()
-            runtime.limit_blas_threads(1)
-            assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and not runtime.blas_threads_chosen()
-            assert runtime.compute_threads() == 1
-            runtime.limit_blas_threads(2)  # the project may change its own choice
+            assert not threads.blas_threads_chosen()
+            threads.limit_blas_threads(1)
+            assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and not threads.blas_threads_chosen()
+            assert threads.compute_threads() == 1
+            threads.limit_blas_threads(2)  # the project may change its own choice
             assert os.environ["OMP_NUM_THREADS"] == "2"
             monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's: left alone
-            assert runtime.blas_threads_chosen()
-            runtime.limit_blas_threads(1)
+            assert threads.blas_threads_chosen()
+            threads.limit_blas_threads(1)
             assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
         finally:
-            runtime._THREADS.clear()
+            threads._THREADS.clear()
 
 
 @pytest.mark.parametrize("options", [dict(niter=2), dict(softmask=True, alpha=2.0, niter=0),

@@ -2,7 +2,7 @@ import numpy as np
 import nnabla as nn
 import pytest
 
-from spectral import OverlapAdd, istft, nb_stft_frames, nnabla_spectrogram, stft
+from unmix_nnabla.audio.spectral import OverlapAdd, istft, nb_stft_frames, nnabla_spectrogram, stft
 
 
 def reference_stft(x, n_fft, n_hop):

@@ -12,15 +12,15 @@ import nnabla as nn
 import nnabla.solvers as S
 import pytest
 
-from conftest import ROOT, run_script, import_script
-from datasets import MusdbSamples, epoch_batches
-from tracks import load_tracks
-from synth import generate_dataset
-from layout import UmxConfig
-from spectral import stft
-from standardization import compute_statistics
+from conftest import ROOT, run_script
+from unmix_nnabla.data.datasets import MusdbSamples, epoch_batches
+from unmix_nnabla.data.tracks import load_tracks
+from unmix_nnabla.data.synth import generate_dataset
+from unmix_nnabla.networks.layout import UmxConfig
+from unmix_nnabla.audio.spectral import stft
+from unmix_nnabla.training.standardization import compute_statistics
 
-train_module = import_script("train")
+from unmix_nnabla.training import graph as train_graph, step as training_step
 
 SMALL_ARGS = ["--umx-train", "--is-wav", "--source", "bass", "--batch-size", "4", "--hidden-size", "16",
               "--nfft", "512", "--nhop", "128", "--samples-per-track", "2", "--seq-dur", "0.5",
@@ -63,12 +63,12 @@ def test_training_steps_lower_the_loss(root):
     mean, std = compute_statistics((t.read("mixture") for t in tracks), 512, 128,
                                                 progress=False)
     ds = MusdbSamples(tracks, "vocals", seq_dur=0.5, samples_per_track=2, seed=0)
-    graph = train_module.build_training_graph(cfg, "vocals", 4, 22050, mean, std)
+    graph = train_graph.build_training_graph(cfg, "vocals", 4, 22050, mean, std)
     solver = S.Adam(alpha=0.01)
     with nn.parameter_scope("vocals"):
         solver.set_parameters(nn.get_parameters())
-    losses = [train_module.train_step(graph, solver, x, y, cfg, 1e-5,
-                                      train_module.dropout_rngs(0, epoch, i))
+    losses = [training_step.train_step(graph, solver, x, y, cfg, 1e-5,
+                                      training_step.dropout_rngs(0, epoch, i))
               for epoch in range(4) for i, x, y in epoch_batches(ds, 0, 4, with_indices=True)]
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
 
@@ -85,7 +85,7 @@ def test_training_writes_loadable_outputs(root, tmp_path):
     assert all(np.isfinite(h["train_loss"]) and h["lr"] > 0 for h in summary["history"])
     assert os.listdir(os.path.join(out, "bass_monitor"))
     # the weights load in test.py's loader with the official layout
-    from hub import load_models
+    from unmix_nnabla.models.hub import load_models
     cfgs = load_models(out, ["bass"])
     assert cfgs["bass"] == UmxConfig(hidden_size=16, max_bin=186, nb_output_bins=257, n_fft=512,
                                      n_hop=128)

@@ -10,13 +10,13 @@ import numpy as np
 import nnabla as nn
 import pytest
 
-from conftest import ROOT, fixture_reference, import_script
-from conversion import UMX_KEYS, convert_branch, convert_xumx
-from pth import read_checkpoint
-from spectral import training_centered
-from standardization import compute_statistics
+from conftest import ROOT, fixture_reference
+from unmix_nnabla.models.conversion import UMX_KEYS, convert_branch, convert_xumx
+from unmix_nnabla.models.pth import read_checkpoint
+from unmix_nnabla.audio.spectral import training_centered
+from unmix_nnabla.training.standardization import compute_statistics
 
-train_module = import_script("train")
+from unmix_nnabla.training import graph as train_graph, step as training_step
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "umx_training")
 
 
@@ -41,23 +41,23 @@ def _torch_gradients_as_ours(state, reference, params):
 
 @pytest.fixture(scope="module")
 def step():
-    return training_step()
+    return umx_training_step()
 
 
-def training_step():
+def umx_training_step():
     """(our loss and gradients, PyTorch's loss and gradients under our names) of the batch."""
     reference = fixture_reference("umx_training")
     state, _ = read_checkpoint(os.path.join(FIXTURE, "vocals.pth"))
     params, cfg = convert_branch(state, "vocals.pth", UMX_KEYS, 128, 16000)
     mixture, target = reference["mixture"], reference["target"]  # (B, 2, n)
     nn.clear_parameters()
-    graph = train_module.build_training_graph(cfg, "vocals", mixture.shape[0], mixture.shape[-1],
+    graph = train_graph.build_training_graph(cfg, "vocals", mixture.shape[0], mixture.shape[-1],
                                               dropout=0.0)
     with nn.parameter_scope("vocals"):
         for name, var in nn.get_parameters(grad_only=False).items():
             var.d = params[name]
     # (B, 2, n) -> (B, n, 2), as the datasets hand out audio
-    loss, grads = train_module.step_gradients(graph, cfg, mixture.transpose(0, 2, 1),
+    loss, grads = training_step.step_gradients(graph, cfg, mixture.transpose(0, 2, 1),
                                               target.transpose(0, 2, 1))
     theirs = _torch_gradients_as_ours(state, reference, params)
     nn.clear_parameters()
@@ -104,14 +104,14 @@ def xumx_training_step():
     theirs, _ = convert_xumx(state, "gradients.pth", model_args)
     mixture, sources = reference["mixture"], reference["sources"]  # (B, 2, n), (4, B, 2, n)
     nn.clear_parameters()
-    graph = train_module.build_training_graph(cfg, "x-umx", mixture.shape[0], mixture.shape[-1],
+    graph = train_graph.build_training_graph(cfg, "x-umx", mixture.shape[0], mixture.shape[-1],
                                               mcoef=10.0, dropout=0.0)
     with nn.parameter_scope("x-umx"):
         for name, var in nn.get_parameters(grad_only=False).items():
             var.d = params[name]
     # (4, B, 2, n) in the branches' order -> (B, n, 2 * 4), as the datasets hand out targets
     targets = sources.transpose(1, 3, 0, 2).reshape(mixture.shape[0], mixture.shape[-1], -1)
-    loss, grads = train_module.step_gradients(graph, cfg, mixture.transpose(0, 2, 1), targets)
+    loss, grads = training_step.step_gradients(graph, cfg, mixture.transpose(0, 2, 1), targets)
     nn.clear_parameters()
     return loss, grads, float(reference["loss"]), theirs
 

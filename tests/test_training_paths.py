@@ -8,8 +8,8 @@ import os
 import pytest
 
 from conftest import assert_trained, checkpoint, make_random_weights, read_h5, run_script
-from layout import UmxConfig
-from synth import generate_dataset
+from unmix_nnabla.networks.layout import UmxConfig
+from unmix_nnabla.data.synth import generate_dataset
 
 UMX_ARGS = ["--umx-train", "--source", "vocals", "--batch-size", "2", "--seq-dur", "0.5",
             "--samples-per-track", "2", "--context", "cpu", "--seed", "1", "--is-wav"]
@@ -96,7 +96,7 @@ def test_xumx_from_scratch_trains_and_resumes(root, tmp_path):
 
 
 def test_xumx_fine_tuned_from_a_file_trains(root, tmp_path):
-    from tools.random_weights import write_random_xumx
+    from unmix_nnabla.models.random_weights import write_random_xumx
     model = str(tmp_path / "x-umx.h5")
     write_random_xumx(model, UmxConfig(max_bin=100, nb_output_bins=257, **TINY))
     out = str(tmp_path / "out")

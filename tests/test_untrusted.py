@@ -15,8 +15,8 @@ import pytest
 
 from conftest import ROOT, SMALL, make_random_weights, run_script
 from crafted_pth import Call, Global, Storage, state_of, tensor, write_legacy, write_zip
-from pth import read_checkpoint
-from runtime import UmxError
+from unmix_nnabla.models.pth import read_checkpoint
+from unmix_nnabla.base.runtime import UmxError
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openunmix_small")
 
@@ -210,7 +210,7 @@ def _small_model(tmp_path, targets=("vocals",)):
     ("unidirectional", "no", "unidirectional is 'no', expected true or false"),
 ])
 def test_model_descriptions_are_checked(tmp_path, field, value, message):
-    from hub import load_models
+    from unmix_nnabla.models.hub import load_models
     folder = _small_model(tmp_path)
     meta_path = os.path.join(folder, "vocals.json")
     with open(meta_path) as f:
@@ -246,7 +246,7 @@ def test_a_bad_description_stops_test_py_with_one_line(tmp_path):
     ({"nan": "layer_dec.vocals.dec.0.weight"}, "layer_dec.vocals.dec.0.weight holds NaN"),
 ])
 def test_asteroid_model_args_and_weights_are_checked(tmp_path, change, message):
-    import conversion
+    from unmix_nnabla.models import conversion
     src = os.path.join(ROOT, "tests", "fixtures", "xumx_small")
     pth = [f for f in os.listdir(src) if f.endswith(".pth")][0]
     state, model_args = read_checkpoint(os.path.join(src, pth))
@@ -261,7 +261,7 @@ def test_asteroid_model_args_and_weights_are_checked(tmp_path, change, message):
 
 
 def test_open_unmix_json_values_are_checked(fixture_state):
-    import conversion
+    from unmix_nnabla.models import conversion
     for meta, message in (({"args": {"nhop": "128"}}, "nhop is '128'"),
                           ({"args": {"nhop": 128}, "sample_rate": "16k"}, "sample_rate is '16k'"),
                           ({"args": []}, "no 'args'")):
@@ -275,9 +275,9 @@ def test_open_unmix_json_values_are_checked(fixture_state):
 # --------------------------------------------------------------------------------------
 
 def test_two_models_in_one_zip_or_folder_are_refused(tmp_path):
-    from layout import UmxConfig
-    from tools.random_weights import write_random_xumx
-    from hub import load_models
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.models.random_weights import write_random_xumx
+    from unmix_nnabla.models.hub import load_models
     one, two = _small_model(tmp_path / "a"), _small_model(tmp_path / "b")
     archive = str(tmp_path / "two.zip")
     with zipfile.ZipFile(archive, "w") as z:
@@ -300,7 +300,7 @@ def test_two_models_in_one_zip_or_folder_are_refused(tmp_path):
 
 
 def test_two_checkpoints_of_one_target_are_refused(tmp_path):
-    import conversion
+    from unmix_nnabla.models import conversion
     src = str(tmp_path / "src")
     shutil.copytree(FIXTURE, src)
     shutil.copyfile(os.path.join(src, "vocals.pth"), os.path.join(src, "vocals-12345678.pth"))

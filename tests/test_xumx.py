@@ -18,18 +18,18 @@ import pytest
 
 from conftest import (convert_fixture, fixture_reference, music_like, run_script,
                       snr)
-from synth import generate_dataset
-from inference import InferenceNetwork, network_for
-from loss import TRIM, frequency_loss, time_loss, time_loss_value
-from layout import UmxConfig, xumx_parameter_shapes
-from model import CrossNet
-from vocabulary import XUMX_BRANCHES
-from runtime import UmxError
-from separator import separate
-from spectral import istft, stft
-from tools.random_weights import write_random_xumx
-from hub import load_models
-from weights import describe
+from unmix_nnabla.data.synth import generate_dataset
+from unmix_nnabla.networks.inference import InferenceNetwork, network_for
+from unmix_nnabla.training.loss import TRIM, frequency_loss, time_loss, time_loss_value
+from unmix_nnabla.networks.layout import UmxConfig, xumx_parameter_shapes
+from unmix_nnabla.networks.model import CrossNet
+from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
+from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.separation.separator import separate
+from unmix_nnabla.audio.spectral import istft, stft
+from unmix_nnabla.models.random_weights import write_random_xumx
+from unmix_nnabla.models.hub import load_models
+from unmix_nnabla.models.weights import describe
 
 SMALL = dict(hidden_size=16, max_bin=60, nb_output_bins=129, n_fft=256, n_hop=64,
              sample_rate=8000, xumx_branches=XUMX_BRANCHES)
@@ -107,7 +107,7 @@ def _random_crossnet(cfg, rng, scope="xumx"):
 @pytest.mark.parametrize("overrides", [{}, dict(unidirectional=True, nb_layers=2, hidden_size=12),
                                        dict(nb_channels=1)])
 def test_bridged_inference_network_equals_crossnet(overrides):
-    from layout import split_branches
+    from unmix_nnabla.networks.layout import split_branches
     cfg = UmxConfig(**dict(SMALL, **overrides))
     rng = np.random.RandomState(3)
     _random_crossnet(cfg, rng)
@@ -139,8 +139,8 @@ def test_targets_are_matched_by_name(tmp_path):
     for target in order:  # equal but for float rounding (the EM sums in another order)
         assert snr(one[target], two[target]) > 80, target
     # one target: the vocals branch's estimate (Sony's test.py would give the first branch's)
-    from separator import estimate_spectrograms
-    from spectral import nb_stft_frames, pad_for_stft
+    from unmix_nnabla.separation.separator import estimate_spectrograms
+    from unmix_nnabla.audio.spectral import nb_stft_frames, pad_for_stft
     padded, frames = pad_for_stft(audio.T, 256), nb_stft_frames(audio.shape[0], 64)
     with estimate_spectrograms(padded, frames, cfgs, list(XUMX_BRANCHES), progress=False) as s:
         every = s.read()
@@ -180,8 +180,8 @@ def test_damaged_xumx_files_are_named(tmp_path):
 def test_windows_match_one_piece_on_30s_of_real_music(tmp_path, stem_clip):
     """Full-size X-UMX (random weights), default LSTM context: windows are inaudible (>= 40 dB)."""
     import stempeg
-    from separator import estimate_spectrograms
-    from spectral import nb_stft_frames, pad_for_stft
+    from unmix_nnabla.separation.separator import estimate_spectrograms
+    from unmix_nnabla.audio.spectral import nb_stft_frames, pad_for_stft
     stems, rate = stempeg.read_stems(stem_clip, dtype=np.float32)
     parts = [stems[0], stems[1] + stems[2], stems[4] + stems[3], stems[0][::-1], stems[2] + stems[4]]
     audio = np.concatenate(parts)[: 30 * rate]
@@ -326,7 +326,7 @@ def test_xumx_flags(root, tmp_path):
 
 def test_cpu_losses_equal_the_graph_losses_with_gradients():
     """The numpy loss functions (CPU) against the same losses in NNabla's functions (GPU)."""
-    from loss import frequency_loss_graph, time_loss_graph, umx_loss, umx_loss_graph
+    from unmix_nnabla.training.loss import frequency_loss_graph, time_loss_graph, umx_loss, umx_loss_graph
     rng = np.random.RandomState(4)
     mags = [rng.rand(5, 3, 2, 7) for _ in range(4)]
     ref = rng.rand(4, 5, 3, 2, 7)
@@ -366,7 +366,7 @@ def test_the_gpu_network_equals_the_cpu_network(xumx, tmp_path, monkeypatch):
     """GPU contexts separate with the training graph in test mode (`GraphNetwork`); on the CPU
     (UMX_OPS=nnabla: the GPU's branch) it runs too, and equals the folded inference network."""
     from conftest import make_random_weights
-    from inference import GraphNetwork
+    from unmix_nnabla.networks.inference import GraphNetwork
     if xumx:
         path = str(tmp_path / "x-umx.h5")
         write_random_xumx(path, UmxConfig(**SMALL))
@@ -394,7 +394,7 @@ def test_cpu_estimate_signals_equal_the_graphs(nb_channels, monkeypatch):
     """The CPU's one-row-at-a-time ISTFT of the estimates with the mixture's phase against
     the same in NNabla's functions (GPU contexts: F.istft), values and gradients (phasor's
     too)."""
-    from loss import estimate_signals, estimate_signals_graph
+    from unmix_nnabla.training.loss import estimate_signals, estimate_signals_graph
     cfg = UmxConfig(n_fft=256, n_hop=64, nb_channels=nb_channels)
     rng = np.random.RandomState(nb_channels)
     frames, batch, bins, length = 30, 2, 129, 29 * 64 - 2 * TRIM

@@ -29,12 +29,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from tools.measure import (RATE, run_json, song, timed_and_sampled, timed_blocks,  # noqa: E402
+from measure import (RATE, run_json, song, timed_and_sampled, timed_blocks,
                            write_song)
 
 HERE = os.path.abspath(__file__)
@@ -61,7 +59,7 @@ def floor_worker(rows):
     """numpy's BLAS GFLOP/s on the network's products (full-size UMX, `rows` frames at once:
     fc1, an LSTM layer's input projections, fc2, fc3, forward and backward orientations),
     with this process's BLAS threads; prints JSON."""
-    from layout import UmxConfig
+    from unmix_nnabla.networks.layout import UmxConfig
     cfg = UmxConfig()
     rng = np.random.RandomState(0)
     shapes = [(cfg.nb_channels * cfg.max_bin, cfg.hidden_size), (cfg.hidden_size, 2 * 4 * 256),
@@ -98,11 +96,11 @@ def blas_floor(threads, rows=4144):
 def separation_worker(seconds, model, wav, processes=None):
     """test.py's way: the WAV decoded into a temporary file, stems streamed to WAV files;
     prints JSON: seconds per stage, the network's frames and operations."""
-    from audio import decode_audio, write_stream
-    from context import set_context
-    from inference import network_for
-    from separator import load_compiled_loops, separate_stream
-    from hub import load_models
+    from unmix_nnabla.audio.io import decode_audio, write_stream
+    from unmix_nnabla.base.context import set_context
+    from unmix_nnabla.networks.inference import network_for
+    from unmix_nnabla.separation.separator import load_compiled_loops, separate_stream
+    from unmix_nnabla.models.hub import load_models
     set_context("cpu", verbose=False)
     start = time.perf_counter()
     load_compiled_loops(background=True)  # as test.py: while the model loads
@@ -128,9 +126,9 @@ def separation_worker(seconds, model, wav, processes=None):
 def network_operations(seconds):
     """Network operations of separating `seconds` into 4 stems (4 UMX targets or X-UMX's 4
     branches): the frames run (windows with their context) times each network's."""
-    from layout import UmxConfig
-    from separator import CONTEXT_FRAMES, WINDOW_FRAMES, plan_windows
-    from spectral import nb_stft_frames
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.separation.separator import CONTEXT_FRAMES, WINDOW_FRAMES, plan_windows
+    from unmix_nnabla.audio.spectral import nb_stft_frames
     cfg = UmxConfig()
     length, plan = plan_windows(nb_stft_frames(int(seconds * RATE), cfg.n_hop), WINDOW_FRAMES,
                                 CONTEXT_FRAMES)
@@ -138,9 +136,9 @@ def network_operations(seconds):
 
 
 def benchmark_separation(args):
-    from layout import UmxConfig
-    from tools.random_weights import write_random_weights, write_random_xumx
-    from vocabulary import XUMX_BRANCHES
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.models.random_weights import write_random_weights, write_random_xumx
+    from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
     floor = blas_floor(1) * 2  # two worker processes of one BLAS thread each
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,8 +213,8 @@ def plot(rows, path):
 def benchmark_threads(seconds):
     """Separation seconds with worker processes x BLAS threads per process, on `seconds` of
     music (the decision behind runtime's choice of workers and threads)."""
-    from layout import UmxConfig
-    from tools.random_weights import write_random_weights
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.models.random_weights import write_random_weights
     print("| worker processes | BLAS threads each | separate (s) | network (s) |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,13 +234,13 @@ def network_profile(windows=4, targets=("vocals", "drums")):
     """Seconds and GFLOP/s of each part of the folded network over one worker's batch
     (`windows` windows of a separation's length, two full-size UMX targets, one thread): the
     per-frame layers and the recurrences, timed around the network's own methods."""
-    from context import set_context
-    from inference import InferenceNetwork, network_for
-    from layout import UmxConfig
-    from runtime import limit_blas_threads
-    from separator import CONTEXT_FRAMES, WINDOW_FRAMES
-    from tools.random_weights import write_random_weights
-    from hub import load_models
+    from unmix_nnabla.base.context import set_context
+    from unmix_nnabla.networks.inference import InferenceNetwork, network_for
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.base.threads import limit_blas_threads
+    from unmix_nnabla.separation.separator import CONTEXT_FRAMES, WINDOW_FRAMES
+    from unmix_nnabla.models.random_weights import write_random_weights
+    from unmix_nnabla.models.hub import load_models
     set_context("cpu", verbose=False)
     limit_blas_threads(1)
     cfg = UmxConfig()
@@ -285,9 +283,9 @@ def benchmark_workers(seconds, xumx=False, counts=(1, 2, 3, 4)):
     """Separation seconds and peak memory (summed PSS) with 1, 2, 3, 4 worker processes (`-j`),
     each with the cores split among them: what a worker costs in memory (the decision
     behind separator.worker_plan), and, on a machine with more cores, what it gains."""
-    from layout import UmxConfig
-    from tools.random_weights import write_random_weights, write_random_xumx
-    from vocabulary import XUMX_BRANCHES
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.models.random_weights import write_random_weights, write_random_xumx
+    from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
     print("| model | -j (worker processes) | separate (s) | network (s) | peak PSS (MB) | "
           "PSS over -j 1 (MB) |")
     print("|---|---|---|---|---|---|")
@@ -319,14 +317,15 @@ def training_worker(batch, seconds, steps, comm_name, model="umx"):
     as train.py runs it; prints JSON (one process: also seconds per NNabla function)."""
     import nnabla as nn
     import nnabla.solvers as S
-    from context import set_context
-    from layout import UmxConfig
-    from runtime import keep_freed_memory, limit_blas_threads
+    from unmix_nnabla.base.context import set_context
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.base.memory import keep_freed_memory
+    from unmix_nnabla.base.threads import limit_blas_threads
     from train import build_training_graph, dropout_rngs, train_step
-    from vocabulary import XUMX_BRANCHES
+    from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
     comm = None
     if comm_name == "mpi":
-        from comm import get_communicator
+        from unmix_nnabla.training.comm import get_communicator
         comm = get_communicator("cpu")
         limit_blas_threads(max(1, (os.cpu_count() or 1) // comm.size))  # as train.py does
     set_context("cpu", verbose=False)
@@ -436,15 +435,16 @@ def benchmark_training(steps, vs_openunmix=None):
 
 
 def _full():
-    from layout import UmxConfig
+    from unmix_nnabla.networks.layout import UmxConfig
     return UmxConfig()
 
 
 def loading_worker(root, kind, workers, batches):
     """Training samples per second (batches of 16 x 6 s) of one dataset kind, on the layout
     synth.py writes for it."""
-    from args import data_config, get_train_args
-    from datasets import KINDS, epoch_batches, load_dataset
+    from unmix_nnabla.cli.args import get_train_args
+    from unmix_nnabla.data.datasets import data_config
+    from unmix_nnabla.data.datasets import KINDS, epoch_batches, load_dataset
     args = get_train_args(["--umx-train", "--root", root, "--dataset", kind] +
                           list(KINDS[kind].example))
     data = load_dataset(data_config(args), log=lambda *a: None)
@@ -458,8 +458,8 @@ def loading_worker(root, kind, workers, batches):
 def benchmark_loading():
     """Samples per second of each dataset kind (and musdb's STEMS) with 0, 1 and 2 threads."""
     import stempeg
-    from datasets import KINDS
-    from synth import generate_dataset
+    from unmix_nnabla.data.datasets import KINDS
+    from unmix_nnabla.data.synth import generate_dataset
     print("\n| data loading, batches of 16 x 6 s | 0 workers | 1 worker | 2 workers |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -478,8 +478,9 @@ def benchmark_loading():
 
 
 def _stems_loading(root, workers):
-    from args import data_config, get_train_args
-    from datasets import epoch_batches, load_dataset
+    from unmix_nnabla.cli.args import get_train_args
+    from unmix_nnabla.data.datasets import data_config
+    from unmix_nnabla.data.datasets import epoch_batches, load_dataset
     args = get_train_args(["--umx-train", "--root", root, "--source", "vocals"])
     data = load_dataset(data_config(args), log=lambda *a: None)
     start = time.perf_counter()
@@ -495,12 +496,12 @@ def parity():
     """The agreement of convert.py + this project's separation with open-unmix-pytorch and
     with asteroid's X-UMX, on the test fixtures (made by tests/fixtures/make_*_fixture.py)."""
     import nnabla as nn
-    from context import set_context
-    from conversion import convert_checkpoints, write_converted
-    from inference import network_for
-    from separator import separate
-    from spectral import stft
-    from hub import load_models
+    from unmix_nnabla.base.context import set_context
+    from unmix_nnabla.models.conversion import convert_checkpoints, write_converted
+    from unmix_nnabla.networks.inference import network_for
+    from unmix_nnabla.separation.separator import separate
+    from unmix_nnabla.audio.spectral import stft
+    from unmix_nnabla.models.hub import load_models
     set_context("cpu", verbose=False)
 
     def snr(ref, est):

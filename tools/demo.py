@@ -17,11 +17,13 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from runtime import UmxError, blas_threads_chosen, die_with_parent, run_cli  # noqa: E402
-from vocabulary import SOURCES as TARGETS  # noqa: E402
+from unmix_nnabla.base.processes import die_with_parent
+
+from unmix_nnabla.base.runtime import UmxError, run_cli
+
+from unmix_nnabla.base.threads import blas_threads_chosen
+from unmix_nnabla.base.vocabulary import SOURCES as TARGETS
 
 
 def run(cmd):

@@ -29,19 +29,17 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from tools.measure import PeakMemory, write_song  # noqa: E402
+from measure import PeakMemory, write_song
 
 HERE = os.path.abspath(__file__)
 TOLERANCE = 1e-4
 
 
 def _small():
-    from layout import UmxConfig
+    from unmix_nnabla.networks.layout import UmxConfig
     return UmxConfig(hidden_size=32, max_bin=200, nb_output_bins=257, n_fft=512, n_hop=256)
 
 
@@ -77,7 +75,7 @@ def check_lstm(context):
     import nnabla as nn
     import nnabla.functions as F
     from nnabla.ext_utils import get_extension_context
-    from model import unrolled_lstm
+    from unmix_nnabla.networks.model import unrolled_lstm
     rng = np.random.RandomState(0)
     steps, batch, inputs, hid, layers, dirs = 50, 4, 64, 32, 3, 2
     arrays = [rng.randn(steps, batch, inputs), rng.randn(dirs, 4, hid, inputs + hid) * 0.3,
@@ -168,9 +166,9 @@ def _graph_step(context, ops, xumx):
     """(loss, {name: gradient}) of one training step of a small model, dropout off."""
     import nnabla as nn
     from nnabla.ext_utils import get_extension_context
-    from layout import UmxConfig
+    from unmix_nnabla.networks.layout import UmxConfig
     from train import build_training_graph, step_gradients
-    from vocabulary import XUMX_BRANCHES
+    from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
     os.environ["UMX_OPS"] = ops
     try:
         nn.set_default_context(get_extension_context(context))
@@ -210,8 +208,8 @@ def measure_training(context, quick):
 def step_worker(context, quick):
     import nnabla as nn
     import nnabla.solvers as S
-    from context import set_context
-    from layout import UmxConfig
+    from unmix_nnabla.base.context import set_context
+    from unmix_nnabla.networks.layout import UmxConfig
     from train import build_training_graph, dropout_rngs, train_step
     set_context(context, verbose=False)
     cfg = _small() if quick else UmxConfig()
@@ -252,8 +250,8 @@ def run(cmd, memory_gpu=False, env=None):
 def check_separation(context, quick, tmp):
     """5. test.py on real music; the stems against the CPU's."""
     import soundfile as sf
-    from layout import UmxConfig
-    from tools.random_weights import write_random_weights
+    from unmix_nnabla.networks.layout import UmxConfig
+    from unmix_nnabla.models.random_weights import write_random_weights
     model = os.path.join(tmp, "model")
     write_random_weights(model, _small() if quick else UmxConfig())  # random weights, real music
     ok = True
@@ -289,7 +287,7 @@ def check_separation(context, quick, tmp):
 
 def check_training_and_eval(context, tmp):
     """6. One epoch of training and eval.py on a generated dataset."""
-    from synth import generate_dataset
+    from unmix_nnabla.data.synth import generate_dataset
     root = generate_dataset(os.path.join(tmp, "data"), 3, 1, 4.0, progress=False)
     out = os.path.join(tmp, "trained")
     for cmd in ([sys.executable, "train.py", "--umx-train", "--root", root, "--is-wav",
@@ -315,7 +313,7 @@ def main(argv=None):
     if args.step_worker:
         step_worker(args.step_worker[0], args.quick)
         return
-    from context import gpu_status
+    from unmix_nnabla.base.context import gpu_status
     if args.cpu_mode:
         context = "cpu"
         print("CPU mode: every check with the CPU context, small sizes, the GPU's branches taken "

@@ -15,8 +15,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def linked_libraries(path):
@@ -32,7 +30,7 @@ def linked_libraries(path):
 
 def main():
     import importlib.util
-    import context
+    from unmix_nnabla.base import context
     spec = importlib.util.find_spec("nnabla_ext.cuda")
     if spec is None:
         print("nnabla-ext-cuda120 is not installed in %s: %s" % (sys.prefix, context.INSTALL_GPU))

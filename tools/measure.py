@@ -61,7 +61,7 @@ def run_json(cmd, sample_memory=False, env=None):
     its wall time (`process_wall`) and, with sample_memory, its peak PSS (`peak_mb`, sampled
     every 0.1 s: reading PSS costs the kernel time, so timed runs are not sampled). A failed
     worker ends the measurement with its error."""
-    from runtime import die_with_parent
+    from unmix_nnabla.base.processes import die_with_parent
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env=env,

@@ -22,14 +22,12 @@ import numpy as np
 import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import args  # noqa: E402,F401  (first: it quiets NNabla's import-time log lines)
-from layout import UmxConfig  # noqa: E402
-from runtime import die_with_parent  # noqa: E402
-from synth import generate_dataset, synth_track  # noqa: E402
-from tools.random_weights import write_random_weights, write_random_xumx  # noqa: E402
+import unmix_nnabla.cli.args  # noqa: F401 (first: it quiets NNabla's import-time log lines)
+from unmix_nnabla.networks.layout import UmxConfig
+from unmix_nnabla.base.processes import die_with_parent
+from unmix_nnabla.data.synth import generate_dataset, synth_track
+from unmix_nnabla.models.random_weights import write_random_weights, write_random_xumx
 
 SMALL = dict(hidden_size=16, max_bin=60, nb_output_bins=129, n_fft=256, n_hop=64,
              sample_rate=8000)

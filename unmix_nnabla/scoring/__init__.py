@@ -1,0 +1,1 @@
+"""Scoring: museval scores and the published tables (scores), and eval.py's work (evaluate)."""
