@@ -1,12 +1,7 @@
-"""Evaluate on MUSDB18: python eval.py --model DIR --root MUSDB18 --out-dir OUT
+"""Evaluate on MUSDB18 with museval, the published table (the work:
+unmix_nnabla/scoring/evaluate.py):
 
-Separates each track of the subset with the separation function of test.py, writes the
-estimates in musdb's layout (OUT/<subset>/<track>/<target>.wav), scores them with
-`museval.eval_mus_track` (BSSEval v4, 1 s windows) into museval's per-track JSON
-(OUT/<subset>/<track>.json), and aggregates the published table: per target, the median over
-frames, then the median over tracks, of SDR/SIR/SAR/ISR (OUT/results.md, OUT/results.csv,
-and a boxplot of per-track SDR, OUT/sdr_boxplot.png). A re-run skips the tracks that the same
-model files and options scored (`scoring.Origins`); scores made otherwise are refused.
+    python eval.py --model umxhq --root MUSDB18 --out-dir OUT
 """
 from unmix_nnabla.cli.args import get_eval_args  # first: it quiets NNabla's import-time log line
 from unmix_nnabla.base.runtime import run_cli

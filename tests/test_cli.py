@@ -27,7 +27,7 @@ def error_line(stderr):
 
 def test_project_test_module_is_imported():
     cli = import_script("test")
-    assert hasattr(cli, "run") and cli.__file__.startswith(ROOT)
+    assert hasattr(cli, "main") and cli.__file__.startswith(ROOT)
 
 
 @pytest.mark.slow

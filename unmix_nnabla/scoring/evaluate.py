@@ -6,7 +6,7 @@ estimates in musdb's layout (OUT/<subset>/<track>/<target>.wav), scores them wit
 (OUT/<subset>/<track>.json), and aggregates the published table: per target, the median over
 frames, then the median over tracks, of SDR/SIR/SAR/ISR (OUT/results.md, OUT/results.csv,
 and a boxplot of per-track SDR, OUT/sdr_boxplot.png). A re-run skips the tracks that the same
-model files and options scored (`scoring.Origins`); scores made otherwise are refused.
+model files and options scored (`scores.Origins`); scores made otherwise are refused.
 """
 import os
 import tempfile
