@@ -26,7 +26,8 @@ def main():
     from unmix_nnabla.data.datasets import MusdbSamples, epoch_batches
     from unmix_nnabla.data.tracks import load_tracks
     from unmix_nnabla.networks.layout import UmxConfig
-    from train import build_training_graph, dropout_rngs, train_step
+    from unmix_nnabla.training.graph import build_training_graph
+    from unmix_nnabla.training.step import dropout_rngs, train_step
     from unmix_nnabla.base.context import set_context
 
     comm = get_communicator("cpu")

@@ -321,7 +321,8 @@ def training_worker(batch, seconds, steps, comm_name, model="umx"):
     from unmix_nnabla.networks.layout import UmxConfig
     from unmix_nnabla.base.memory import keep_freed_memory
     from unmix_nnabla.base.threads import limit_blas_threads
-    from train import build_training_graph, dropout_rngs, train_step
+    from unmix_nnabla.training.graph import build_training_graph
+    from unmix_nnabla.training.step import dropout_rngs, train_step
     from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
     comm = None
     if comm_name == "mpi":
@@ -365,7 +366,7 @@ def training_worker(batch, seconds, steps, comm_name, model="umx"):
 def profile_training_step(graph, solver, mix, target, cfg, batch):
     """Seconds per NNabla function type (forward + backward) of one training step, plus
     'STFT (numpy)', the spectrograms computed outside the graph."""
-    from train import dropout_rngs
+    from unmix_nnabla.training.step import dropout_rngs
     seconds, started = {}, {}
 
     def pre(function):

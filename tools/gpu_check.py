@@ -167,7 +167,8 @@ def _graph_step(context, ops, xumx):
     import nnabla as nn
     from nnabla.ext_utils import get_extension_context
     from unmix_nnabla.networks.layout import UmxConfig
-    from train import build_training_graph, step_gradients
+    from unmix_nnabla.training.graph import build_training_graph
+    from unmix_nnabla.training.step import step_gradients
     from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
     os.environ["UMX_OPS"] = ops
     try:
@@ -210,7 +211,8 @@ def step_worker(context, quick):
     import nnabla.solvers as S
     from unmix_nnabla.base.context import set_context
     from unmix_nnabla.networks.layout import UmxConfig
-    from train import build_training_graph, dropout_rngs, train_step
+    from unmix_nnabla.training.graph import build_training_graph
+    from unmix_nnabla.training.step import dropout_rngs, train_step
     set_context(context, verbose=False)
     cfg = _small() if quick else UmxConfig()
     batch, seconds = (4, 1.0) if quick else (16, 6.0)
