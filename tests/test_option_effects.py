@@ -368,3 +368,85 @@ def test_a_validation_loss_that_stops_improving_decays_the_lr_and_stops(tracks, 
     # (patience 1), then a cooldown of 10 epochs; 4 bad epochs stop the run after epoch 5
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5] and summary["stopped_early"]
     assert np.allclose([h["lr"] for h in history], [0.01, 0.01, 0.005, 0.005, 0.005])
+
+
+# --------------------------------------------------------------------------------------
+# --weight-decay, --checkpoint, data.py --pcm16
+# --------------------------------------------------------------------------------------
+
+def test_weight_decay_pulls_every_weight_toward_zero(tracks, tmp_path):
+    """A weight decay that dominates the gradient makes Adam's first step -lr sign(w): every
+    weight's magnitude shrinks by the learning rate; without it the weights move both ways."""
+    root, _ = tracks
+    model = str(tmp_path / "model")
+    make_random_weights(model, targets=["vocals"], hidden_size=8, max_bin=100,
+                        nb_output_bins=257, n_fft=512, n_hop=256)
+    start = read_h5(os.path.join(model, "vocals.h5"))["fc1/affine/W"]
+    base = ["--umx-train", "--root", root, "--is-wav", "--source", "vocals", "--model", model,
+            "--seq-dur", "0.5", "--samples-per-track", "2", "--batch-size", "4", "--epochs",
+            "1", "--context", "cpu", "--lr", "0.001"]
+    shrink = {}
+    for decay in ("0", "1000"):
+        out = str(tmp_path / ("decay" + decay))
+        code, _, err = run_script("train", *base, "--weight-decay", decay, "--output", out)
+        assert code == 0, err
+        weights = read_h5(os.path.join(out, "vocals.checkpoint", "parameters.h5"))["fc1/affine/W"]
+        shrink[decay] = np.abs(start) - np.abs(weights)
+    clear = np.abs(start) > 0.002  # the weights that a step of 0.001 cannot carry past zero
+    assert clear.mean() > 0.9
+    assert np.abs(shrink["1000"][clear] - 0.001).max() < 1e-5
+    assert np.mean(shrink["0"] > 0) < 0.9  # without decay, some weights grow
+
+
+def test_checkpoint_resumes_another_runs_checkpoint(tracks, tmp_path):
+    """--checkpoint DIR: a new --output continues where DIR's run stopped (its epoch, its
+    weights within Adam's reach), not from scratch."""
+    from conftest import assert_trained, checkpoint
+    root, _ = tracks
+    base = ["--umx-train", "--root", root, "--is-wav", "--source", "vocals", "--seq-dur", "0.5",
+            "--samples-per-track", "2", "--batch-size", "2", "--context", "cpu", "--hidden-size",
+            "8", "--nfft", "512", "--nhop", "256"]
+    first = str(tmp_path / "first")
+    code, _, err = run_script("train", *base, "--epochs", "1", "--output", first)
+    assert code == 0, err
+    after_one, _ = checkpoint(first, "vocals")
+    second = str(tmp_path / "second")
+    code, stdout, err = run_script("train", *base, "--epochs", "2", "--output", second,
+                                   "--checkpoint", os.path.join(first, "vocals.checkpoint"))
+    assert code == 0, err
+    assert "resuming vocals from epoch 1" in stdout
+    assert [h["epoch"] for h in json.load(open(os.path.join(second, "vocals.json")))["history"]] \
+        == [1, 2]
+    assert_trained(after_one, second, "vocals", steps=4)
+
+
+def test_pcm16_decodes_stems_as_16_bit(tmp_path, stem_clip):
+    """data.py --decode-stems --pcm16: 16-bit files, equal to the float decoding up to the
+    16-bit rounding; the real clip (its peak 1.024) is refused, nothing written."""
+    import shutil
+    import stempeg
+    src = str(tmp_path / "musdb")
+    os.makedirs(os.path.join(src, "test"))
+    shutil.copyfile(stem_clip, os.path.join(src, "test", "C - Three.stem.mp4"))
+    dst = str(tmp_path / "wav")
+    code, _, err = run_script("data", "--decode-stems", src, dst, "--pcm16")
+    assert code == 1 and "16-bit PCM would clip it" in err and not os.path.exists(dst), err
+    # the clip at half its level, as STEMS
+    loud, rate = stempeg.read_stems(stem_clip, dtype=np.float32)
+    quiet = os.path.join(src, "test", "C - Three.stem.mp4")
+    stempeg.write_stems(quiet, loud * 0.5, sample_rate=rate, writer=stempeg.StreamsWriter())
+    code, _, err = run_script("data", "--decode-stems", src, dst, "--pcm16")
+    assert code == 0, err
+    floats = str(tmp_path / "float")
+    code, _, err = run_script("data", "--decode-stems", src, floats)
+    assert code == 0, err
+    for name in ["mixture", "drums", "bass", "other", "vocals"]:
+        path = os.path.join(dst, "test", "C - Three", name + ".wav")
+        assert sf.info(path).subtype == "PCM_16"
+        audio = sf.read(path, dtype="float32")[0]
+        reference = sf.read(os.path.join(floats, "test", "C - Three", name + ".wav"),
+                            dtype="float32")[0]
+        assert sf.info(os.path.join(floats, "test", "C - Three", name + ".wav")).subtype == \
+            "FLOAT"
+        assert audio.shape == reference.shape
+        assert np.abs(audio - reference).max() <= 2 ** -15 + 1e-7, name
