@@ -44,7 +44,8 @@ if [ ! -f "$stamp" ]; then
 fi
 # the package itself, editable: the checkout's code is what every script and test imports
 here=$(pwd)
-if [ "$(cd / && "$PY" -c "import unmix_nnabla, os; print(os.path.dirname(os.path.dirname(unmix_nnabla.__file__)))" 2>/dev/null)" != "$here" ]; then
+py_abs="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # asked from another folder below
+if [ "$(cd / && "$py_abs" -c "import unmix_nnabla, os; print(os.path.dirname(os.path.dirname(unmix_nnabla.__file__)))" 2>/dev/null)" != "$here" ]; then
   echo "installing the package unmix_nnabla into $VENV (editable)"
   "$PY" -m pip install -q --disable-pip-version-check --no-deps -e .
 fi
