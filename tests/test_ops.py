@@ -102,25 +102,24 @@ def test_dense_refuses_an_unknown_activation():
         dense(V(np.ones((2, 3))), V(np.ones((3, 4))), activation="gelu")
 
 
-def test_istft_and_its_gradient_equal_nnabla_istft():
-    from unmix_nnabla.networks.ops import istft
+def test_istft_and_its_adjoint_equal_nnabla_istft():
+    """The numpy ISTFT (`spectral.istft`) and its gradient (`spectral.istft_adjoint`, what
+    training's CPU functions run) against NNabla's F.istft (`spectral.nnabla_istft`, GPU
+    contexts), on random spectra, Nyquist bin included."""
+    from unmix_nnabla.audio.spectral import istft, istft_adjoint, nnabla_istft
     rng = np.random.RandomState(3)
     real, imag = rng.randn(3, 129, 12), rng.randn(3, 129, 12)
     grad = rng.randn(3, 11 * 64).astype(np.float32)
-    results = []
-    for function in (lambda r, i: istft(r, i, 256, 64),
-                     lambda r, i: F.istft(r, i, 256, 64, 256, window_type="hanning",
-                                          center=True, pad_mode="constant")):
-        inputs = [V(real), V(imag)]
-        for v in inputs:
-            v.grad.fill(0.5)
-        y = function(*inputs)
-        y.forward()
-        y.backward(grad)
-        results.append([y.d.copy()] + [v.g.copy() for v in inputs])
-    assert results[0][0].shape == (3, 11 * 64)
-    for ours, theirs in zip(*results):
-        assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
+    inputs = [V(real), V(imag)]
+    y = nnabla_istft(*inputs, 256, 64)
+    y.forward()
+    y.backward(grad)
+    # (rows, bins, frames) <-> (rows, frames, bins)
+    ours = istft((real + 1j * imag).transpose(0, 2, 1), 11 * 64, 256, 64)
+    ours_grad = istft_adjoint(grad, 12, 256, 64).transpose(0, 2, 1)
+    assert ours.shape == y.shape == (3, 11 * 64)
+    for mine, theirs in ((ours, y.d), (ours_grad.real, inputs[0].g), (ours_grad.imag, inputs[1].g)):
+        assert np.allclose(mine, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 4), (9, 2, 7)])

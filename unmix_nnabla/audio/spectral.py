@@ -7,8 +7,9 @@ normalization — the conventions of `torch.stft` and of NNabla's `F.stft(..., w
 frames) or not (frames from the first sample, 1 + (n - n_fft) // n_hop of them), by the rule
 that `training_centered` writes once: separation and X-UMX's training centered, UMX's training
 not. Two backends: `stft`/`istft` (numpy/scipy FFT, wherever no gradient flows and the data is
-on the host) and `nnabla_stft`/`nnabla_spectrogram` (NNabla's F.stft, in training graphs on GPU
-contexts, where the audio goes to the device and the STFT runs there).
+on the host; `istft_adjoint` is the ISTFT's gradient, which training's CPU functions use) and
+`nnabla_stft`/`nnabla_spectrogram`/`nnabla_istft` (NNabla's F.stft and F.istft, in training
+graphs on GPU contexts, where the audio goes to the device and the transforms run there).
 """
 import functools
 
@@ -219,6 +220,18 @@ def nnabla_stft(x, n_fft=4096, n_hop=1024, center=True):
     import nnabla.functions as F
     return F.stft(x, n_fft, n_hop, n_fft, window_type="hanning", center=center,
                   pad_mode="reflect")
+
+
+def nnabla_istft(real, imag, n_fft=4096, n_hop=1024):
+    """The centered ISTFT with NNabla's F.istft (same convention as `istft`), for graphs on the
+    device.
+
+    (real, imag) [shape=(rows, nb_bins, nb_frames)] Variables → [shape=(rows, (nb_frames - 1)
+    n_hop)]
+    """
+    import nnabla.functions as F
+    return F.istft(real, imag, n_fft, n_hop, n_fft, window_type="hanning", center=True,
+                   pad_mode="constant")
 
 
 def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False, center=True):

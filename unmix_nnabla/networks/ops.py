@@ -13,7 +13,6 @@ large arrays).
   contexts in place after the product: NNabla's CPU relu and tanh took a third of the
   inference network's output layer).
 - `batch_norm(...)`: `F.batch_normalization` over the last axis.
-- `istft(real, imag)`: `F.istft(center=True)`.
 - `fused_lstm()`: whether the LSTM is NNabla's fused `F.lstm` (cuDNN's, on cudnn contexts) or
   the unrolled one (`model.unrolled_lstm`: CPU, and cuda contexts, where `F.lstm` would be
   NNabla's generic LSTM, which ignores dropout).
@@ -332,46 +331,3 @@ def batch_norm(x, beta, gamma, mean, var, batch_stat, decay_rate=0.9, eps=1e-5):
         return _BatchNorm(decay_rate=decay_rate, eps=eps)(x, beta, gamma, mean, var)
     return F.batch_normalization(x, beta, gamma, mean, var, axes=[len(x.shape) - 1],
                                  decay_rate=decay_rate, eps=eps, batch_stat=batch_stat)
-
-
-class _Istft(NumpyFunction):
-    """(real, imag) [shape=(rows, bins, frames)] → the project's ISTFT (`spectral.istft`: least
-    squares, centered) [shape=(rows, (frames - 1) hop)], as F.istft(center=True); backward:
-    `spectral.istft_adjoint`."""
-
-    def output_shape(self, inputs):
-        rows, bins, frames = inputs[0].shape
-        if inputs[1].shape != inputs[0].shape or bins != self.n_fft // 2 + 1:
-            raise ValueError("istft: spectra %s, %s for n_fft %d" % (inputs[0].shape,
-                                                                   inputs[1].shape, self.n_fft))
-        return (rows, (frames - 1) * self.n_hop)
-
-    def forward_impl(self, inputs, outputs):
-        from unmix_nnabla.audio.spectral import istft
-        spec = inputs[0].data.get_data("r") + 1j * inputs[1].data.get_data("r")
-        out = outputs[0].data.get_data("w")
-        # (rows, bins, frames) -> (rows, frames, bins)
-        out[...] = istft(spec.transpose(0, 2, 1), out.shape[-1], self.n_fft, self.n_hop)
-
-    def backward_impl(self, inputs, outputs, propagate_down, accum):
-        from unmix_nnabla.audio.spectral import istft_adjoint
-        frames = inputs[0].shape[-1]
-        grad = istft_adjoint(outputs[0].grad.get_data("r"), frames, self.n_fft, self.n_hop)
-        grad = grad.transpose(0, 2, 1)  # (rows, frames, bins) -> (rows, bins, frames)
-        for k, part in ((0, grad.real), (1, grad.imag)):
-            if propagate_down[k]:
-                set_grad(inputs[k], part, accum[k])
-
-    def grad_depends_input_data(self, i, j):
-        return False
-
-
-def istft(real, imag, n_fft, n_hop):
-    """The centered least-squares ISTFT of (real, imag) [shape=(rows, bins, frames)] →
-    [shape=(rows, (frames - 1) n_hop)], as F.istft(center=True). NNabla's CPU ISTFT took most
-    of an X-UMX training step (its backward especially); on CPU contexts this one runs the
-    project's own (scipy's FFT)."""
-    if numpy_kernels():
-        return _Istft(n_fft=n_fft, n_hop=n_hop)(real, imag)
-    return F.istft(real, imag, n_fft, n_hop, n_fft, window_type="hanning", center=True,
-                   pad_mode="constant")

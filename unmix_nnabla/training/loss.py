@@ -20,12 +20,15 @@ with their gradients), which the CPU functions of the training graph and the val
 call, and one in NNabla's functions (`*_graph`, what GPU contexts run), tested equal.
 """
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import nnabla as nn
 import nnabla.functions as F
 
-from unmix_nnabla.networks.ops import NumpyFunction, dense, istft, multiply, numpy_kernels, set_grad
+from unmix_nnabla.audio.spectral import istft, istft_adjoint, nnabla_istft, stft
+from unmix_nnabla.base.threads import compute_threads
+from unmix_nnabla.networks.ops import NumpyFunction, dense, multiply, numpy_kernels, set_grad
 
 # the 14 combinations of 1, 2 or 3 of the 4 targets, as rows of 0/1 weights
 COMBINATIONS = np.array([[1.0 if j in c else 0.0 for j in range(4)]
@@ -312,8 +315,8 @@ def estimate_signals_graph(estimates, phase_real, phase_imag, cfg, length):
         if cfg.nb_channels == 1:
             estimate = F.broadcast(estimate, (batch, 2) + estimate.shape[2:])
         estimate = F.reshape(estimate, phase_real.shape)
-        signal = istft(multiply(estimate, phase_real), multiply(estimate, phase_imag),
-                       cfg.n_fft, cfg.n_hop)
+        signal = nnabla_istft(multiply(estimate, phase_real), multiply(estimate, phase_imag),
+                              cfg.n_fft, cfg.n_hop)
         signals.append(signal[:, TRIM:TRIM + length])
     return F.stack(*signals, axis=0)
 
@@ -338,8 +341,6 @@ class _EstimateSignals(NumpyFunction):
         """work(row, its phasor [shape=(frames, bins)], [(estimate's array, batch, channel)])
         for every row; the two rows of one sample in one thread (a mono estimate's gradient
         sums both)."""
-        from concurrent.futures import ThreadPoolExecutor
-        from unmix_nnabla.base.threads import compute_threads
         real, imag = (inputs[k].data.get_data("r") for k in (-2, -1))
         estimates = [inputs[j].data.get_data("r") for j in range(len(inputs) - 2)]
 
@@ -352,20 +353,18 @@ class _EstimateSignals(NumpyFunction):
             list(pool.map(sample, range(real.shape[0] // 2)))
 
     def forward_impl(self, inputs, outputs):
-        from unmix_nnabla.audio.spectral import istft as istft_numpy
         out = outputs[0].data.get_data("w")
         nb_timesteps = (inputs[-2].shape[-1] - 1) * self.n_hop
 
         def work(row, phasor, estimates):
             for j, (estimate, batch, channel) in enumerate(estimates):
-                signal = istft_numpy(estimate[:, batch, channel] * phasor, nb_timesteps,
+                signal = istft(estimate[:, batch, channel] * phasor, nb_timesteps,
                                      self.n_fft, self.n_hop)
                 out[j, row] = signal[TRIM:TRIM + self.length]
 
         self._for_each_row(inputs, work)
 
     def backward_impl(self, inputs, outputs, propagate_down, accum):
-        from unmix_nnabla.audio.spectral import istft_adjoint
         phasor_grads = propagate_down[-2] or propagate_down[-1]
         grads = [np.zeros(v.shape, np.float32) if k < len(inputs) - 2 or phasor_grads else None
                  for k, v in enumerate(inputs)]
@@ -403,7 +402,6 @@ def xumx_loss(estimates, inputs, cfg, mcoef):
 def reference_magnitudes(sources, cfg):
     """The targets' magnitudes of a whole track (validation): sources [shape=(J, 2, n)] →
     [shape=(frames, bins, C, J)], downmixed for mono models."""
-    from unmix_nnabla.audio.spectral import stft
     reference = np.abs(stft(sources, cfg.n_fft, cfg.n_hop)).transpose(2, 3, 1, 0)
     return reference.mean(axis=2, keepdims=True) if cfg.nb_channels == 1 else reference
 
@@ -413,11 +411,10 @@ def xumx_validation_loss(estimates, reference, mixture, sources, cfg, mcoef, val
     [shape=(frames, bins, C, J)], the estimates with the mixture's [shape=(n, 2)] phase
     against sources [shape=(J, 2, n)]; the time term is the mean over segments of `valid_dur`
     seconds (each trimmed by TRIM at both ends; a shorter track: one)."""
-    from unmix_nnabla.audio.spectral import istft as istft_numpy, stft
     spec = stft(mixture.T, cfg.n_fft, cfg.n_hop)  # (2, frames, bins)
     errors = [estimates[..., j] - reference[..., j] for j in range(estimates.shape[-1])]
     # (frames, bins, C, J) -> (J, C, frames, bins), with the mixture's phase
-    signals = istft_numpy(estimates.transpose(3, 2, 0, 1) * mixture_phasor(spec)[None],
+    signals = istft(estimates.transpose(3, 2, 0, 1) * mixture_phasor(spec)[None],
                           mixture.shape[0], cfg.n_fft, cfg.n_hop).astype(np.float32)
     n = mixture.shape[0]
     span = min(n, int(round(valid_dur * cfg.sample_rate)))
