@@ -13,6 +13,7 @@ logging.getLogger("nnabla").setLevel(logging.WARNING)
 
 from unmix_nnabla.base.runtime import UmxError  # noqa: E402
 from unmix_nnabla.base.vocabulary import AUGMENTATIONS, DATASET_KINDS, SOURCES  # noqa: E402
+from unmix_nnabla.data.datasets import KIND_FLAGS, KINDS, kinds_taking  # noqa: E402
 
 
 
@@ -267,33 +268,14 @@ def _add_dataset_flags(parser):
                              "(downloaded)")
     parser.add_argument("--dataset", default="musdb", choices=DATASET_KINDS,
                         help="dataset kind (open-unmix-pytorch's): %(default)s")
-    parser.add_argument("--is-wav", action="store_true", default=None,
-                        help="musdb: the dataset is decoded WAV (musdb's WAV layout), not STEMS")
-    parser.add_argument("--input-file", default=None, help="aligned: the model's input file")
-    parser.add_argument("--output-file", default=None,
-                        help="aligned: the model's output file (its name: the target's)")
-    parser.add_argument("--target-dir", default=None,
-                        help="sourcefolder: the target's folder (its name: the target's)")
-    parser.add_argument("--interferer-dirs", nargs="+", default=None,
-                        help="sourcefolder: the interferers' folders")
-    parser.add_argument("--ext", default=None,
-                        help="sourcefolder, trackfolder_var: audio file extension (.wav)")
-    parser.add_argument("--nb-train-samples", type=positive_int, default=None,
-                        help="sourcefolder: samples per epoch (1000)")
-    parser.add_argument("--nb-valid-samples", type=positive_int, default=None,
-                        help="sourcefolder: fixed validation samples (100)")
-    parser.add_argument("--target-file", default=None,
-                        help="trackfolder_fix, trackfolder_var: the target's file (its name: "
-                             "the target's)")
-    parser.add_argument("--interferer-files", nargs="+", default=None,
-                        help="trackfolder_fix: the interferers' files")
-    parser.add_argument("--random-track-mix", action="store_true", default=None,
-                        help="trackfolder_fix: interferers from random tracks")
-    parser.add_argument("--silence-missing-targets", action="store_true", default=None,
-                        help="trackfolder_var: a track without the target file has a silent "
-                             "target (else: an error)")
-    parser.add_argument("--random-interferer-mix", action="store_true", default=None,
-                        help="trackfolder_var: interferers from a random track")
+    for flag, (form, meaning) in KIND_FLAGS.items():
+        kinds = kinds_taking(flag)
+        defaults = {KINDS[k].defaults[flag] for k in kinds if flag in KINDS[k].defaults}
+        shown = " (%s)" % defaults.pop() if form != "switch" and len(defaults) == 1 else ""
+        form = {"switch": dict(action="store_true"), "values": dict(nargs="+"),
+                "count": dict(type=positive_int), "value": {}}[form]
+        parser.add_argument("--" + flag.replace("_", "-"), default=None,
+                            help="%s: %s%s" % (", ".join(kinds), meaning, shown), **form)
 
 
 def _add_run_flags(parser):
@@ -399,7 +381,6 @@ def _dataset_flags(parser, args):
     """Refuse a flag the chosen --dataset kind does not take, ask for the ones it needs, give
     the others their defaults (`datasets.KINDS`), and refuse files or folders that would give
     one source name twice."""
-    from unmix_nnabla.data.datasets import KINDS
     from unmix_nnabla.data.tracks import source_names
     kind = KINDS[args.dataset]
     every = {f for k in KINDS.values() for f in k.required + tuple(k.defaults)}

@@ -413,6 +413,27 @@ def _common(config, train_tracks, log):
 # the dataset kinds, each described once
 # --------------------------------------------------------------------------------------
 
+# the kinds' own train.py flags (which kinds take each, and its default: `KINDS`): its form
+# ("value"; "values": one or more; "count": a positive integer; "switch": on when given) and
+# what it holds; train.py's parser declares them from here
+KIND_FLAGS = {
+    "is_wav": ("switch", "the dataset is decoded WAV (musdb's WAV layout), not STEMS"),
+    "input_file": ("value", "the model's input file"),
+    "output_file": ("value", "the model's output file (its name: the target's)"),
+    "target_dir": ("value", "the target's folder (its name: the target's)"),
+    "interferer_dirs": ("values", "the interferers' folders"),
+    "ext": ("value", "audio file extension"),
+    "nb_train_samples": ("count", "samples per epoch"),
+    "nb_valid_samples": ("count", "fixed validation samples"),
+    "target_file": ("value", "the target's file (its name: the target's)"),
+    "interferer_files": ("values", "the interferers' files"),
+    "random_track_mix": ("switch", "interferers from random tracks"),
+    "silence_missing_targets": ("switch", "a track without the target file has a silent "
+                                          "target (else: an error)"),
+    "random_interferer_mix": ("switch", "interferers from a random track"),
+}
+
+
 @dataclass(frozen=True)
 class Kind:
     """One dataset kind: its train.py flags (`required`, and `defaults` of the optional ones),
@@ -477,6 +498,14 @@ KINDS = {
         ("train", "valid"), _some_stems, ("--target-file", "vocals.wav")),
 }
 assert tuple(KINDS) == DATASET_KINDS
+assert {f for k in KINDS.values() for f in k.required + tuple(k.defaults)} == \
+    set(KIND_FLAGS) | {"samples_per_track"}  # a sampling flag, declared with the run's
+
+
+def kinds_taking(flag):
+    """The kinds that take a train.py flag (its dest), in KINDS' order."""
+    return [name for name, kind in KINDS.items()
+            if flag in kind.required or flag in kind.defaults]
 
 
 def data_config(args):
