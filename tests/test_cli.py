@@ -172,3 +172,17 @@ def test_demucs_format_flags_and_no_abbreviated_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         get_train_args(["--umx-tr"])  # no prefix of --umx-train
     assert "unrecognized" in capsys.readouterr().err
+
+
+def test_args_script_prints_the_front_doors_flags():
+    """`args.py` (Sony's layout keeps the parsers there) prints each named script's own flags,
+    all of them without a name; a name that is no front door: one line, exit 2."""
+    code, out, err = run_script("args", "train")
+    assert code == 0 and "--umx-train" in out and "--estimates" not in out
+    code, out, err = run_script("args", "eval", "data")
+    assert code == 0 and "--estimates" in out and "--generate" in out and "--umx-train" not in out
+    code, out, err = run_script("args")
+    assert code == 0 and [line for line in out.splitlines() if line.startswith("# ")] == \
+        ["# train.py", "# test.py", "# eval.py", "# data.py", "# convert.py"]
+    code, out, err = run_script("args", "separate")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "'separate'" in err

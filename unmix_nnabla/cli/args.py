@@ -500,3 +500,29 @@ def get_data_args(argv=None):
         if os.path.exists(dst) and not os.path.isdir(dst):
             parser.error("argument --decode-stems: %s is a file, not a folder" % dst)
     return args
+
+
+def front_door_parsers():
+    """{script: its parse function} of the top-level front doors."""
+    return {"train": get_train_args, "test": get_inference_args, "eval": get_eval_args,
+            "data": get_data_args, "convert": get_convert_args}
+
+
+def print_flags(argv=None):
+    """`args.py`: print the flags of the named front doors (every one without a name) → 0."""
+    doors = front_door_parsers()
+    parser = Parser(prog="args.py", description="Print the flags of the front doors (the "
+                                                "parsers: unmix_nnabla/cli/args.py)")
+    parser.add_argument("scripts", nargs="*", metavar="SCRIPT",
+                        help="any of %s (default: all)" % ", ".join(doors))
+    names = parser.parse_args(argv).scripts
+    for name in names:
+        if name not in doors:  # (argparse's choices refuse nargs="*"'s empty default)
+            parser.error("argument SCRIPT: %r is not a front door (%s)" % (name, ", ".join(doors)))
+    for name in names or doors:
+        print("\n# %s.py\n" % name)
+        try:
+            doors[name](["--help"])  # argparse prints the help, then exits 0
+        except SystemExit:
+            pass
+    return 0
