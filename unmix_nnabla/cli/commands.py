@@ -22,7 +22,7 @@ def convert(args):
     for name, (_, cfg, _) in converted.items():
         say("%s: %shidden %d, %d channels, max_bin %d, %s -> %s"
               % (name, "X-UMX branches %s, " % ", ".join(cfg.xumx_branches)
-                 if cfg.xumx_branches else "", cfg.hidden_size, cfg.nb_channels, cfg.max_bin,
+                 if cfg.is_xumx else "", cfg.hidden_size, cfg.nb_channels, cfg.max_bin,
                  "unidirectional" if cfg.unidirectional else "bidirectional",
                  os.path.join(args.out, name + ".h5")))
 

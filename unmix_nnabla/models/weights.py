@@ -188,7 +188,7 @@ def describe(cfgs):
     shape = "hidden %d, %d layers, %s, %s, %d Hz" % (
         cfg.hidden_size, cfg.nb_layers, "unidirectional" if cfg.unidirectional else
         "bidirectional", "mono" if cfg.nb_channels == 1 else "stereo", cfg.sample_rate)
-    if cfg.xumx_branches:
+    if cfg.is_xumx:
         return "X-UMX, bridged branches %s (%s)" % (", ".join(cfg.xumx_branches), shape)
     return "UMX, one network per target: %s (%s)" % (", ".join(cfgs), shape)
 

@@ -102,7 +102,7 @@ class InferenceNetwork:
     @property
     def bridged(self):
         """Whether some targets are X-UMX branches (which run together, not one by one)."""
-        return any(cfg.xumx_branches for cfg in self.cfgs.values())
+        return any(cfg.is_xumx for cfg in self.cfgs.values())
 
     def _per_frame(self, layer, weights, inputs, nb_out, write=None):
         """Apply a per-frame layer to row arrays, in blocks of equal size (at most block_rows).
@@ -279,17 +279,16 @@ class GraphNetwork:
     bridged = False  # X-UMX's branches run in one graph: windows are never split by target
 
     def __init__(self, models):
-        from unmix_nnabla.networks.layout import branch_name
         self.cfgs = {t: cfg for t, (cfg, _) in models.items()}
         self.scope = "_graph_network_%d" % id(self)
         with nn.parameter_scope(self.scope):
             for target, (cfg, params) in models.items():
                 # UMX: one scope per target; X-UMX: Sony's suffixed names in one scope
-                scope = "xumx" if cfg.xumx_branches else target
+                scope = "xumx" if cfg.is_xumx else target
                 with nn.parameter_scope(scope):
                     for name, var in params.items():
                         nn.parameter.set_parameter(
-                            branch_name(name, target) if cfg.xumx_branches else name, var)
+                            cfg.stored_name(name, target), var)
         self.graphs = {}
 
     def _graph(self, nb_frames, nb_samples):
@@ -304,13 +303,13 @@ class GraphNetwork:
         x = nn.Variable((nb_frames, nb_samples, 2, bins))
         outputs = {}
         with nn.parameter_scope(self.scope):
-            xumx = [t for t, cfg in self.cfgs.items() if cfg.xumx_branches]
+            xumx = [t for t, cfg in self.cfgs.items() if cfg.is_xumx]
             if xumx:
                 cfg = self.cfgs[xumx[0]]
                 with nn.parameter_scope("xumx"):
                     outputs.update(CrossNet(cfg, cfg.xumx_branches)(x, test=True))
             for target, cfg in self.cfgs.items():
-                if not cfg.xumx_branches:
+                if not cfg.is_xumx:
                     with nn.parameter_scope(target):
                         outputs[target] = OpenUnmix(cfg)(x, test=True)
         for estimate in outputs.values():

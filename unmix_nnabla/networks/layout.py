@@ -50,6 +50,21 @@ class UmxConfig:
     xumx_branches: tuple = ()
 
     @property
+    def is_xumx(self):
+        """Whether this is a branch of an X-UMX (bridged with its others), not a UMX target."""
+        return bool(self.xumx_branches)
+
+    @property
+    def nb_targets(self):
+        """How many targets one network of this config estimates: X-UMX's branches, or one."""
+        return len(self.xumx_branches) or 1
+
+    def stored_name(self, name, target):
+        """A parameter's name as stored for `target`: X-UMX's with the branch suffix
+        (`branch_name`), UMX's as it is."""
+        return branch_name(name, target if self.is_xumx else None)
+
+    @property
     def nb_directions(self):
         return 1 if self.unidirectional else 2
 

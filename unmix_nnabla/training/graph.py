@@ -33,12 +33,12 @@ def build_training_graph(cfg, scope, batch_size, nb_timesteps, input_mean=None,
     as Sony's X-UMX training does). loss: UMX's MSE, or X-UMX's multi-domain loss (time term
     weighted by mcoef).
     """
-    length = xumx_signal_length(cfg, nb_timesteps) if cfg.xumx_branches else None
+    length = xumx_signal_length(cfg, nb_timesteps) if cfg.is_xumx else None
     on_host = numpy_kernels()
     inputs, tensors = (_host_inputs if on_host else _device_inputs)(cfg, batch_size,
                                                                   nb_timesteps, length)
     with nn.parameter_scope(scope):
-        if not cfg.xumx_branches:
+        if not cfg.is_xumx:
             model = OpenUnmix(cfg, input_mean, input_scale, dropout)
             loss = umx_loss(model(tensors["mixture"], test=False), tensors["target"])
         else:
@@ -65,9 +65,9 @@ def _host_inputs(cfg, batch_size, nb_timesteps, length):
     * 2, length)], the mixture's time signal [shape=(1, batch * 2, length)]. → (inputs, the
     same: what the model and loss read)."""
     nb_frames = nb_stft_frames(nb_timesteps, cfg.n_hop, cfg.n_fft,
-                               training_centered(cfg.xumx_branches))
+                               training_centered(cfg.is_xumx))
     spec = (nb_frames, batch_size, cfg.nb_channels, cfg.nb_output_bins)
-    if not cfg.xumx_branches:
+    if not cfg.is_xumx:
         inputs = dict(mixture=nn.Variable(spec), target=nn.Variable(spec))
         return inputs, inputs
     rows, nb_targets = batch_size * 2, len(cfg.xumx_branches)
@@ -86,15 +86,15 @@ def _device_inputs(cfg, batch_size, nb_timesteps, length):
     computed in the graph from them."""
     mono = cfg.nb_channels == 1
     mixture = nn.Variable((batch_size, 2, nb_timesteps))
-    nb_targets = len(cfg.xumx_branches) or 1
+    nb_targets = cfg.nb_targets
     targets = nn.Variable((nb_targets, batch_size, 2, nb_timesteps))
     inputs = dict(mixture_audio=mixture, targets_audio=targets)
     # (J, B, 2, n) -> J x (B, 2, n)
     sources = list(F.split(targets, axis=0)) if nb_targets > 1 else \
         [F.reshape(targets, targets.shape[1:])]
-    center = training_centered(cfg.xumx_branches)
+    center = training_centered(cfg.is_xumx)
     magnitudes = [nnabla_spectrogram(s, cfg.n_fft, cfg.n_hop, mono, center) for s in sources]
-    if not cfg.xumx_branches:
+    if not cfg.is_xumx:
         return inputs, dict(mixture=nnabla_spectrogram(mixture, cfg.n_fft, cfg.n_hop, mono,
                                                        center),
                             target=magnitudes[0])
@@ -119,14 +119,14 @@ def feed_spectrograms(graph, cfg, mixtures, targets):
     """The host's inputs from audio batches: mixtures [shape=(batch, nb_timesteps, 2)], targets
     [shape=(batch, nb_timesteps, 2 * nb_targets)] (UMX: one target; X-UMX: Sony's order)."""
     inputs, mono = graph.inputs, cfg.nb_channels == 1
-    center = training_centered(cfg.xumx_branches)
+    center = training_centered(cfg.is_xumx)
     spec = stft(mixtures.transpose(0, 2, 1), cfg.n_fft, cfg.n_hop, center)  # (B, 2, T, bins)
     inputs["mixture"].d = model_layout(spec, mono)
-    nb_targets = len(cfg.xumx_branches) or 1
+    nb_targets = cfg.nb_targets
     # (B, n, 2 * J) -> (J, B, 2, n)
     sources = targets.reshape(targets.shape[0], -1, nb_targets, 2).transpose(2, 0, 3, 1)
     magnitudes = [model_layout(stft(s, cfg.n_fft, cfg.n_hop, center), mono) for s in sources]
-    if not cfg.xumx_branches:
+    if not cfg.is_xumx:
         inputs["target"].d = magnitudes[0]
         return
     inputs["targets"].d = np.stack(magnitudes)

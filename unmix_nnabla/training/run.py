@@ -68,7 +68,7 @@ def prepare_run(args, comm, log, progress):
             xumx_branches=() if args.umx_train else tuple(data.targets)),
             "the training arguments")
     seq_samples = int(round(data.train.seq_dur * data.rate))
-    if cfg.xumx_branches:
+    if cfg.is_xumx:
         xumx_signal_length(cfg, seq_samples)
     elif seq_samples < cfg.n_fft:
         raise UmxError("--seq-dur %g s is shorter than one STFT window (%d samples, --nfft)"
@@ -91,7 +91,7 @@ def prepare_run(args, comm, log, progress):
     new_statistics = args.model is None or args.new_statistics
     mean, std = (None, None) if resume_from or not is_main or not new_statistics else \
         compute_statistics(data.statistics_items(), cfg.n_fft, cfg.n_hop, progress,
-                           training_centered(cfg.xumx_branches))
+                           training_centered(cfg.is_xumx))
     graph = build_training_graph(cfg, scope, args.batch_size, seq_samples, mean, std,
                                  mcoef=args.mcoef)
     if args.model is not None and not resume_from:
@@ -128,7 +128,7 @@ def fine_tuning_config(args, data):
     target = data.targets[0]
     cfgs = load_models(args.model, [target] if args.umx_train else None, load=False)
     cfg = cfgs[target] if args.umx_train else next(iter(cfgs.values()))
-    if args.umx_train and cfg.xumx_branches:
+    if args.umx_train and cfg.is_xumx:
         raise UmxError("--model %s is an X-UMX: fine-tune it without --umx-train" % args.model)
     if not args.umx_train and tuple(sorted(cfg.xumx_branches)) != tuple(sorted(data.targets)):
         raise UmxError("--model %s is no X-UMX of %s: X-UMX fine-tunes Sony's x-umx.h5 (or "
@@ -152,7 +152,6 @@ def fine_tuning_config(args, data):
 def start_from_model(model, cfg, scope, mean=None, std=None):
     """Set the training graph's parameters (in `scope`) to --model's weights; with mean and std,
     the input standardization from these statistics instead of the model's."""
-    from unmix_nnabla.networks.layout import branch_name
     targets = list(cfg.xumx_branches) or [scope]
     load_models(model, targets)  # each target's parameters in its scope, UMX's names
     with nn.parameter_scope(scope):
@@ -161,12 +160,12 @@ def start_from_model(model, cfg, scope, mean=None, std=None):
         with nn.parameter_scope(target):
             loaded = nn.get_parameters(grad_only=False)
         for name, var in loaded.items():
-            stored = branch_name(name, target) if cfg.xumx_branches else name
+            stored = cfg.stored_name(name, target)
             params[stored].d = var.d
         if mean is not None:
-            params[branch_name("input_mean", target if cfg.xumx_branches else None)].d = \
+            params[cfg.stored_name("input_mean", target)].d = \
                 -mean[:cfg.max_bin]
-            params[branch_name("input_scale", target if cfg.xumx_branches else None)].d = \
+            params[cfg.stored_name("input_scale", target)].d = \
                 1.0 / std[:cfg.max_bin]
 
 

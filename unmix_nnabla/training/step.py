@@ -66,7 +66,7 @@ def validation_loss(data, scope, cfg, progress=True, comm=None, mcoef=10.0, vali
     With a communicator each rank scores every size-th item and the mean is over all."""
     with nn.parameter_scope(scope):
         params = nn.get_parameters(grad_only=False)
-    params = split_branches(params) if cfg.xumx_branches else {scope: params}
+    params = split_branches(params) if cfg.is_xumx else {scope: params}
     cfgs = {t: cfg for t in params}
     network = network_for(cfgs, params=params)
     losses = []
@@ -83,7 +83,7 @@ def validation_loss(data, scope, cfg, progress=True, comm=None, mcoef=10.0, vali
         # (n, 2 * J) -> (J, 2, n)
         sources = np.ascontiguousarray(target.reshape(target.shape[0], -1, 2).transpose(1, 2, 0))
         reference = reference_magnitudes(sources, cfg)  # (frames, bins, C, J)
-        if cfg.xumx_branches:
+        if cfg.is_xumx:
             losses.append(xumx_validation_loss(estimates, reference, mixture, sources, cfg,
                                                mcoef, valid_dur))
         else:
