@@ -57,7 +57,8 @@ def listed_gpus():
 
 def versions():
     import nnabla
-    import nnabla_ext.cuda as cuda
+    from unmix_nnabla.base.context import import_cuda_extension
+    cuda = import_cuda_extension()
     return {"nnabla": nnabla.__version__,
             "nnabla-ext-cuda": getattr(cuda, "__version__", "?"),
             "CUDA": getattr(cuda, "__cuda_version__", "?"),

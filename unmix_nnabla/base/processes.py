@@ -2,7 +2,8 @@
 with their parent even when it is killed with SIGKILL (Linux `PR_SET_PDEATHSIG`), ignore Ctrl-C
 (the parent handles it and ends them) and are killed at once when the parent's work fails;
 `die_with_parent` for other children (the ffmpeg decoder); `available_memory`, which with the
-cores decides how many workers a separation runs.
+cores decides how many workers a separation runs; `mpi_world_size`, the ranks of the MPI job
+this process belongs to.
 """
 import os
 import signal
@@ -111,3 +112,11 @@ def _kill_workers(pool):
     for process in processes:
         process.join(timeout=10)
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+def mpi_world_size():
+    """Ranks of the MPI job this process belongs to (1 when not started by mpirun)."""
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 1

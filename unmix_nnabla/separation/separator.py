@@ -23,9 +23,11 @@ from unmix_nnabla.audio.io import prepare_audio
 from unmix_nnabla.base.files import TemporaryArrayFile, writing_into
 from unmix_nnabla.models.hub import load_models
 from unmix_nnabla.networks.inference import network_for, networks_to_run
-from unmix_nnabla.base.console import progress_bar, timed
+from unmix_nnabla.networks.ops import numpy_kernels, on_cpu
+from unmix_nnabla.base.console import progress_bar, timed, warn
 from unmix_nnabla.base.memory import return_freed_memory
-from unmix_nnabla.base.processes import worker_pool
+from unmix_nnabla.base.processes import available_memory, worker_pool
+from unmix_nnabla.base.threads import available_cores
 from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.audio.spectral import PaddedSignal, nb_stft_frames, stft_frames
 from unmix_nnabla.separation.wiener import FirstPassSums, phase_difference, wiener_blocks
@@ -113,15 +115,22 @@ def batch_bytes(cfg, nb_networks, length, batch):
     return rows * (4 * cfg.nb_output_bins + 3 * dirs * 4 * hid) * 4 + nb_networks * per_network
 
 
+_SAID_ONE_PROCESS = set()  # the -j values worker_plan has said it runs as one process
+
+
 def worker_plan(nb_shares, worker_bytes, jobs=None, cores=None, memory=None):
     """(worker processes, threads each) for the network stage: `jobs` when given (-j), else
     as many as the cores, the shares of the work (targets or windows) and half the available
     memory (`worker_bytes` each) allow; the cores are split among them. One process (the
-    main one) where the numpy kernels do not run (GPU contexts: the device does the work)."""
-    from unmix_nnabla.networks.ops import numpy_kernels
-    from unmix_nnabla.base.processes import available_memory
-    from unmix_nnabla.base.threads import available_cores
+    main one) where the numpy kernels do not run; on GPU contexts always, -j or not, saying so
+    once: CUDA cannot be used in a process forked after it started."""
     cores = cores or available_cores()
+    if not on_cpu():
+        if jobs and jobs > 1 and jobs not in _SAID_ONE_PROCESS:
+            _SAID_ONE_PROCESS.add(jobs)
+            warn("-j %d: a GPU context runs the network in one process (CUDA cannot be used "
+                 "in forked workers)" % jobs)
+        return 1, cores
     if jobs:
         processes = jobs
     elif not numpy_kernels():

@@ -1,10 +1,11 @@
 """Data-parallel communication for `mpirun -n N python train.py ...`.
 
 - GPU contexts under MPI: NNabla's `MultiProcessDataParallelCommunicator` (NCCL), one GPU per
-  rank (the rank's local rank on its node picks the GPU). Since NNabla 1.32 the plain CUDA
-  extension (nnabla-ext-cuda120) loads NCCL and Open MPI at run time: they must be installed on
-  each node (NCCL 2 >= 2.10.3, Open MPI's libmpi.so), or NNabla's multi-GPU container image
-  used; the older nnabla-ext-cuda*-nccl2-mpi* packages end at CUDA 11.0.
+  rank (the rank's local rank on its node picks the GPU). The plain CUDA extension
+  (nnabla-ext-cuda120) opens Open MPI (since NNabla 1.26.0) and NCCL (since 1.29.0) itself at
+  its import (`context.py` says where it looks, and points it at the NCCL wheel of
+  requirements-gpu.txt): NCCL 2 >= 2.10.3 and Open MPI's libmpi.so on each node; the older
+  nnabla-ext-cuda*-nccl2-mpi* packages end at CUDA 11.0.
 - CPU context under MPI: gradient averaging with MPI itself (mpi4py `Allreduce`).
 - No MPI (or one rank): `get_communicator` returns None and training runs as a single process.
 
@@ -17,17 +18,12 @@ import os
 import numpy as np
 import nnabla as nn
 
+from unmix_nnabla.base import context as contexts
+from unmix_nnabla.base.context import nnabla_message
+from unmix_nnabla.base.processes import mpi_world_size
 from unmix_nnabla.base.runtime import UmxError
 
 MPI_HINT = ("apt-get install -y openmpi-bin libopenmpi-dev && pip install mpi4py==4.1.2")
-
-
-def mpi_world_size():
-    """Ranks of the MPI job this process belongs to (1 when not started by mpirun)."""
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
-        if os.environ.get(var):
-            return int(os.environ[var])
-    return 1
 
 
 def get_communicator(context):
@@ -36,8 +32,7 @@ def get_communicator(context):
     if mpi_world_size() <= 1:
         return None
     if context is None:
-        from unmix_nnabla.base.context import gpu_available
-        context = "cudnn" if gpu_available() else "cpu"
+        context = "cudnn" if contexts.gpu_available() else "cpu"
     if context in ("cuda", "cudnn"):
         return NcclCommunicator(context)
     return CpuMpiCommunicator()
@@ -119,42 +114,43 @@ class CpuMpiCommunicator:
         self.comm.Abort(code)
 
 
-NCCL_HINT = ("NNabla's CUDA extension loads NCCL and Open MPI at run time: install NCCL 2 "
-             "(>= 2.10.3) and Open MPI (libmpi.so) on every node, or use NNabla's multi-GPU "
-             "container image")
-
-
 class NcclCommunicator:
-    """NNabla's NCCL data-parallel communicator, one GPU per rank. Before it starts, the GPU is
-    checked (`context.gpu_status`) and this rank's local rank against the node's GPUs; any
-    start-up failure is one UmxError (train.py then aborts the whole job). The keyword
+    """NNabla's NCCL data-parallel communicator, one GPU per rank. Before it starts, each rank
+    checks its GPU (`context.gpu_status`, from the driver: the communicator's start is the
+    first device call), this rank's local rank against the node's GPUs, and that NNabla will
+    find NCCL and Open MPI (`context.missing_for_multi_gpu`); any start-up failure is one
+    UmxError, with NNabla's own message whole (train.py then aborts the whole job). The keyword
     arguments replace NNabla's pieces (tests run the start-up on a machine without a GPU)."""
 
     def __init__(self, context, status=None, device_count=None, communicators=None,
-                 extension_context=None):
-        from unmix_nnabla.base.context import gpu_status
-        usable, why = (status or gpu_status)()
+                 extension_context=None, missing=None):
+        rank = local_rank()
+        usable, why = (status or (lambda: contexts.gpu_status(rank, runtime=False)))()
         if not usable:
             raise UmxError("mpirun with --context %s: %s" % (context, why))
-        rank = local_rank()
         devices = (device_count or _device_count)()
         if rank >= devices:
             raise UmxError("this node runs rank %d but has %d GPU%s: start at most one rank per "
                            "GPU (mpirun -n, or CUDA_VISIBLE_DEVICES)"
                            % (rank, devices, "s" if devices != 1 else ""))
+        for line in (missing or contexts.missing_for_multi_gpu)():
+            raise UmxError("mpirun with --context %s: %s" % (context, line))
+        if extension_context is None:
+            from nnabla.ext_utils import get_extension_context as extension_context
+        if communicators is None:
+            import nnabla.communicators as communicators
         try:
-            if extension_context is None:
-                from nnabla.ext_utils import get_extension_context as extension_context
-            if communicators is None:
-                import nnabla.communicators as communicators
             ctx = extension_context(context, device_id=str(rank))
             self.comm = communicators.MultiProcessDataParallelCommunicator(ctx)
+        except Exception as exc:
+            raise UmxError("mpirun with --context %s: NNabla has no NCCL communicator for this "
+                           "context (it registers one when it finds NCCL and Open MPI at "
+                           "import): %s" % (context, nnabla_message(exc))) from None
+        try:
             self.comm.init()
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise UmxError("mpirun with --context %s: NNabla's NCCL communicator did not start "
-                           "(%s): %s" % (context, text[0] if text else type(exc).__name__,
-                                         NCCL_HINT)) from None
+            raise UmxError("mpirun with --context %s: NNabla's %s did not start: %s"
+                           % (context, _name(self.comm), nnabla_message(exc))) from None
         self.rank, self.size, self.local_rank = self.comm.rank, self.comm.size, self.comm.local_rank
 
     def broadcast_parameters(self, scope):
@@ -184,15 +180,11 @@ class NcclCommunicator:
 
 
 def _device_count():
-    import nnabla_ext.cuda
-    return nnabla_ext.cuda.get_device_count()
+    return contexts.gpu_count()
 
 
-def abort_job(code=1):
-    """End every rank of the job (MPI_Abort), or this process when MPI is not at hand."""
+def _name(comm):
     try:
-        from mpi4py import MPI
-        MPI.COMM_WORLD.Abort(code)
-    except ImportError:
-        pass
-    os._exit(code)
+        return comm.name
+    except Exception:
+        return "NCCL communicator"
