@@ -260,3 +260,14 @@ def test_a_conda_environments_nccl_and_open_mpi_are_found_as_the_wheels_are(bare
     assert context.nccl_library() == nccl and context.mpi_library() == mpi
     assert context.nccl_version(nccl) == (2, 21, 5)
     assert context.missing_for_multi_gpu() == []
+
+
+def test_the_nccl_communicators_abort_ends_the_process():
+    """A failing rank ends the job (train.py's on_error): here, without mpirun, the process,
+    with the code given."""
+    import subprocess
+    code = ("from unmix_nnabla.training.comm import NcclCommunicator\n"
+            "NcclCommunicator.__new__(NcclCommunicator).abort(3)\n"
+            "print('still here')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 3 and "still here" not in proc.stdout, proc.stderr

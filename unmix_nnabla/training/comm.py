@@ -188,3 +188,13 @@ def _name(comm):
         return comm.name
     except Exception:
         return "NCCL communicator"
+
+
+def abort_job(code=1):
+    """End every rank of the job (MPI_Abort), or this process when MPI is not at hand."""
+    try:
+        from mpi4py import MPI
+        MPI.COMM_WORLD.Abort(code)
+    except ImportError:
+        pass
+    os._exit(code)
