@@ -313,7 +313,7 @@ def _estimate_windows(store, padded, network, targets, mine, plan, length, batch
 
         with timed(timings, "network"):
             network.run(spec, mine, write)
-        del spec, phases
+        spec = phases = None  # released before the next batch
         _release_batch_memory()
         bar.update(len(mine))
     bar.close()
