@@ -16,6 +16,8 @@ The names users call, imported when first used (importing the package loads noth
 The folders name the jobs: base, audio, networks, separation, models, data, training, scoring,
 cli (docs/development.md has the map).
 """
+import importlib
+
 __version__ = "2.0.0"
 
 _FACE = {"load_models": "unmix_nnabla.models.hub", "separate": "unmix_nnabla.separation.separator",
@@ -28,5 +30,4 @@ __all__ = sorted(_FACE)
 def __getattr__(name):
     if name not in _FACE:
         raise AttributeError("module 'unmix_nnabla' has no attribute %r" % name)
-    import importlib
     return getattr(importlib.import_module(_FACE[name]), name)

@@ -8,13 +8,17 @@ folder that is published when complete.
 """
 import json
 import os
+import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
+from math import gcd
 
 import numpy as np
+import soundfile as sf
 
-from unmix_nnabla.base.files import TemporaryArrayFile, atomic_path, staged_folder, writing_into
 from unmix_nnabla.base import console
+from unmix_nnabla.base.files import TemporaryArrayFile, atomic_path, staged_folder, writing_into
 from unmix_nnabla.base.processes import die_with_parent
 from unmix_nnabla.base.runtime import UmxError
 
@@ -60,8 +64,7 @@ class StreamResampler:
     """
 
     def __init__(self, rate_in, rate_out, filter="kaiser_best"):
-        from math import gcd
-        import resampy.filters
+        import resampy.filters  # deferred: resampling only
         self.rate_in, self.rate_out = int(rate_in), int(rate_out)
         common = gcd(self.rate_in, self.rate_out)
         self.period_in, self.period_out = self.rate_in // common, self.rate_out // common
@@ -78,7 +81,7 @@ class StreamResampler:
     def push(self, block, final=False):
         """block [shape=(n, C)] → the output samples now complete [shape=(m, C)]; `final`
         marks the last block (the signal's end: resampy pads it with zeros)."""
-        import resampy
+        import resampy  # deferred: resampling only
         block = np.asarray(block, np.float32)
         self.kept = block if self.kept is None else np.concatenate([self.kept, block])
         self.received += block.shape[0]
@@ -175,7 +178,6 @@ def _with_last(items):
 def _soundfile_blocks(path, start, duration):
     """(rate, nb_channels, blocks [shape=(n, nb_channels)]) read with soundfile, or None when
     soundfile cannot read the file."""
-    import soundfile as sf
     try:
         f = sf.SoundFile(path)
     except Exception:
@@ -208,8 +210,6 @@ def _soundfile_blocks(path, start, duration):
 def _ffmpeg_blocks(path, start, duration):
     """(rate, nb_channels, blocks [shape=(n, nb_channels)]) of the first audio stream, decoded
     by an ffmpeg process into a pipe."""
-    import shutil
-    import subprocess
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise UmxError("cannot read %s: it needs ffmpeg, which is not installed "
                        "(apt-get install ffmpeg)" % path)
@@ -257,7 +257,6 @@ def _ffmpeg_blocks(path, start, duration):
 
 def write_audio_atomic(path, audio, rate, subtype="FLOAT", format="WAV"):
     """Write an audio file through a temporary file in the same folder, then rename."""
-    import soundfile as sf
     with atomic_path(path) as tmp:
         sf.write(tmp, audio, rate, subtype=subtype, format=format)
 
@@ -324,7 +323,6 @@ def write_stream(names, rate, blocks, folder, fmt=StemFormat(), out_rate=None,
 
 def _write_floats(paths, rate, out_rate, blocks, length, staging):
     """Write the blocks as float WAVs {name: path} → the largest |sample|."""
-    import soundfile as sf
     resampler = StreamResampler(rate, out_rate) if out_rate != rate else None
     if length is not None and resampler is None:
         raise ValueError("write_stream: length is only for resampled stems")
@@ -364,7 +362,6 @@ def _write_floats(paths, rate, out_rate, blocks, length, staging):
 def _convert(source, path, fmt, gain, staging):
     """A float WAV → `path` in `fmt`, block by block, times `gain`, clamped to full scale →
     the number of samples clamped."""
-    import soundfile as sf
     clamped = 0
     with sf.SoundFile(source) as f:
         if fmt.ext == "mp3":
@@ -394,8 +391,6 @@ class _Mp3Writer:
     """An MP3 file encoded by an ffmpeg process from float samples written to its stdin."""
 
     def __init__(self, path, rate, channels, bitrate):
-        import shutil
-        import subprocess
         if shutil.which("ffmpeg") is None:
             raise UmxError("--ext mp3 needs ffmpeg, which is not installed (apt-get install "
                            "ffmpeg)")

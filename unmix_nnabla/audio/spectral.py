@@ -13,11 +13,11 @@ graphs on GPU contexts, where the audio goes to the device and the transforms ru
 """
 import functools
 
+import nnabla.functions as F
 import numpy as np
 import scipy.fft
 
 from unmix_nnabla.base.runtime import UmxError
-
 from unmix_nnabla.base.threads import compute_threads
 
 
@@ -103,7 +103,7 @@ class OverlapAdd:
         if start != self.next_frame:
             raise ValueError("OverlapAdd takes frames in order: expected frame %d, got %d"
                              % (self.next_frame, start))
-        from unmix_nnabla.base.kernels import overlap_add
+        from unmix_nnabla.base.kernels import overlap_add  # deferred: numba, seconds
         frames = scipy.fft.irfft(spec, n=self.n_fft, axis=-1, workers=compute_threads())
         nb_frames = frames.shape[-2]
         hop, n_fft = self.n_hop, self.n_fft
@@ -217,7 +217,6 @@ def nnabla_stft(x, n_fft=4096, n_hop=1024, center=True):
 
     x [shape=(rows, nb_timesteps)] Variable → (real, imag) [shape=(rows, nb_bins, nb_frames)]
     """
-    import nnabla.functions as F
     return F.stft(x, n_fft, n_hop, n_fft, window_type="hanning", center=center,
                   pad_mode="reflect")
 
@@ -229,7 +228,6 @@ def nnabla_istft(real, imag, n_fft=4096, n_hop=1024):
     (real, imag) [shape=(rows, nb_bins, nb_frames)] Variables → [shape=(rows, (nb_frames - 1)
     n_hop)]
     """
-    import nnabla.functions as F
     return F.istft(real, imag, n_fft, n_hop, n_fft, window_type="hanning", center=True,
                    pad_mode="constant")
 
@@ -240,7 +238,6 @@ def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False, center=True):
     x [shape=(nb_samples, nb_channels, nb_timesteps)] Variable
     → [shape=(nb_frames, nb_samples, nb_channels or 1, nb_bins)]
     """
-    import nnabla.functions as F
     nb_samples, nb_channels, _ = x.shape
     real, imag = nnabla_stft(F.reshape(x, (nb_samples * nb_channels, -1)), n_fft, n_hop,
                              center)
@@ -250,7 +247,6 @@ def nnabla_spectrogram(x, n_fft=4096, n_hop=1024, mono=False, center=True):
 def magnitude_layout(magnitude, nb_samples, mono=False):
     """NNabla STFT magnitudes [shape=(nb_samples * nb_channels, nb_bins, nb_frames)] → the
     models' layout [shape=(nb_frames, nb_samples, nb_channels or 1, nb_bins)]."""
-    import nnabla.functions as F
     rows, nb_bins, nb_frames = magnitude.shape
     # -> (nb_samples, nb_channels, nb_bins, nb_frames)
     magnitude = F.reshape(magnitude, (nb_samples, rows // nb_samples, nb_bins, nb_frames))

@@ -6,6 +6,7 @@ import sys
 import time
 from contextlib import contextmanager
 
+from tqdm import tqdm
 
 _shown = {"quiet": False}
 
@@ -38,7 +39,6 @@ def progress_enabled():
 
 def progress_bar(iterable=None, enabled=True, **kw):
     """tqdm, shown when `enabled` and `progress_enabled()`."""
-    from tqdm import tqdm
     return tqdm(iterable, disable=not (enabled and progress_enabled()), **kw)
 
 

@@ -22,6 +22,7 @@ chosen, saying why.
 import contextlib
 import ctypes
 import glob
+import importlib.metadata
 import importlib.util
 import io
 import os
@@ -29,6 +30,9 @@ import re
 import subprocess
 import sys
 import tempfile
+
+import nnabla as nn
+from nnabla.ext_utils import get_extension_context
 
 from unmix_nnabla.base.console import warn
 from unmix_nnabla.base.processes import mpi_world_size
@@ -243,8 +247,8 @@ def nccl_version(path):
         return tuple(int(g) for g in match.groups())
     if os.sep + os.path.join("nvidia", "nccl", "lib") in path:
         try:
-            from importlib.metadata import version
-            return tuple(int(g) for g in re.findall(r"\d+", version("nvidia-nccl-cu12"))[:3])
+            return tuple(int(g) for g in re.findall(
+                r"\d+", importlib.metadata.version("nvidia-nccl-cu12"))[:3])
         except Exception:
             return None
     return None
@@ -380,8 +384,6 @@ def gpu_available():
 def set_context(name=None, device_id=0, verbose=True):
     """Set NNabla's default context → its name. name None: cudnn when a GPU is usable, else
     cpu (saying why); a GPU context asked for that cannot be used: one UmxError saying why."""
-    import nnabla as nn
-    from nnabla.ext_utils import get_extension_context
     if name in GPU_CONTEXTS or name is None:
         usable, why = gpu_status(int(device_id))
         if name is not None and not usable:
@@ -400,6 +402,5 @@ def set_context(name=None, device_id=0, verbose=True):
 def ensure_context():
     """Set the context if none is set yet (a user's script calling the Python API): NNabla's
     own default names no array class, on which nothing runs."""
-    import nnabla as nn
     if not nn.get_current_context().array_class:
         set_context(None, verbose=False)

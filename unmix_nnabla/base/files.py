@@ -17,6 +17,7 @@
 - `TemporaryArrayFile`: an unlinked temporary file for arrays too large for memory.
 """
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -81,7 +82,6 @@ def _new_staging(folder):
     """Create a staging folder in `folder`, locked by this process, and return its path. It
     is created under a name that `remove_stale_staging` ignores, locked, then renamed, so
     that no other process ever sees it unlocked."""
-    import fcntl
     tmp = tempfile.mkdtemp(prefix=_NEW, dir=folder)
     fd = os.open(tmp, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -109,7 +109,6 @@ def _published(path):
 
 def remove_stale_staging(folder):
     """Remove the staging entries in `folder` whose writer is gone (their lock is free)."""
-    import fcntl
     try:
         names = os.listdir(folder)
     except OSError:
@@ -195,7 +194,6 @@ def locked_folder(path, flag):
     """Hold an exclusive lock (flock) on the folder `path` for the block: one run at a time
     writes into an output folder. Another run's lock is one UmxError naming that run; a dead
     run's lock is gone with it (the kernel drops it). Re-entrant within this process."""
-    import fcntl
     real = os.path.realpath(path)
     if real in _HELD:
         _HELD[real][1] += 1

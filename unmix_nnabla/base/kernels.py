@@ -29,8 +29,8 @@ import hashlib
 import os
 import threading
 
-import numpy as np
 import numba
+import numpy as np
 from numba.core import caching
 
 # numba's threads from its own pool ('workqueue'): GNU OpenMP's, numba's default where it is

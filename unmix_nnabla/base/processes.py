@@ -5,14 +5,17 @@ with their parent even when it is killed with SIGKILL (Linux `PR_SET_PDEATHSIG`)
 cores decides how many workers a separation runs; `mpi_world_size`, the ranks of the MPI job
 this process belongs to.
 """
+import ctypes
+import multiprocessing
 import os
 import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
 from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.base.threads import limit_blas_threads
-
 
 _PR_SET_PDEATHSIG = 1
 
@@ -25,7 +28,6 @@ def die_with_parent(parent_pid=None):
     already gone (it died between the fork and this call), exit at once.
     """
     if sys.platform.startswith("linux"):
-        import ctypes
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):
@@ -83,9 +85,6 @@ def worker_pool(processes, threads=1):
     workers are killed at once instead of finishing their jobs; a worker that dies (killed,
     out of memory) becomes one UmxError.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
                                initializer=_init_worker, initargs=(os.getpid(), threads))
     try:

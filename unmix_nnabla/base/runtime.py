@@ -47,7 +47,6 @@ def signals_deferred():
     may call Python functions), then let the first one arrive as it would have: raised as
     KeyboardInterrupt / Interrupted, ignored if it was ignored. Nests; outside the main thread
     it does nothing (only the main thread receives signals)."""
-    import threading
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -4,10 +4,12 @@ run on (`available_cores`), and two stages of a stream side by side (`ahead`: it
 background thread one ahead of their consumer, each stage on its share of the cores).
 """
 import os
+import queue
 import sys
 import threading
 from contextlib import contextmanager
 
+from threadpoolctl import threadpool_limits
 
 _BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -67,7 +69,6 @@ def limit_blas_threads(count):
         return
     for variable in _BLAS_VARIABLES + (_OURS,):
         os.environ[variable] = str(count)
-    from threadpoolctl import threadpool_limits
     threadpool_limits(limits=count, user_api="blas")
 
 
@@ -89,7 +90,6 @@ def ahead(items, depth=1):
     workqueue threads serve one caller at a time). The two share the cores (`thread_share`):
     each stage's threads on as many cores of their own, not both on all of them (their
     parallel loops waited on each other's busy cores: 3x slower on 2 cores)."""
-    import queue
     slots, stop = queue.Queue(depth), threading.Event()
     threads = compute_threads()
     consumer_threads, producer_threads = max(1, threads // 2), max(1, threads - threads // 2)

@@ -14,7 +14,7 @@ logging.getLogger("nnabla").setLevel(logging.WARNING)
 from unmix_nnabla.base.runtime import UmxError  # noqa: E402
 from unmix_nnabla.base.vocabulary import AUGMENTATIONS, DATASET_KINDS, SOURCES  # noqa: E402
 from unmix_nnabla.data.datasets import KIND_FLAGS, KINDS, kinds_taking  # noqa: E402
-
+from unmix_nnabla.data.tracks import source_names  # noqa: E402
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,7 +108,7 @@ def _refuse_repeats(parser, args, *names, same=lambda value: value):
 
 def model_name_or_path(text):
     """--model: a file or folder, or the name of a published model (hub.MODELS)."""
-    from unmix_nnabla.models.hub import MODELS
+    from unmix_nnabla.models.hub import MODELS  # deferred: parsing stays light
     if text in MODELS or os.path.exists(text):
         return text
     raise argparse.ArgumentTypeError("%s is neither a file or folder nor a published model (%s)"
@@ -128,7 +128,7 @@ def add_model_args(parser, default="umxhq", purpose=None):
 
 
 def _published():
-    from unmix_nnabla.models.hub import MODELS
+    from unmix_nnabla.models.hub import MODELS  # deferred: parsing stays light
     return list(MODELS)
 
 
@@ -381,7 +381,6 @@ def _dataset_flags(parser, args):
     """Refuse a flag the chosen --dataset kind does not take, ask for the ones it needs, give
     the others their defaults (`datasets.KINDS`), and refuse files or folders that would give
     one source name twice."""
-    from unmix_nnabla.data.tracks import source_names
     kind = KINDS[args.dataset]
     every = {f for k in KINDS.values() for f in k.required + tuple(k.defaults)}
     for flag in sorted(every - set(kind.required) - set(kind.defaults)):

@@ -1,8 +1,8 @@
 """The work of the small CLIs, convert.py and data.py, each from its parsed arguments."""
 import os
 
-from unmix_nnabla.base.files import output_folder, refuse_overlaps
 from unmix_nnabla.base.console import say, set_quiet
+from unmix_nnabla.base.files import output_folder, refuse_overlaps
 from unmix_nnabla.data.synth import generate_dataset
 from unmix_nnabla.data.tracks import decode_stems
 from unmix_nnabla.models.conversion import convert_checkpoints, find_checkpoints, write_converted

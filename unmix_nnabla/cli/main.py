@@ -5,8 +5,8 @@ the top-level scripts of a checkout:
     umx-nnabla-train ...                            (train.py)
     umx-nnabla-eval ...                             (eval.py)
 """
-from unmix_nnabla.cli.args import get_eval_args, get_inference_args, get_train_args
 from unmix_nnabla.base.runtime import run_cli
+from unmix_nnabla.cli.args import get_eval_args, get_inference_args, get_train_args
 
 # Each command imports its work after parsing, on purpose: a bad flag is reported before NNabla
 # and numba load.

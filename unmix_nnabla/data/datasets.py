@@ -34,9 +34,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from unmix_nnabla.base.runtime import UmxError
-from unmix_nnabla.data.tracks import (aligned_tracks, fixed_tracks, load_tracks, source_name, source_pools,
-                    variable_tracks)
 from unmix_nnabla.base.vocabulary import AUGMENTATIONS, DATASET_KINDS, SOURCES
+from unmix_nnabla.data.tracks import (aligned_tracks, fixed_tracks, load_tracks, source_name,
+                                      source_pools, variable_tracks)
 
 # sourcefolder: fixed unaugmented samples of the training folders for the statistics
 STATISTICS_SAMPLES = 64

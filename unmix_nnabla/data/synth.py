@@ -6,9 +6,14 @@ bass, other) per song, written in the layout of every dataset kind (`generate_da
 import os
 
 import numpy as np
+import soundfile as sf
 
-from unmix_nnabla.base.vocabulary import SOURCES
+from unmix_nnabla.audio.io import write_audio_atomic
+from unmix_nnabla.base.console import progress_bar
+from unmix_nnabla.base.files import read_json, write_json_atomic, writing_into
 from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.base.vocabulary import SOURCES
+from unmix_nnabla.data.datasets import KINDS
 
 RATE = 44100
 
@@ -103,9 +108,6 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
     generated.json` records the settings; a root that holds other data, or a dataset generated
     with other settings, is refused rather than mixed with.
     """
-    from unmix_nnabla.base.console import progress_bar
-    from unmix_nnabla.base.files import read_json, write_json_atomic, writing_into
-    from unmix_nnabla.data.datasets import KINDS
     if kind not in KINDS:
         raise UmxError("unknown dataset kind '%s' (choose from %s)" % (kind, ", ".join(KINDS)))
     settings = dict(nb_train=nb_train, nb_test=nb_test, duration=duration, seed=seed, kind=kind)
@@ -133,9 +135,6 @@ def generate_dataset(root, nb_train=8, nb_test=2, duration=12.0, seed=0, progres
 def _write_song(folder, name, kind, duration, rng):
     """One song's files in `folder` (a split) in the layout of `kind` (a `datasets.Kind`), the
     mixture (the sum of the stems as written) last; kept if complete."""
-    import soundfile as sf
-    from unmix_nnabla.audio.io import write_audio_atomic
-    from unmix_nnabla.base.files import writing_into
     if kind.duration_spread:
         duration *= rng.uniform(1 - kind.duration_spread, 1 + kind.duration_spread)
     stems = synth_track(duration, rng)

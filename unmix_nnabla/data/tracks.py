@@ -5,10 +5,16 @@ MUSDB18's STEMS decoded once into its WAV layout (`decode_stems`).
 
 Every problem is one UmxError naming the file (or the flag) and what was expected.
 """
+import json
 import os
 
 import numpy as np
+import soundfile as sf
+import yaml
 
+from unmix_nnabla.base.console import progress_bar
+from unmix_nnabla.base.files import (removed_on_failure, staged_folder, write_json_atomic,
+                                     writing_into)
 from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.base.vocabulary import SOURCES
 
@@ -29,11 +35,10 @@ class Source:
         self.path, self.stem_id = path, stem_id
         try:
             if stem_id is None:
-                import soundfile as sf
                 info = sf.info(path)
                 self.rate, self.channels, self.frames = info.samplerate, info.channels, info.frames
             else:
-                import stempeg
+                import stempeg  # deferred: STEMS only
                 info = stempeg.Info(path)
                 self.rate, self.channels = int(info.rate(stem_id)), int(info.channels(stem_id))
                 self.frames = int(info.samples(stem_id))
@@ -52,11 +57,10 @@ class Source:
                                                              start + frames, self.frames))
         try:
             if self.stem_id is None:
-                import soundfile as sf
                 audio, _ = sf.read(self.path, start=start, frames=frames, dtype="float32",
                                    always_2d=True)
             else:
-                import stempeg
+                import stempeg  # deferred: STEMS only
                 audio, _ = stempeg.read_stems(self.path, start=start / self.rate or None,
                                               duration=frames / self.rate, stem_id=self.stem_id,
                                               dtype=np.float32)
@@ -115,8 +119,6 @@ def check_sources(tracks, cache_path=None, progress=True, log=print):
     - every file decodes to its end and holds finite samples. This reads all of the data
       once; files already checked (same path, size and time, in `cache_path`) are skipped.
     """
-    import json
-    from unmix_nnabla.base.console import progress_bar
     reference = tracks[0].files()[0]
     mono = []
     for track in tracks:
@@ -151,7 +153,6 @@ def check_sources(tracks, cache_path=None, progress=True, log=print):
             raise UmxError("%s holds NaN or infinite samples" % item.describe())
         checked[item.fingerprint()] = True
     if cache_path and todo:
-        from unmix_nnabla.base.files import write_json_atomic
         write_json_atomic(cache_path, checked)
 
 
@@ -169,8 +170,7 @@ def check_root(root, subset):
 
 def musdb_setup():
     """musdb's description of MUSDB18 (file names, STEMS stream ids, validation tracks)."""
-    import musdb
-    import yaml
+    import musdb  # deferred: MUSDB18 only
     with open(os.path.join(os.path.dirname(musdb.__file__), "configs", "mus.yaml")) as f:
         return yaml.safe_load(f)
 
@@ -209,8 +209,7 @@ def load_tracks(root=None, is_wav=False, subset="train", split=None, log=print):
     root None → musdb's 7-second previews (downloaded once).
     """
     if root is None:
-        import musdb
-        from unmix_nnabla.base.files import removed_on_failure
+        import musdb  # deferred: MUSDB18 only
         previews = os.path.expanduser(os.path.join("~", "MUSDB18", "MUSDB18-7"))
         try:
             with removed_on_failure(previews):  # a failed download leaves no empty folders
@@ -353,9 +352,6 @@ def decode_stems(src, dst, pcm16=False, progress=True):
     would clip). Each track is written into a staging folder and published whole; complete
     tracks are kept, so a killed run, re-run, finishes the rest. Every stream's decoded length
     is checked against the file's and the mixture's. → the number of tracks decoded."""
-    import soundfile as sf
-    from unmix_nnabla.base.console import progress_bar
-    from unmix_nnabla.base.files import staged_folder, writing_into
     setup = musdb_setup()
     names = ["mixture"] + list(SOURCES)
     subsets = [s for s in ("train", "test") if os.path.isdir(os.path.join(src, s))]

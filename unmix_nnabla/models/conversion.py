@@ -14,10 +14,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from unmix_nnabla.networks.layout import UmxConfig, branch_name, check_config, config_field, parameter_shapes
-from unmix_nnabla.models.pth import read_checkpoint
+from unmix_nnabla.base.files import read_json, staged_folder, write_json_atomic
 from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
+from unmix_nnabla.models.pth import read_checkpoint
+from unmix_nnabla.models.weights import save_arrays
+from unmix_nnabla.networks.layout import (UmxConfig, branch_name, check_config, config_field,
+                                          parameter_shapes)
 
 # Where one UMX branch's tensors are in a PyTorch state dict: open-unmix-pytorch's names, and
 # asteroid's X-UMX names for branch {t}
@@ -227,7 +230,6 @@ def find_checkpoints(folder):
 def convert_checkpoints(src, targets=None):
     """Convert every (or the named) target of `src` in memory → {output name: (params,
     UmxConfig, the .pth it came from)}: UMX targets by name, an asteroid X-UMX as 'x-umx'."""
-    from unmix_nnabla.base.files import read_json
     checkpoints = find_checkpoints(src)
     targets = targets or list(checkpoints)
     missing = [t for t in targets if t not in checkpoints]
@@ -252,8 +254,6 @@ def convert_checkpoints(src, targets=None):
 def write_converted(converted, out):
     """Write convert_checkpoints' result into `out`, all or nothing: `<name>.h5` (official or
     Sony's layout) and `<name>.json` (configuration, source file) for each."""
-    from unmix_nnabla.base.files import staged_folder, write_json_atomic
-    from unmix_nnabla.models.weights import save_arrays
     with staged_folder(out) as staging:
         for name, (params, cfg, pth) in converted.items():
             save_arrays(os.path.join(staging, name + ".h5"), params)

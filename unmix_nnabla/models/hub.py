@@ -27,18 +27,21 @@ https://zenodo.org/records (same relative paths, the addresses open-unmix-pytorc
 for mirrors, and the tests' local server.
 """
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 
-from unmix_nnabla.models.conversion import convert_checkpoints, write_converted
-from unmix_nnabla.base.files import (current_or_old, replaced_folder, sha256_of, verify_manifest, write_failure,
-                   write_json_atomic, writing_into)
 from unmix_nnabla.base.console import progress_bar, progress_enabled, say, warn
+from unmix_nnabla.base.files import (current_or_old, replaced_folder, sha256_of, verify_manifest,
+                                     write_failure, write_json_atomic, writing_into)
 from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.models.conversion import convert_checkpoints, write_converted
 from unmix_nnabla.models.weights import extract_model, load_weights
 
 BASES = {"nnabla": ("UMX_MODELS_URL", "https://nnabla.org/pretrained-models"),
@@ -160,7 +163,6 @@ class _cache_locked:
     """The cache held by one fetching process at a time; others wait (flock on the folder)."""
 
     def __enter__(self):
-        import fcntl
         folder = cache_dir()
         with writing_into(folder):
             os.makedirs(folder, exist_ok=True)
@@ -233,8 +235,6 @@ def download(url, path, hand_placed=None, progress=True):
     """Download `url` to `path` (a temporary file first, renamed when complete) → its SHA-256.
     A file the user put at `hand_placed` (offline) is used instead. Any failure is one
     UmxError naming the URL (and where a file can be put by hand); nothing incomplete stays."""
-    import urllib.error
-    import urllib.request
     if hand_placed and os.path.isfile(hand_placed):
         shutil.copyfile(hand_placed, path)
         return sha256_of(path)
@@ -281,7 +281,6 @@ def download(url, path, hand_placed=None, progress=True):
 
 def _unreachable(url, exc, hand_placed):
     """The error for a download that the network or the server refused."""
-    import urllib.error
     reason = getattr(exc, "reason", None) or exc
     if isinstance(exc, urllib.error.HTTPError):
         reason = "HTTP %d %s" % (exc.code, exc.reason)

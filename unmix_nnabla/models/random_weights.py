@@ -2,13 +2,13 @@
 `<target>.h5` files and Sony's `x-umx.h5` (with the `.json` that training writes)."""
 import os
 
-import numpy as np
 import nnabla as nn
+import numpy as np
 
 from unmix_nnabla.base.files import write_json_atomic
-from unmix_nnabla.networks.model import CrossNet, OpenUnmix
 from unmix_nnabla.base.vocabulary import SOURCES
 from unmix_nnabla.models.weights import save_target
+from unmix_nnabla.networks.model import CrossNet, OpenUnmix
 
 
 def _randomize(params, cfg, rng):

@@ -7,19 +7,22 @@ silently initialize a missing name at random); the STFT hop and the sample rate,
 shapes cannot tell, come from a `<name>.json` beside the file (training and convert.py write
 it), checked like every configuration (`layout.check_config`), or are the published models'.
 """
+import io
 import os
 import tempfile
 import zipfile
 from dataclasses import replace
 
-import numpy as np
+import h5py
 import nnabla as nn
+import numpy as np
 
+from unmix_nnabla.base.context import ensure_context
 from unmix_nnabla.base.files import atomic_path, read_json, sha256_of
-from unmix_nnabla.networks.layout import (check_config, config_field, config_from_shapes, parameter_shapes,
-                    split_branches, xumx_parameter_shapes)
 from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.base.vocabulary import SOURCES, XUMX_BRANCHES
+from unmix_nnabla.networks.layout import (check_config, config_field, config_from_shapes,
+                                          parameter_shapes, split_branches, xumx_parameter_shapes)
 
 PUBLISHED_HOP, PUBLISHED_RATE = 1024, 44100
 # the fields of a `<name>.json` config checked against the shapes (hop and rate come from it)
@@ -29,7 +32,6 @@ DESCRIBED_FIELDS = ("nb_channels", "hidden_size", "max_bin", "nb_output_bins", "
 
 def parameter_shapes_in(path):
     """{name: shape} of the datasets of an .h5 file, read without their data."""
-    import h5py
     shapes = {}
     try:
         with h5py.File(path, "r") as f:
@@ -46,7 +48,6 @@ def read_parameter_file(path, expected=None):
     """The parameters of one NNabla .h5 file: {name: ndarray} (names as stored), all finite
     floats. expected {name: shape}: the names and shapes are checked first (`check_parameters`),
     before any data is read."""
-    import h5py
     if expected is not None:
         check_parameters(parameter_shapes_in(path), expected, path)
     try:
@@ -197,8 +198,6 @@ def h5_bytes(fill):
     """An HDF5 file built in memory by fill(h5py.File) → its bytes. Written to disk with a
     plain write, a full disk is one clean error (HDF5 writing a file of its own prints
     tracebacks from its destructors and can crash the process)."""
-    import io
-    import h5py
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         fill(f)
@@ -207,7 +206,6 @@ def h5_bytes(fill):
 
 def parameter_bytes(params):
     """{name: Variable} as NNabla's .h5 parameter file (`nn.save_parameters`' format)."""
-    import io
     buffer = io.BytesIO()
     nn.save_parameters(buffer, params, extension=".h5")
     return buffer.getvalue()
@@ -252,7 +250,6 @@ def load_weights(path, targets=None, load=True):
     or zip holding more than one model is refused, naming them. load=False: only check the
     files' names and shapes (nothing is read or loaded).
     """
-    from unmix_nnabla.base.context import ensure_context
     if not os.path.exists(path):
         raise UmxError("model not found: %s" % path)
     if load:

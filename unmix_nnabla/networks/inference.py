@@ -1,13 +1,16 @@
 """UMX inference, run piecewise for speed: the same parameters and NNabla functions as the
 training graph (`model.OpenUnmix(test=True)`), with the batch norms folded into the dense
 layers and the LSTM recurrences of all targets stepping together."""
-import numpy as np
 import nnabla as nn
 import nnabla.functions as F
+import numpy as np
 
-from unmix_nnabla.networks.ops import dense, lstm_recurrence, multiply
+from unmix_nnabla.base.context import ensure_context
+from unmix_nnabla.base.memory import return_freed_memory
 from unmix_nnabla.base.runtime import signals_deferred
 from unmix_nnabla.base.threads import compute_threads
+from unmix_nnabla.networks.model import CrossNet, OpenUnmix
+from unmix_nnabla.networks.ops import dense, lstm_recurrence, multiply, numpy_kernels
 
 BN_EPS = 1e-5
 
@@ -294,7 +297,6 @@ class GraphNetwork:
     def _graph(self, nb_frames, nb_samples):
         """Input Variable [shape=(nb_frames, nb_samples, 2, nb_bins)] and {target: estimate
         Variable [shape=(nb_frames, nb_samples, C, nb_bins)]} for this batch shape."""
-        from unmix_nnabla.networks.model import CrossNet, OpenUnmix
         key = (nb_frames, nb_samples)
         if key in self.graphs:
             return self.graphs[key]
@@ -354,9 +356,6 @@ def network_for(cfgs, targets=None, params=None, release=False):
     scopes are cleared and the freed memory returned to the system (CLIs that only separate:
     about 110 MB less for 4 targets, shared with every worker).
     """
-    from unmix_nnabla.base.context import ensure_context
-    from unmix_nnabla.networks.ops import numpy_kernels
-    from unmix_nnabla.base.memory import return_freed_memory
     ensure_context()
     chosen = networks_to_run(cfgs, targets or list(cfgs))
     if params is None:

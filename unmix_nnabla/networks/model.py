@@ -9,15 +9,15 @@ The LSTM runs the parameters of `PF.lstm`'s layout either as NNabla's fused `F.l
 functions (one matrix product for the input projections of all frames, the recurrence of
 both directions in one function), which also applies dropout between layers while training.
 """
-import numpy as np
 import nnabla as nn
 import nnabla.functions as F
 import nnabla.initializer as I
+import numpy as np
 from nnabla.parameter import get_parameter_or_create
 
+from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
 from unmix_nnabla.networks.layout import branch_name, parameter_shapes
 from unmix_nnabla.networks.ops import batch_norm, dense, fused_lstm, lstm_recurrence, multiply
-from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
 
 LSTM_DROPOUT = 0.4
 

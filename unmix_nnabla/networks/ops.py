@@ -25,9 +25,9 @@ to NNabla's own in values and gradients (tests/test_ops.py).
 """
 import os
 
-import numpy as np
 import nnabla as nn
 import nnabla.functions as F
+import numpy as np
 from nnabla.function import PythonFunction
 
 
@@ -148,14 +148,14 @@ class _LstmRecurrence(NumpyFunction):
         return (steps, batch, groups, width // 4)
 
     def forward_impl(self, inputs, outputs):
-        from unmix_nnabla.base.kernels import lstm_forward
+        from unmix_nnabla.base.kernels import lstm_forward  # deferred: numba, seconds
         hs, self.kept = lstm_forward(inputs[0].data.get_data("r"), inputs[1].data.get_data("r"),
                                      self.reverse, self.keep)
         outputs[0].data.get_data("w")[...] = hs
         self.hs = hs if self.keep else None
 
     def backward_impl(self, inputs, outputs, propagate_down, accum):
-        from unmix_nnabla.base.kernels import lstm_backward
+        from unmix_nnabla.base.kernels import lstm_backward  # deferred: numba, seconds
         if not self.keep:
             raise RuntimeError("lstm_recurrence(keep=False) has no backward pass")
         dproj, dw = lstm_backward(outputs[0].grad.get_data("r"), self.hs, self.kept,

@@ -13,14 +13,17 @@ import tempfile
 from contextlib import ExitStack
 
 from unmix_nnabla.audio.io import write_stream
+from unmix_nnabla.base.console import progress_bar, say, set_quiet, warn
 from unmix_nnabla.base.context import set_context
 from unmix_nnabla.base.files import WriteError, atomic_path, output_folder, refuse_overlaps
-from unmix_nnabla.base.console import say, set_quiet, warn
 from unmix_nnabla.base.processes import worker_pool
 from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.models.hub import resolve_model
-from unmix_nnabla.scoring.scores import (Origins, aggregate, boxplot, format_table, musdb_tracks, paper_model, reason, score_track)
 from unmix_nnabla.models.weights import load_weights, model_files
+from unmix_nnabla.networks.inference import network_for
+from unmix_nnabla.scoring.scores import (Origins, aggregate, boxplot, format_table, musdb_tracks,
+                                         paper_model, reason, score_track)
+from unmix_nnabla.separation.separator import load_compiled_loops, separate_stream, stem_names
 
 # the options that change a separation's scores (recorded with them)
 SEPARATION_OPTIONS = ("targets", "niter", "softmask", "alpha", "residual_model")
@@ -29,7 +32,6 @@ SEPARATION_OPTIONS = ("targets", "niter", "softmask", "alpha", "residual_model")
 def planned_files(args, tracks):
     """(inputs, outputs) of this run, for `files.refuse_overlaps`: the dataset's and the
     estimates' files read, the estimates, scores and tables written."""
-    from unmix_nnabla.separation.separator import stem_names
     inputs, outputs = [], []
     for track in tracks:
         inputs.append((track.path, "the dataset's"))
@@ -59,8 +61,6 @@ def evaluate(args, progress=True):
             warn("track '%s' skipped: %s" % (name, why))
         cfgs = network = weights = None
         if args.estimates is None:
-            from unmix_nnabla.networks.inference import network_for
-            from unmix_nnabla.separation.separator import load_compiled_loops
             weights = resolve_model(args.model)  # a name fetched, before any compilation
             set_context(args.context, verbose=not args.quiet)
             load_compiled_loops(background=True)  # while the model loads
@@ -110,7 +110,6 @@ def _score_tracks(args, todo, cfgs, network, origins, json_paths, pool, failed, 
     """Separate and score the tracks to do (scoring in the pool's workers, when there is one);
     a track that fails is named in `failed`, the others go on. private: this run's temporary
     folder, where the workers make theirs."""
-    from unmix_nnabla.base.console import progress_bar
     futures = {}
     for track in progress_bar(todo, desc="tracks", enabled=progress):
         try:
@@ -162,7 +161,6 @@ def _write_tables(args, scored, failed):
 def separated_track(args, track, cfgs, network, progress, keep=False):
     """The folder of the track's estimates: --estimates', or the one this run separates into
     (keep: the stems there, when all are there, were made by this model and options)."""
-    from unmix_nnabla.separation.separator import separate_stream, stem_names
     if args.estimates:
         return estimates_folder(args, track.name)
     folder = os.path.join(args.out_dir, args.subset, track.name)

@@ -12,12 +12,17 @@
 """
 import json
 import os
+import tempfile
 import traceback
 
 import numpy as np
+import simplejson
+import soundfile as sf
+from threadpoolctl import threadpool_limits
 
 from unmix_nnabla.base.files import atomic_path, read_json, write_json_atomic, writing_into
 from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.data.tracks import check_root
 
 METRICS = ["SDR", "SIR", "SAR", "ISR"]
 # The published scores (median over frames, median over tracks): UMX's and UMXHQ's from the
@@ -38,8 +43,7 @@ def musdb_tracks(root, is_wav, subset, private, names=None, unreadable=None):
     A track that cannot be decoded is left out; unreadable: a dict that gets its name → why.
     private: a temporary folder that lives as long as the tracks are read (see `_single_track`).
     """
-    import musdb
-    from unmix_nnabla.data.tracks import check_root
+    import musdb  # deferred: MUSDB18 only
     if not root:
         raise UmxError("--root is required: the MUSDB18 folder to evaluate on")
     check_root(root, subset)
@@ -73,8 +77,7 @@ def _track_name(entry):
 def _single_track(root, is_wav, subset, entry, private):
     """musdb's Track for one file or folder of root/subset, through a root of its own in the
     folder `private` (its owner removes it) that links only it."""
-    import musdb
-    import tempfile
+    import musdb  # deferred: MUSDB18 only
     own = tempfile.mkdtemp(dir=private)
     os.makedirs(os.path.join(own, subset))
     os.symlink(os.path.abspath(os.path.join(root, subset, entry)), os.path.join(own, subset, entry))
@@ -88,7 +91,6 @@ def read_estimates(folder, reference, rate, targets, required=False):
     length, or a NaN or infinite sample is an error naming the file (nothing is padded, cut or
     resampled). museval scores a target against the others: fewer than two targets (but vocals
     with accompaniment) is an error too."""
-    import soundfile as sf
     if not os.path.isdir(folder):
         raise UmxError("no estimates in %s" % folder)
     out = {}
@@ -123,8 +125,7 @@ def score_track(root, is_wav, subset, name, estimates_dir, json_path, private, t
     """Score one track's estimates with museval and write its JSON atomically (in a worker).
     private: the caller's temporary folder (removed by it, also when a worker is killed);
     targets: the ones to score (None: every MUSDB target whose estimate is there)."""
-    import museval
-    from threadpoolctl import threadpool_limits
+    import museval  # deferred: pandas, 0.7 s
     entry = name if is_wav else name + ".stem.mp4"
     track = _single_track(root, is_wav, subset, entry, private)[0]
     estimates = read_estimates(estimates_dir, track.audio, track.rate,
@@ -150,9 +151,8 @@ def aggregate(json_paths):
     per_track [tracks x targets]: the median SDR over frames.
     unscored: {target: (frames without an SDR, frames)}.
     """
-    import museval
-    import simplejson
-    from museval.aggregate import json2df
+    import museval  # deferred: pandas, 0.7 s
+    from museval.aggregate import json2df  # deferred: pandas, 0.7 s
     store = museval.EvalStore(frames_agg="median", tracks_agg="median")
     for path in json_paths:
         try:
@@ -200,9 +200,9 @@ def format_table(table, unscored, paper=None):
 
 
 def boxplot(per_track, path):
-    import matplotlib
+    import matplotlib  # deferred: plots only
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: plots only
     targets = list(per_track.columns)
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(targets), 4))
     ax.boxplot([per_track[t].dropna().values for t in targets], showmeans=False)

@@ -17,19 +17,20 @@ import os
 import threading
 import time
 
+import nnabla_ext.cpu
 import numpy as np
 
 from unmix_nnabla.audio.io import prepare_audio
+from unmix_nnabla.audio.spectral import PaddedSignal, nb_stft_frames, stft_frames
+from unmix_nnabla.base.console import progress_bar, timed, warn
 from unmix_nnabla.base.files import TemporaryArrayFile, writing_into
+from unmix_nnabla.base.memory import return_freed_memory
+from unmix_nnabla.base.processes import available_memory, worker_pool
+from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.base.threads import available_cores
 from unmix_nnabla.models.hub import load_models
 from unmix_nnabla.networks.inference import network_for, networks_to_run
 from unmix_nnabla.networks.ops import numpy_kernels, on_cpu
-from unmix_nnabla.base.console import progress_bar, timed, warn
-from unmix_nnabla.base.memory import return_freed_memory
-from unmix_nnabla.base.processes import available_memory, worker_pool
-from unmix_nnabla.base.threads import available_cores
-from unmix_nnabla.base.runtime import UmxError
-from unmix_nnabla.audio.spectral import PaddedSignal, nb_stft_frames, stft_frames
 from unmix_nnabla.separation.wiener import FirstPassSums, phase_difference, wiener_blocks
 
 # STFT frames per network window, LSTM context frames on each side, windows run together (at
@@ -262,7 +263,7 @@ def load_compiled_loops(background=False):
 
 
 def _load_compiled_loops():
-    from unmix_nnabla.base.kernels import lstm_forward
+    from unmix_nnabla.base.kernels import lstm_forward  # deferred: numba, seconds
     lstm_forward(np.zeros((1, 1, 1, 4), np.float32), np.zeros((1, 4, 1), np.float32), (False,),
                  keep=False)
     FirstPassSums(1, 1).add(0, np.zeros((0, 2, 1), np.float32), phase_difference(
@@ -324,7 +325,6 @@ def _release_batch_memory():
     """A batch's arrays back to the system: NNabla's CPU memory cache (which keeps every size
     it was asked for, and the last batch of a track differs) and glibc's freed heap. Without
     it, a worker grew by 50 MB between a 3- and a 10-minute song."""
-    import nnabla_ext.cpu
     nnabla_ext.cpu.clear_memory_cache()
     return_freed_memory()
 

@@ -14,12 +14,15 @@ may write the same folder.
 import os
 
 from unmix_nnabla.audio.io import SAMPLE_FORMATS, StemFormat, decode_audio, write_stream
+from unmix_nnabla.base.console import say, set_quiet, warn
 from unmix_nnabla.base.context import set_context
 from unmix_nnabla.base.files import output_folder, read_json, refuse_overlaps, write_json_atomic
-from unmix_nnabla.models.hub import model_label, resolve_model
-from unmix_nnabla.base.console import say, set_quiet, warn
 from unmix_nnabla.base.runtime import UmxError
+from unmix_nnabla.models.hub import model_label, resolve_model
 from unmix_nnabla.models.weights import describe, load_weights, model_files
+from unmix_nnabla.networks.inference import network_for
+from unmix_nnabla.separation.separator import (WINDOW_FRAMES, load_compiled_loops, separate_stream,
+                                               stem_names)
 
 MODEL_RECORD = "MODEL.json"
 
@@ -45,7 +48,6 @@ def model_record(model_dir, model, weights):
 
 
 def separate_songs(args):
-    from unmix_nnabla.separation.separator import load_compiled_loops, stem_names
     set_quiet(args.quiet)
     weights = resolve_model(args.model)  # a name fetched, before any compilation
     set_context(args.context, verbose=not args.quiet)
@@ -67,8 +69,6 @@ def separate_songs(args):
 
 def separate_files(args, cfgs, targets, folders, published=lambda: None):
     """Separate each input into its folder; published() after each song's stems are."""
-    from unmix_nnabla.networks.inference import network_for
-    from unmix_nnabla.separation.separator import WINDOW_FRAMES, separate_stream
     cfg = cfgs[targets[0]]
     network = network_for(cfgs, targets, release=True)  # once for all inputs
     window = WINDOW_FRAMES

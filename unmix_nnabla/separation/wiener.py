@@ -7,10 +7,10 @@ is an in-order overlap-add that hands out finished samples chunk by chunk.
 """
 import numpy as np
 
+from unmix_nnabla.audio.spectral import OverlapAdd, stft_frames
 from unmix_nnabla.base import kernels
 from unmix_nnabla.base.console import progress_bar, timed
 from unmix_nnabla.base.threads import ahead
-from unmix_nnabla.audio.spectral import OverlapAdd, stft_frames
 
 # The Wiener filter's regularization, as open-unmix-pytorch uses (norbert's default would be
 # the machine epsilon of the STFT's dtype).

@@ -12,10 +12,12 @@ with one line that says how to proceed.
 import json
 import os
 
-import numpy as np
+import h5py
 import nnabla as nn
+import numpy as np
 
-from unmix_nnabla.base.files import current_or_old, read_json, replaced_folder, verify_manifest, writing_into
+from unmix_nnabla.base.files import (current_or_old, read_json, replaced_folder, verify_manifest,
+                                     writing_into)
 from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.models.weights import h5_bytes, parameter_bytes, restore_parameters, write_bytes
 
@@ -49,7 +51,6 @@ def _key(name, part):
 
 
 def load_solver_states(solver, path):
-    import h5py
     states = solver.get_states()
     with h5py.File(path, "r") as f:
         for name, state in states.items():

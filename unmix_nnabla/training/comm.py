@@ -15,8 +15,9 @@ barrier(), abort().
 """
 import os
 
-import numpy as np
 import nnabla as nn
+import numpy as np
+from nnabla.ext_utils import get_extension_context
 
 from unmix_nnabla.base import context as contexts
 from unmix_nnabla.base.context import nnabla_message
@@ -72,7 +73,7 @@ class CpuMpiCommunicator:
 
     def __init__(self):
         try:
-            from mpi4py import MPI
+            from mpi4py import MPI  # deferred: starts MPI
         except ImportError:
             raise UmxError("mpirun on the CPU needs mpi4py and Open MPI: %s" % MPI_HINT)
         self.MPI = MPI
@@ -135,10 +136,9 @@ class NcclCommunicator:
                            % (rank, devices, "s" if devices != 1 else ""))
         for line in (missing or contexts.missing_for_multi_gpu)():
             raise UmxError("mpirun with --context %s: %s" % (context, line))
-        if extension_context is None:
-            from nnabla.ext_utils import get_extension_context as extension_context
+        extension_context = extension_context or get_extension_context
         if communicators is None:
-            import nnabla.communicators as communicators
+            import nnabla.communicators as communicators  # deferred: mpirun only
         try:
             ctx = extension_context(context, device_id=str(rank))
             self.comm = communicators.MultiProcessDataParallelCommunicator(ctx)
@@ -193,7 +193,7 @@ def _name(comm):
 def abort_job(code=1):
     """End every rank of the job (MPI_Abort), or this process when MPI is not at hand."""
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # deferred: starts MPI
         MPI.COMM_WORLD.Abort(code)
     except ImportError:
         pass

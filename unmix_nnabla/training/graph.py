@@ -3,17 +3,16 @@ they are fed from audio batches (the host computes the STFTs on CPU contexts; th
 contexts), in the NNabla idiom of Sony's training scripts."""
 from collections import namedtuple
 
-
-import numpy as np
 import nnabla as nn
 import nnabla.functions as F
+import numpy as np
 
-from unmix_nnabla.training.loss import TRIM, mixture_phasor, umx_loss, xumx_loss
+from unmix_nnabla.audio.spectral import (magnitude_layout, model_layout, nb_stft_frames,
+                                         nnabla_spectrogram, nnabla_stft, stft, training_centered)
+from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.networks.model import LSTM_DROPOUT, CrossNet, OpenUnmix
 from unmix_nnabla.networks.ops import numpy_kernels
-from unmix_nnabla.base.runtime import UmxError
-from unmix_nnabla.audio.spectral import (magnitude_layout, model_layout, nb_stft_frames, nnabla_spectrogram, nnabla_stft, stft, training_centered)
-
+from unmix_nnabla.training.loss import TRIM, mixture_phasor, umx_loss, xumx_loss
 
 TrainGraph = namedtuple("TrainGraph", "inputs loss model scope feed")
 

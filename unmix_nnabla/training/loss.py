@@ -22,9 +22,9 @@ call, and one in NNabla's functions (`*_graph`, what GPU contexts run), tested e
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import nnabla as nn
 import nnabla.functions as F
+import numpy as np
 
 from unmix_nnabla.audio.spectral import istft, istft_adjoint, nnabla_istft, stft
 from unmix_nnabla.base.threads import compute_threads

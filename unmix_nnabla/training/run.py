@@ -3,33 +3,33 @@ statistics, the graph, the solver), the loop per epoch (`train`), `finish_epoch`
 checkpoint, summary, monitors, plot); fine-tuning from a model and resuming from a checkpoint."""
 import os
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
-
-import numpy as np
 import nnabla as nn
 import nnabla.solvers as S
+import numpy as np
 
-from unmix_nnabla.training.checkpoint import output_files, resume_point, save_checkpoint
-from unmix_nnabla.base.context import set_context
-from unmix_nnabla.data.datasets import data_config, epoch_batches, load_dataset
-from unmix_nnabla.base.files import output_folder, refuse_overlaps, write_json_atomic
-from unmix_nnabla.models.hub import load_models
-from unmix_nnabla.networks.layout import UmxConfig, bandwidth_to_max_bin, check_config
-from unmix_nnabla.training.monitors import make_monitors, plot_losses
+from unmix_nnabla.audio.spectral import training_centered
 from unmix_nnabla.base.console import progress_bar, progress_enabled, say, set_quiet
+from unmix_nnabla.base.context import set_context
+from unmix_nnabla.base.files import output_folder, refuse_overlaps, write_json_atomic
 from unmix_nnabla.base.memory import keep_freed_memory
 from unmix_nnabla.base.runtime import UmxError
 from unmix_nnabla.base.threads import limit_blas_threads
-from unmix_nnabla.training.schedule import EarlyStopping, ReduceLROnPlateau
-from unmix_nnabla.audio.spectral import training_centered
-from unmix_nnabla.training.standardization import compute_statistics
-from unmix_nnabla.data.tracks import check_sources
 from unmix_nnabla.base.vocabulary import XUMX_BRANCHES
+from unmix_nnabla.data.datasets import data_config, epoch_batches, load_dataset
+from unmix_nnabla.data.tracks import check_sources
+from unmix_nnabla.models.hub import load_models
 from unmix_nnabla.models.weights import save_target
+from unmix_nnabla.networks.layout import UmxConfig, bandwidth_to_max_bin, check_config
+from unmix_nnabla.training.checkpoint import (load_checkpoint, output_files, resume_point,
+                                              save_checkpoint)
 from unmix_nnabla.training.graph import build_training_graph, xumx_signal_length
+from unmix_nnabla.training.monitors import make_monitors, plot_losses
+from unmix_nnabla.training.schedule import EarlyStopping, ReduceLROnPlateau
+from unmix_nnabla.training.standardization import compute_statistics
 from unmix_nnabla.training.step import dropout_rngs, train_step, validation_loss
-
 
 DATA_CHECK = "data-check.json"
 
@@ -124,7 +124,6 @@ def fine_tuning_config(args, data):
     """The configuration of the model to fine-tune (--model: UMX's target --source, or an
     X-UMX), from its weights (nothing loaded yet), checked against the dataset and the
     architecture flags given."""
-    from dataclasses import replace
     target = data.targets[0]
     cfgs = load_models(args.model, [target] if args.umx_train else None, load=False)
     cfg = cfgs[target] if args.umx_train else next(iter(cfgs.values()))
@@ -170,7 +169,6 @@ def start_from_model(model, cfg, scope, mean=None, std=None):
 
 
 def _resume(run, folder, log):
-    from unmix_nnabla.training.checkpoint import load_checkpoint
     state = load_checkpoint(folder, run.scope, run.solver, run.cfg.to_dict())
     run.scheduler.load_state_dict(state["scheduler"])
     run.stopper.load_state_dict(state["stopper"])

@@ -1,8 +1,8 @@
 """The input standardization of a new model: per-bin statistics of the training mixtures."""
 import numpy as np
 
-from unmix_nnabla.base.console import progress_bar
 from unmix_nnabla.audio.spectral import stft
+from unmix_nnabla.base.console import progress_bar
 
 
 def compute_statistics(mixtures, n_fft, n_hop, progress=True, center=True):

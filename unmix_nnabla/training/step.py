@@ -2,16 +2,16 @@
 step's gradients for checks, and the validation loss."""
 
 
-import numpy as np
 import nnabla as nn
+import numpy as np
 
-from unmix_nnabla.networks.inference import network_for
-from unmix_nnabla.networks.layout import split_branches
-from unmix_nnabla.training.loss import mse, reference_magnitudes, xumx_validation_loss
+from unmix_nnabla.audio.spectral import nb_stft_frames, pad_for_stft
 from unmix_nnabla.base.console import progress_bar
 from unmix_nnabla.base.runtime import signals_deferred
+from unmix_nnabla.networks.inference import network_for
+from unmix_nnabla.networks.layout import split_branches
 from unmix_nnabla.separation.separator import estimate_spectrograms
-from unmix_nnabla.audio.spectral import nb_stft_frames, pad_for_stft
+from unmix_nnabla.training.loss import mse, reference_magnitudes, xumx_validation_loss
 
 
 def dropout_rngs(seed, epoch, indices):
