@@ -1065,3 +1065,87 @@ def test_a_failed_preview_download_leaves_no_folder(tmp_path):
                                                        "http_proxy": "http://127.0.0.1:9"})
     assert code == 1 and "could not download the MUSDB18 previews" in the_error(err), err
     assert os.listdir(home) == [] and not os.path.exists(str(tmp_path / "out"))
+
+
+# --------------------------------------------------------------------------------------
+# staging left by a run killed at any moment, and locks a forked worker must not keep
+# --------------------------------------------------------------------------------------
+
+def _killed_while_creating_staging(folder):
+    """A process killed between creating a staging folder and locking it (its flock made to
+    wait forever): the entry it leaves, after it is gone."""
+    code = ("import sys, time\n"
+            "from unmix_nnabla.base import files\n"
+            "files.fcntl = type('F', (), {'flock': staticmethod(lambda *a: time.sleep(600)),"
+            " 'LOCK_EX': 0})\n"
+            "files._new_staging(sys.argv[1])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, folder], cwd=ROOT)
+    left = wait_for(lambda: [n for n in os.listdir(folder) if n.startswith(".tmp-umx-new-")])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return left
+
+
+def test_a_staging_whose_creator_died_before_locking_it_is_removed_by_the_next(tmp_path):
+    from unmix_nnabla.base.files import _HOST, remove_stale_staging
+    folder = str(tmp_path)
+    left = _killed_while_creating_staging(folder)
+    assert len(left) == 1
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: open("/proc/%d/stat" % zombie.pid).read().rpartition(")")[2].split()[0]
+             == "Z")
+    kept = [".tmp-umx-new-%d@%s-abcdefgh" % (os.getpid(), _HOST),  # its creator lives
+            ".tmp-umx-new-%d@another-host-abcdefgh" % zombie.pid,  # another host's
+            ".tmp-umx-new-abcdefgh"]  # no creator named
+    for name in kept + [".tmp-umx-new-%d@%s-zzzzzzzz" % (zombie.pid, _HOST)]:
+        os.makedirs(os.path.join(folder, name))
+    remove_stale_staging(folder)
+    zombie.wait()
+    assert sorted(os.listdir(folder)) == sorted(kept)
+
+
+def _parent_locks_in_child(paths):
+    """In a forked worker: the descriptors open here on the parent's locked folders, and the
+    locks the files module believes it holds."""
+    from unmix_nnabla.base import files
+    still_open = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + fd) in paths:
+                still_open.append(fd)
+        except OSError:
+            pass
+    return still_open, dict(files._LOCKS), dict(files._HELD)
+
+
+def test_forked_workers_do_not_keep_the_parents_locks(tmp_path):
+    """A flock belongs to the descriptor a fork shares: a worker that kept the parent's would
+    hold its locks after the parent died. Here the worker holds none; and a run killed while
+    its worker still runs leaves a staging folder the next run removes at once."""
+    from unmix_nnabla.base import files
+    from unmix_nnabla.base.processes import worker_pool
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    with files.locked_folder(out, "--out-dir"):
+        staging = files._new_staging(out)
+        paths = [os.path.realpath(staging), os.path.realpath(out)]
+        assert len(_parent_locks_in_child(paths)[0]) == 2  # the parent's own
+        with worker_pool(1) as pool:
+            assert pool.submit(_parent_locks_in_child, paths).result() == ([], {}, {})
+        files._release(staging)
+    code = ("import sys, time\n"
+            "from unmix_nnabla.base import files\n"
+            "from unmix_nnabla.base.processes import worker_pool\n"
+            "files._new_staging(sys.argv[1])\n"
+            "with worker_pool(1) as pool:\n"
+            "    job = pool.submit(time.sleep, 600)\n"
+            "    print('working', flush=True)\n"
+            "    job.result()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, out], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "working\n"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert staging_left(out)
+    files.remove_stale_staging(out)
+    assert staging_left(out) == []

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 
@@ -74,15 +75,35 @@ def writing_into(folder):
 # output folders, staging, atomic files
 # --------------------------------------------------------------------------------------
 
-_NEW = STAGING + "new-"  # being created: not yet locked, never removed by others
+_NEW = STAGING + "new-"  # being created, not yet locked: `<_NEW><pid>@<host>-<random>`
+_HOST = socket.gethostname()
 _LOCKS = {}  # staging path → the descriptor holding its lock
+_HELD = {}  # real path of a folder this process has locked → [descriptor, depth]
+
+
+def _forget_locks_in_child():
+    """In a forked child: close the inherited descriptors of the parent's locks (staging
+    folders, output folders). A flock belongs to the open descriptor, which a fork shares: a
+    child that kept it would hold the parent's locks after the parent died, and the next run
+    would take a dead run's staging for a live one's."""
+    for fd in list(_LOCKS.values()) + [held[0] for held in _HELD.values()]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCKS.clear()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 def _new_staging(folder):
     """Create a staging folder in `folder`, locked by this process, and return its path. It
-    is created under a name that `remove_stale_staging` ignores, locked, then renamed, so
-    that no other process ever sees it unlocked."""
-    tmp = tempfile.mkdtemp(prefix=_NEW, dir=folder)
+    is created under a name that names its creator (`_NEW`), locked, then renamed, so that no
+    other process ever sees it unlocked under its final name; one left by a creator killed
+    in between is removed once that process is gone (`remove_stale_staging`)."""
+    tmp = tempfile.mkdtemp(prefix="%s%d@%s-" % (_NEW, os.getpid(), _HOST), dir=folder)
     fd = os.open(tmp, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     path = os.path.join(folder, STAGING + os.path.basename(tmp)[len(_NEW):])
@@ -114,10 +135,12 @@ def remove_stale_staging(folder):
     except OSError:
         return
     for name in names:
-        if not name.startswith(STAGING) or name.startswith(_NEW):
-            continue
         path = os.path.join(folder, name)
-        if path in _LOCKS:
+        if name.startswith(_NEW):
+            if _creator_gone(name):
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        if not name.startswith(STAGING) or path in _LOCKS:
             continue
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -130,6 +153,27 @@ def remove_stale_staging(folder):
             continue
         shutil.rmtree(path, ignore_errors=True)
         os.close(fd)
+
+
+def _creator_gone(name):
+    """Whether the process that began creating the staging entry `name` (`_NEW`) is gone: a
+    process of this host, no longer running (or a zombie). Another host's, or a name of
+    another form, counts as alive: it is left alone."""
+    creator, _, rest = name[len(_NEW):].partition("@")
+    host = rest.rpartition("-")[0]
+    if not creator.isdigit() or host != _HOST:
+        return False
+    try:
+        os.kill(int(creator), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's)
+    try:  # killed but not yet reaped by its parent: gone too
+        with open("/proc/%s/stat" % creator) as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def check_not_a_file(path, flag):
@@ -186,7 +230,6 @@ def _missing_folders(path):
     return created
 
 
-_HELD = {}  # real path of a folder this process has locked → [descriptor, depth]
 
 
 @contextmanager
