@@ -3,9 +3,11 @@ once aborted under load, each run many times as a new process while CPU hogs kee
 busy.
 
 Paths: one target with its residual (`--targets vocals`), a model folder of one target, two
-targets with the residual model, an X-UMX, and `eval.py --targets vocals`. A run passes when it
+targets with the residual model, an X-UMX, `eval.py --targets vocals`, and a separation killed
+(SIGKILL) the moment its first staging entry appears, then run again. A run passes when it
 exits 0, prints no numba abort, writes every stem it promises (read back: finite, of the
-song's length) and leaves no staging folder behind. Any failed run fails the check (exit 1).
+song's length) and leaves no staging folder behind (a killed run's included). Any failed run
+fails the check (exit 1).
 
     python tools/stress.py --runs 30
 """
@@ -57,6 +59,9 @@ def prepare(work):
                     "--residual-model"], ["vocals", "drums", "residual"]),
         "x-umx": (test + ["--model", os.path.join(work, "x-umx.h5")],
                   ["vocals", "drums", "bass", "other"]),
+        "killed at its staging, rerun": (
+            test + ["--model", os.path.join(work, "umx"), "--targets", "vocals"],
+            ["vocals", "accompaniment"], "kill first"),
         "eval.py --targets vocals": (
             [sys.executable, os.path.join(ROOT, "eval.py"), "-q", "--root",
              os.path.join(work, "musdb"), "--is-wav", "--model", os.path.join(work, "umx"),
@@ -64,9 +69,25 @@ def prepare(work):
     }
 
 
-def check_run(command, stems, out, song_frames):
-    """Run one command into `out`; → None, or what went wrong."""
+def killed_at_staging(command, out):
+    """Start the command into `out` and SIGKILL it as soon as a staging entry appears."""
+    proc = subprocess.Popen(command + ["-o", out], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if glob.glob(os.path.join(out, "**", ".tmp-umx-*"), recursive=True):
+            break
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+
+
+def check_run(command, stems, out, song_frames, kill_first=False):
+    """Run one command into `out` (after a run of it killed at its staging, with
+    `kill_first`); → None, or what went wrong."""
     shutil.rmtree(out, ignore_errors=True)
+    if kill_first:
+        killed_at_staging(command, out)
     proc = subprocess.run(command + ["-o", out], capture_output=True, text=True,
                           preexec_fn=die_with_parent, env=dict(os.environ, TMPDIR=out + ".tmp"))
     if proc.returncode != 0 or "Numba" in proc.stderr or "Traceback" in proc.stderr:
@@ -110,14 +131,14 @@ def main(argv=None):
         failures = 0
         print("%d runs of each path, %d CPU hogs beside them" % (options.runs, len(hogs)),
               flush=True)
-        for name, (command, stems) in paths.items():
+        for name, (command, stems, *kill_first) in paths.items():
             if options.paths and name not in options.paths:
                 continue
             out = os.path.join(work, "out")
             os.makedirs(out + ".tmp", exist_ok=True)
             start, failed = time.time(), []
             for run in range(options.runs):
-                problem = check_run(command, stems, out, song_frames)
+                problem = check_run(command, stems, out, song_frames, bool(kill_first))
                 if problem:
                     failed.append(problem)
                     print("  %s, run %d: %s" % (name, run + 1, problem), flush=True)
