@@ -1121,7 +1121,8 @@ def _parent_locks_in_child(paths):
 def test_forked_workers_do_not_keep_the_parents_locks(tmp_path):
     """A flock belongs to the descriptor a fork shares: a worker that kept the parent's would
     hold its locks after the parent died. Here the worker holds none; and a run killed while
-    its worker still runs leaves a staging folder the next run removes at once."""
+    its worker still runs leaves a staging folder the next run removes at once (a worker
+    forked that very moment drops the descriptors as soon as it runs)."""
     from unmix_nnabla.base import files
     from unmix_nnabla.base.processes import worker_pool
     out = str(tmp_path / "out")
@@ -1138,6 +1139,7 @@ def test_forked_workers_do_not_keep_the_parents_locks(tmp_path):
             "from unmix_nnabla.base.processes import worker_pool\n"
             "files._new_staging(sys.argv[1])\n"
             "with worker_pool(1) as pool:\n"
+            "    pool.submit(int).result()  # the worker runs (past its fork)\n"
             "    job = pool.submit(time.sleep, 600)\n"
             "    print('working', flush=True)\n"
             "    job.result()\n")
